@@ -1,0 +1,154 @@
+"""Checkpoint conversion: layouts, architecture detection, metadata, and clear errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import case_input, case_state, load_parity, small_config, write_checkpoint
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+import tinyvit
+from tinyvit.conversion import detect_layout
+from tinyvit.manifest import entries
+
+META, EXPECTED = load_parity()
+CASES = META["cases"]
+
+
+@pytest.mark.parametrize(
+    "name, layout",
+    [
+        ("timm_small", "timm"),
+        ("hf_small", "hf"),
+        ("hf5_small", "hf"),
+        ("mm_small", "mmpretrain"),
+        ("npz_small", "npz"),
+    ],  # fmt: skip
+)
+def test_layout_is_detected_from_the_keys(name, layout):
+    assert CASES[name]["layout"] == layout
+    assert detect_layout(CASES[name]["keys"]) == layout
+
+
+def test_unknown_layout_lists_the_keys():
+    with pytest.raises(tinyvit.WeightsError, match="cannot tell the checkpoint layout.*conv1.weight"):
+        detect_layout({"conv1.weight": None, "fc.weight": None})
+
+
+def test_metadata_carries_architecture_preprocessing_and_source(tmp_path):
+    src = write_checkpoint("timm_b32_384", CASES["timm_b32_384"], tmp_path / "src")
+    dst = tinyvit.convert(src, tmp_path / "out.safetensors")  # architecture recognised from the shapes
+    with safe_open(dst, "pt") as f:
+        meta = f.metadata()
+    assert json.loads(meta["tinyvit.config"]) == entries()["vit-base-p32-384"].arch.to_dict()
+    assert json.loads(meta["tinyvit.preprocess"])["interpolation"] == "bicubic"  # timm layout: timm's pipeline
+    source = json.loads(meta["tinyvit.source"])
+    assert source["layout"] == "timm" and len(source["sha256"]) == 64
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.safetensors", "src"]  # no temporary left
+
+
+def test_mmpretrain_checkpoint_gets_mmpretrain_preprocessing(tmp_path):
+    src = write_checkpoint("mm_b32_384", CASES["mm_b32_384"], tmp_path / "src")
+    model = tinyvit.load(tinyvit.convert(src, tmp_path / "out.safetensors"))
+    assert model.info.preprocess.interpolation == "bilinear"
+    assert model.info.source["layout"] == "mmpretrain"
+
+
+def test_hf_config_supplies_the_architecture_including_eps(tmp_path):
+    case = json.loads(json.dumps(CASES["hf_small"]))
+    case["hf_config"]["layer_norm_eps"] = 1e-12  # HF's default: kept, because HF computes with it
+    dst = tinyvit.convert(write_checkpoint("hf_small", case, tmp_path / "src"), tmp_path / "o.safetensors")
+    model = tinyvit.load(dst)
+    assert model.config.layer_norm_eps == 1e-12 and model.config.num_heads == 4
+    assert model.info.preprocess is None  # not a zoo architecture: unknown
+
+
+def test_hf_model_safetensors_file_uses_its_sibling_config(tmp_path):
+    folder = write_checkpoint("hf_small", CASES["hf_small"], tmp_path / "src")
+    model = tinyvit.load(tinyvit.convert(folder / "model.safetensors", tmp_path / "o.safetensors"))
+    x = case_input(CASES["hf_small"]["inputs"][0])
+    torch.testing.assert_close(model(x), EXPECTED["hf_small/0/logits"], atol=1e-4, rtol=0)
+
+
+def test_explicit_layout_and_arch(tmp_path):
+    src = write_checkpoint("mm_small", CASES["mm_small"], tmp_path / "src")
+    dst = tinyvit.convert(src, tmp_path / "o.safetensors", layout="mmpretrain", arch=small_config(META))
+    assert tinyvit.load(dst).config == small_config(META)
+    with pytest.raises(tinyvit.WeightsError, match="unexpected keys: backbone"):
+        tinyvit.convert(src, tmp_path / "o2.safetensors", layout="hf", arch=small_config(META))
+    assert not (tmp_path / "o2.safetensors").exists()
+
+
+def test_heads_cannot_be_guessed_for_a_non_zoo_shape(tmp_path):
+    src = write_checkpoint("timm_small", CASES["timm_small"], tmp_path / "src")
+    with pytest.raises(tinyvit.WeightsError, match="match 0 zoo models; pass arch="):
+        tinyvit.convert(src, tmp_path / "o.safetensors")
+
+
+def test_wrong_arch_lists_shape_mismatches(tmp_path):
+    src = write_checkpoint("timm_b32_384", CASES["timm_b32_384"], tmp_path / "src")
+    with pytest.raises(
+        tinyvit.WeightsError, match=r"shape mismatches: patch_embed.proj.weight: file \(768, 3, 32, 32\)"
+    ):
+        tinyvit.convert(src, tmp_path / "o.safetensors", arch="vit-base-p16-384")
+
+
+def test_missing_and_unexpected_keys_are_listed(tmp_path):
+    state = case_state(CASES["timm_small"])
+    del state["blocks.1.mlp.fc2.bias"]
+    state["blocks.0.attn.q_norm.weight"] = torch.ones(16)
+    save_file(state, str(tmp_path / "bad.safetensors"))
+    with pytest.raises(tinyvit.WeightsError) as err:
+        tinyvit.convert(tmp_path / "bad.safetensors", tmp_path / "o.safetensors", arch=small_config(META))
+    assert "missing keys: blocks.1.mlp.fc2.bias" in str(err.value)
+    assert "unexpected keys: blocks.0.attn.q_norm.weight" in str(err.value)
+
+
+def test_pth_with_objects_is_refused_by_weights_only(tmp_path):
+    path = tmp_path / "evil.pth"
+    torch.save({"state_dict": case_state(CASES["mm_small"]), "hook": np.random.default_rng(0)}, path)
+    with pytest.raises(tinyvit.WeightsError, match="weights_only=True"):
+        tinyvit.convert(path, tmp_path / "o.safetensors", arch=small_config(META))
+
+
+def test_npz_with_pre_logits_is_refused(tmp_path):
+    arrays = {k: np.zeros(s, np.float32) for k, s in CASES["npz_small"]["keys"].items()}
+    arrays["pre_logits/kernel"] = np.zeros((64, 64), np.float32)
+    np.savez(tmp_path / "x.npz", **arrays)
+    with pytest.raises(tinyvit.WeightsError, match="pre-logits"):
+        tinyvit.convert(tmp_path / "x.npz", tmp_path / "o.safetensors")
+
+
+def test_missing_source_and_folder_destination(tmp_path):
+    with pytest.raises(tinyvit.WeightsError, match="no such file"):
+        tinyvit.convert(tmp_path / "nope.pth", tmp_path / "o.safetensors")
+    src = write_checkpoint("timm_b32_384", CASES["timm_b32_384"], tmp_path / "src")
+    with pytest.raises(tinyvit.WeightsError, match="is a folder"):
+        tinyvit.convert(src, tmp_path)
+
+
+def test_load_refuses_files_without_architecture(tmp_path):
+    src = write_checkpoint("timm_small", CASES["timm_small"], tmp_path / "src")
+    with pytest.raises(tinyvit.WeightsError, match="no tinyvit architecture metadata: convert it first"):
+        tinyvit.load(src)
+
+
+def test_cli_convert(tmp_path):
+    src = write_checkpoint("mm_b32_384", CASES["mm_b32_384"], tmp_path / "src")
+    dst = tmp_path / "out.safetensors"
+    cmd = [sys.executable, "-m", "tinyvit.cli", "convert", str(src), str(dst), "--from", "mmpretrain",
+           "--arch", "vit-base-p32-384"]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "wrote" in out.stdout and dst.is_file()
+    bad = subprocess.run(cmd[:4] + [str(tmp_path / "missing.pth"), str(dst)], capture_output=True, text=True)
+    assert bad.returncode == 1
+    assert bad.stderr.startswith("tinyvit: error:") and "Traceback" not in bad.stderr
+    usage = subprocess.run(cmd[:4], capture_output=True, text=True)
+    assert usage.returncode == 2
