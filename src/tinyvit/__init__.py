@@ -20,6 +20,8 @@ __version__ = "0.1.0"
 # public name → the module that defines it, imported on first access
 _LAZY = {
     "available_models": "tinyvit.api",
+    "download": "tinyvit.api",
+    "list_models": "tinyvit.api",
     "get_model": "tinyvit.api",
     "load": "tinyvit.api",
     "convert": "tinyvit.conversion",
@@ -41,13 +43,15 @@ __all__ = [
     "__version__",
     "available_models",
     "convert",
+    "download",
     "get_model",
+    "list_models",
     "load",
     "preprocess",
 ]
 
 if TYPE_CHECKING:
-    from tinyvit.api import available_models, get_model, load
+    from tinyvit.api import available_models, download, get_model, list_models, load
     from tinyvit.conversion import convert
     from tinyvit.manifest import UnknownModelError
     from tinyvit.model import VisionTransformer, ViTConfig

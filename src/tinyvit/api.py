@@ -12,12 +12,28 @@ from tinyvit.manifest import entries, entry, find_source
 from tinyvit.model import VisionTransformer
 from tinyvit.weights import WeightsInfo, load_file
 
-__all__ = ["available_models", "get_model", "load"]
+__all__ = ["available_models", "download", "get_model", "list_models", "load"]
 
 
 def available_models() -> list[str]:
     """Names of the zoo's models, as :func:`load` and :func:`get_model` take them."""
     return list(entries())
+
+
+def list_models(*, tags: bool = False) -> list[str]:
+    """The zoo's model names; with ``tags=True`` every weight as ``"name:tag"``, defaults first."""
+    if not tags:
+        return available_models()
+    return [f"{name}:{s.tag}" for name, e in entries().items() for s in e.sources]
+
+
+def download(spec: str) -> Path:
+    """Fetch (and verify, and convert where needed) a zoo weight into the cache, for offline use.
+    Returns the local safetensors file."""
+    from tinyvit.hub import fetch
+
+    model_entry, source = find_source(spec)
+    return fetch(model_entry, source)
 
 
 def get_model(
@@ -45,14 +61,20 @@ def load(
 ) -> VisionTransformer:
     """A model with weights, in eval mode, with ``model.info`` describing them.
 
-    ``spec`` is a zoo name (its default weights), ``"name:tag"``, or the path of a safetensors
-    file written by :func:`tinyvit.convert`.
+    ``spec`` is a zoo name (its default weights), ``"name:tag"``, the path of a safetensors file
+    written by :func:`tinyvit.convert`, or ``"hf-hub:owner/repo[@revision]"`` — a Hub repository
+    whose ``model.safetensors`` carries tinyvit's metadata (a converted file, uploaded).
     """
     path = Path(spec)
     if isinstance(spec, os.PathLike) or path.suffix == ".safetensors" or path.exists():
         return load_file(path, device=device, dtype=dtype)
+    from tinyvit.hub import fetch, fetch_hf_hub
+
+    if spec.startswith("hf-hub:"):
+        repo_id, _, revision = spec.removeprefix("hf-hub:").partition("@")
+        file = fetch_hf_hub(repo_id, "model.safetensors", revision=revision or None)
+        return load_file(file, device=device, dtype=dtype, info={"source": {"location": spec, "path": str(file)}})
     model_entry, source = find_source(str(spec))
-    from tinyvit.hub import fetch
 
     file = fetch(model_entry, source)
     info = {

@@ -21,6 +21,14 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _download(args: argparse.Namespace) -> int:
+    from tinyvit.api import download
+
+    for spec in args.models:
+        print(f"{spec}: {download(spec)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tinyvit", description="Exact, lightweight ViT inference.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -32,6 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from", dest="layout", default="auto", choices=["auto", "timm", "hf", "mmpretrain", "npz"])
     p.add_argument("--arch", help="zoo architecture, when the source does not say (e.g. vit-base-p32-384)")
     p.set_defaults(run=_convert)
+
+    p = sub.add_parser("download", help="fetch and verify weights into the cache, for offline use")
+    p.add_argument("models", nargs="+", metavar="NAME[:TAG]")
+    p.set_defaults(run=_download)
     return parser
 
 
