@@ -24,6 +24,8 @@ _LAZY = {
     "list_models": "tinyvit.api",
     "get_model": "tinyvit.api",
     "load": "tinyvit.api",
+    "predict": "tinyvit.api",
+    "Prediction": "tinyvit.api",
     "convert": "tinyvit.conversion",
     "preprocess": "tinyvit.preprocessing",
     "PreprocessSpec": "tinyvit.preprocessing",
@@ -34,6 +36,7 @@ _LAZY = {
 
 __all__ = [
     "ImageError",
+    "Prediction",
     "PreprocessSpec",
     "TinyViTError",
     "UnknownModelError",
@@ -47,11 +50,12 @@ __all__ = [
     "get_model",
     "list_models",
     "load",
+    "predict",
     "preprocess",
 ]
 
 if TYPE_CHECKING:
-    from tinyvit.api import available_models, download, get_model, list_models, load
+    from tinyvit.api import Prediction, available_models, download, get_model, list_models, load, predict
     from tinyvit.conversion import convert
     from tinyvit.manifest import UnknownModelError
     from tinyvit.model import VisionTransformer, ViTConfig

@@ -29,6 +29,7 @@ from tinyvit.model import ViTConfig
 from tinyvit.preprocessing import PreprocessSpec
 from tinyvit.weights import (
     META_CONFIG,
+    META_LABELS,
     META_PREPROCESS,
     META_SOURCE,
     check_state_dict,
@@ -411,7 +412,7 @@ def convert(
             arch_name, config = _zoo_config(state, what)
     check_state_dict(config, state, f"{what} ({layout} layout)")
 
-    if preprocess is None and arch_name is None:
+    if arch_name is None:
         arch_name = _zoo_name_of(config)
     if preprocess is None and arch_name is not None:
         preprocess = _zoo_preprocess(arch_name, layout)
@@ -422,6 +423,8 @@ def convert(
     }
     if preprocess is not None:
         metadata[META_PREPROCESS] = json.dumps(preprocess.to_dict())
+    if arch_name is not None:
+        metadata[META_LABELS] = _zoo_labels(arch_name)
     return save(dst, state, metadata)
 
 
@@ -437,6 +440,12 @@ def _zoo_preprocess(name: str, layout: str) -> PreprocessSpec | None:
     from tinyvit.manifest import entry
 
     return next((s.preprocess for s in entry(name).sources if s.layout == layout), None)
+
+
+def _zoo_labels(name: str) -> str:
+    from tinyvit.manifest import entry
+
+    return entry(name).labels
 
 
 def _source_sha(path: Path) -> str | None:

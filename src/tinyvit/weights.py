@@ -21,6 +21,7 @@ __all__ = ["WeightsInfo", "build_model", "check_state_dict", "load_file", "read_
 META_CONFIG = "tinyvit.config"
 META_PREPROCESS = "tinyvit.preprocess"
 META_SOURCE = "tinyvit.source"
+META_LABELS = "tinyvit.labels"
 
 
 @dataclass(frozen=True)
@@ -165,7 +166,12 @@ def load_file(
             raise WeightsError(f"{what}: invalid {META_PREPROCESS} metadata ({e})") from e
     source = json.loads(meta[META_SOURCE]) if META_SOURCE in meta else {}
     model = build_model(config, read_tensors(path), what=what, device=device, dtype=dtype)
-    fields = {"config": config, "preprocess": spec, "source": {**source, "path": str(path)}}
+    fields = {
+        "config": config,
+        "preprocess": spec,
+        "labels": meta.get(META_LABELS),
+        "source": {**source, "path": str(path)},
+    }
     model.info = WeightsInfo(**{**fields, **(info or {})})
     return model
 
