@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from tinyvit.errors import ImageError, WeightsError
-from tinyvit.manifest import entries, entry, find_source
+from tinyvit.manifest import ModelEntry, WeightSource, entries, entry, find_source
 from tinyvit.model import VisionTransformer
 from tinyvit.weights import WeightsInfo, load_file
 
@@ -78,13 +78,24 @@ def load(
     path = Path(spec)
     if isinstance(spec, os.PathLike) or path.suffix == ".safetensors" or path.exists():
         return load_file(path, device=device, dtype=dtype)
-    from tinyvit.hub import fetch, fetch_hf_hub
+    from tinyvit.hub import fetch_hf_hub
 
     if spec.startswith("hf-hub:"):
         repo_id, _, revision = spec.removeprefix("hf-hub:").partition("@")
         file = fetch_hf_hub(repo_id, "model.safetensors", revision=revision or None)
         return load_file(file, device=device, dtype=dtype, info={"source": {"location": spec, "path": str(file)}})
-    model_entry, source = find_source(str(spec))
+    return load_source(*find_source(str(spec)), device=device, dtype=dtype)
+
+
+def load_source(
+    model_entry: ModelEntry,
+    source: WeightSource,
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> VisionTransformer:
+    """A model with the weights of one manifest source (fetched, verified and cached as needed)."""
+    from tinyvit.hub import cache_dir, fetch
 
     file = fetch(model_entry, source)
     info = {
@@ -97,7 +108,11 @@ def load(
     try:
         return load_file(file, config=model_entry.arch, device=device, dtype=dtype, info=info)
     except WeightsError as e:
-        raise WeightsError(f"{model_entry.name}:{source.tag}: {e}") from e
+        note = ""
+        if cache_dir() in file.resolve().parents:  # our own converted copy went bad: fetch it afresh next time
+            file.unlink(missing_ok=True)
+            note = "; the cached file was removed, load again to fetch it afresh"
+        raise WeightsError(f"{model_entry.name}:{source.tag}: {e}{note}") from e
 
 
 # ---------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import json
 import os
 import pickle
 import re
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -363,7 +364,9 @@ def save(dst: Path, state: dict[str, torch.Tensor], metadata: dict[str, str]) ->
     from safetensors.torch import save_file
 
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    fd, name = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
     try:
         save_file({k: _owned(v) for k, v in state.items()}, str(tmp), metadata=metadata)
         os.replace(tmp, dst)

@@ -12,11 +12,13 @@ of each verified file (size, mtime) spares re-hashing it on every load.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import tempfile
 import urllib.error
+import urllib.parse
 import urllib.request
 import warnings
 from pathlib import Path
@@ -138,27 +140,32 @@ def fetch_hf_hub(repo_id: str, filename: str, *, revision: str | None = None, sh
 # URL
 
 
-def _download(url: str, dst: Path, what: str) -> None:
-    """Download to ``dst`` through a temporary file; nothing is left behind on failure."""
+def _download(url: str, folder: Path, what: str) -> tuple[Path, str]:
+    """Download into a new file of this process's own in ``folder``; returns it and its SHA-256.
+    On failure nothing is left behind."""
     from tqdm.auto import tqdm
 
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".part")
+    folder.mkdir(parents=True, exist_ok=True)
+    suffix = Path(urllib.parse.urlparse(url).path).suffix  # the converter reads the file by its kind
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".download-", suffix=suffix)
+    digest = hashlib.sha256()
     try:
         request = urllib.request.Request(url, headers={"User-Agent": "tinyvit"})
         with os.fdopen(fd, "wb") as f, urllib.request.urlopen(request, timeout=URL_TIMEOUT) as r:
             total = int(r.headers.get("Content-Length") or 0) or None
-            with tqdm(total=total, unit="B", unit_scale=True, desc=dst.name, leave=False) as bar:
+            with tqdm(total=total, unit="B", unit_scale=True, desc=url.rsplit("/", 1)[-1], leave=False) as bar:
                 while chunk := r.read(1 << 20):
                     f.write(chunk)
+                    digest.update(chunk)
                     bar.update(len(chunk))
             if total is not None and f.tell() != total:
                 raise WeightsError(f"{what}: connection closed after {f.tell()} of {total} bytes")
-        os.replace(tmp, dst)
-    except (urllib.error.URLError, OSError, ValueError) as e:
-        raise WeightsError(f"{what}: download failed ({e})") from e
-    finally:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, (urllib.error.URLError, OSError, ValueError)) and not isinstance(e, WeightsError):
+            raise WeightsError(f"{what}: download failed ({e})") from e
+        raise
+    return Path(tmp), digest.hexdigest()
 
 
 def converted_path(entry: ModelEntry, source: WeightSource, key: str | None = None) -> Path:
@@ -181,10 +188,10 @@ def fetch_url(entry: ModelEntry, source: WeightSource) -> Path:
             f"`tinyvit download {entry.name}:{source.tag}` while online, or convert a local copy "
             f"with `tinyvit convert FILE {dst} --arch {entry.name}`"
         )
-    raw = dst.with_name(dst.name + ".download")
+    # Each process downloads and converts into files of its own and renames the result into
+    # place, so concurrent loads of the same model all succeed and leave one file.
+    raw, actual = _download(str(source.url), dst.parent, what)
     try:
-        _download(str(source.url), raw, what)
-        actual = sha256_file(raw)
         expected = source.sha256 or source.sha256_prefix
         if expected is None or not actual.startswith(expected):
             raise WeightsError(f"{what}: SHA-256 mismatch (expected {expected}…, got {actual}); nothing was kept")
