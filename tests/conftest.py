@@ -80,3 +80,10 @@ def write_checkpoint(name: str, case: dict, folder: Path) -> Path:
         np.savez(path, **{k: refdata.fill(k, s) for k, s in case["keys"].items()})
         return path
     raise AssertionError(layout)
+
+
+def mm_small_pth(folder: Path) -> bytes:
+    """The small mmpretrain case as the bytes of a .pth checkpoint ({'meta', 'state_dict'})."""
+    path = folder / "mm_small.pth"
+    torch.save({"meta": {"epoch": 1}, "state_dict": case_state(load_parity()[0]["cases"]["mm_small"])}, path)
+    return path.read_bytes()

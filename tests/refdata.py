@@ -9,6 +9,7 @@ storing it. Needs only numpy.
 from __future__ import annotations
 
 import re
+import struct
 import zlib
 
 import numpy as np
@@ -69,3 +70,13 @@ def make_image(width: int, height: int, seed: int = 0, *, texture: bool = True) 
     img = np.stack([r, g, b], axis=-1)
     img = (img + (noise[..., None] % 24) - 12) % 256
     return img.astype(np.uint8)
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A tiny, valid-looking PNG whose header claims width × height: a decompression bomb's calling card."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import case_input, case_state, load_parity, small_config
+from conftest import case_input, case_state, load_parity, mm_small_pth, small_config
 from hubserver import HubServer
 from safetensors.torch import save
 
@@ -171,14 +171,8 @@ URL_FETCH = """
 """
 
 
-def _mm_small_pth(tmp_path: Path) -> bytes:
-    path = tmp_path / "mm.pth"
-    torch.save({"meta": {"epoch": 1}, "state_dict": case_state(META["cases"]["mm_small"])}, path)
-    return path.read_bytes()
-
-
 def test_url_source_is_downloaded_verified_and_converted(hub, tmp_path):
-    content = _mm_small_pth(tmp_path)
+    content = mm_small_pth(tmp_path)
     sha = hashlib.sha256(content).hexdigest()
     hub.files["mm_small-" + sha[:8] + ".pth"] = content
     url = f"{hub.url}/files/mm_small-{sha[:8]}.pth"
@@ -214,7 +208,7 @@ def test_dropped_connection_leaves_nothing_a_later_load_would_use(hub, tmp_path)
     assert Path(ok["blob"]).read_bytes() == content
 
     # the same for a URL source
-    pth = _mm_small_pth(tmp_path)
+    pth = mm_small_pth(tmp_path)
     sha = hashlib.sha256(pth).hexdigest()
     hub.files["mm.pth"] = pth
     hub.faults["/files/mm.pth"] = "drop"

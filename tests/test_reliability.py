@@ -12,14 +12,13 @@ import subprocess
 import sys
 import textwrap
 import threading
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 import refdata
 import torch
-from conftest import case_state, load_parity, small_config
+from conftest import case_state, load_parity, mm_small_pth, small_config
 from hubserver import HubServer
 from PIL import Image
 from test_hub import run_py, weights_bytes
@@ -41,14 +40,6 @@ def _encode(img: Image.Image, fmt: str, **kwargs) -> bytes:
     return buf.getvalue()
 
 
-def _png_claiming(width: int, height: int) -> bytes:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
-
-
 def make_corpus(folder: Path) -> dict[str, str | None]:
     """Write the test images; returns file name → the error expected (None: it must work)."""
     rgb = Image.fromarray(refdata.make_image(64, 48, seed=9))
@@ -65,7 +56,7 @@ def make_corpus(folder: Path) -> dict[str, str | None]:
         "truncated.png": (png[: len(png) // 3], "truncated or corrupt"),
         "notes.jpg": (b"shopping list: milk, eggs\n" * 20, "not an image"),
         "error_page.png": (b"<!DOCTYPE html><html><body><h1>502 Bad Gateway</h1></body></html>", "not an image"),
-        "bomb.png": (_png_claiming(60000, 60000), "too large"),
+        "bomb.png": (refdata.png_claiming(60000, 60000), "too large"),
         "garbage.bmp": (b"BM" + os.urandom(200), "image"),
         "header_only.gif": (b"GIF89a\x10\x00\x10\x00", "image"),
         "one_pixel.png": (_encode(Image.new("RGB", (1, 1), (9, 99, 199)), "PNG"), None),
@@ -277,9 +268,7 @@ def test_failed_loads_leave_no_model_behind(tmp_path):
 
 def test_bad_converted_cache_file_is_removed_and_fetched_again(tmp_path):
     """A converted URL download that went bad on disk is deleted, and the next load re-fetches it."""
-    pth = tmp_path / "mm.pth"
-    torch.save({"state_dict": case_state(META["cases"]["mm_small"])}, pth)
-    content = pth.read_bytes()
+    content = mm_small_pth(tmp_path)
     sha = hashlib.sha256(content).hexdigest()
     code = f"""
         import json, tinyvit
@@ -399,6 +388,17 @@ def test_server_slower_than_the_timeout(tmp_path):
         assert not list((tmp_path / "tinyvit" / "dl").iterdir())
 
 
+def run_at_once(code: str, home: Path, endpoint: str, n: int = 2) -> list[dict]:
+    """Start ``n`` fresh processes running ``code`` together; their JSON results."""
+    results: list[dict] = []
+    threads = [threading.Thread(target=lambda: results.append(run_py(code, home, endpoint))) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
 def test_two_processes_loading_the_same_model_at_once(tmp_path):
     content = weights_bytes("timm_small", {"format": "pt", "tinyvit.config": json.dumps(small_config(META).to_dict())})
     code = """
@@ -408,34 +408,22 @@ def test_two_processes_loading_the_same_model_at_once(tmp_path):
     """
     with HubServer() as hub:
         hub.add_file("acme/tiny-vit", "model.safetensors", content)
-        results = []
-        threads = [threading.Thread(target=lambda: results.append(run_py(code, tmp_path, hub.url))) for _ in range(2)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        results = run_at_once(code, tmp_path, hub.url)
     assert len(results) == 2 and results[0]["path"] == results[1]["path"]
     blobs = [p for p in tmp_path.rglob("blobs/*") if p.is_file()]
     assert len(blobs) == 1 and blobs[0].read_bytes() == content
 
 
 def test_two_processes_fetching_the_same_url_source_at_once(tmp_path):
-    pth = tmp_path / "mm.pth"
-    torch.save({"state_dict": case_state(META["cases"]["mm_small"])}, pth)
-    content = pth.read_bytes()
+    content = mm_small_pth(tmp_path)
     sha = hashlib.sha256(content).hexdigest()
     from test_hub import URL_FETCH
 
     with HubServer() as hub:
         hub.files["mm.pth"] = content
         code = URL_FETCH.format(url=f"{hub.url}/files/mm.pth", prefix=sha[:8])
-        results = []
         home = tmp_path / "home"
-        threads = [threading.Thread(target=lambda: results.append(run_py(code, home, hub.url))) for _ in range(2)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        results = run_at_once(code, home, hub.url)
     assert len(results) == 2 and results[0]["path"] == results[1]["path"]
     files = [p for p in (home / "tinyvit").rglob("*") if p.is_file() and "verified" not in p.parts]
     assert [p.name for p in files] == [Path(results[0]["path"]).name]  # one file, no leftovers
