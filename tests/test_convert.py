@@ -152,3 +152,13 @@ def test_cli_convert(tmp_path):
     assert bad.stderr.startswith("tinyvit: error:") and "Traceback" not in bad.stderr
     usage = subprocess.run(cmd[:4], capture_output=True, text=True)
     assert usage.returncode == 2
+
+
+def test_timm_pth_state_dict(tmp_path):
+    """timm checkpoints saved with torch.save, bare or wrapped (and with DDP's 'module.' prefix)."""
+    state = case_state(CASES["timm_small"])
+    x = case_input(CASES["timm_small"]["inputs"][0])
+    for i, obj in enumerate([state, {"state_dict": {f"module.{k}": v for k, v in state.items()}}]):
+        torch.save(obj, tmp_path / f"timm{i}.pth")
+        dst = tinyvit.convert(tmp_path / f"timm{i}.pth", tmp_path / f"out{i}.safetensors", arch=small_config(META))
+        torch.testing.assert_close(tinyvit.load(dst)(x), EXPECTED["timm_small/0/logits"], atol=1e-5, rtol=0)

@@ -109,6 +109,8 @@ def _torch_load(path: Path) -> dict:
             break
     if not isinstance(obj, dict) or not obj:
         raise WeightsError(f"{str(path)!r}: holds no state dict (got {type(obj).__name__})")
+    if all(str(k).startswith("module.") for k in obj):  # saved from a DistributedDataParallel wrapper
+        obj = {k.removeprefix("module."): v for k, v in obj.items()}
     not_tensors = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
     if not_tensors:
         raise WeightsError(f"{str(path)!r}: entries that are not tensors: {', '.join(map(str, not_tensors[:5]))}")
@@ -263,7 +265,7 @@ def _from_npz(w: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], int]
 def to_timm(tensors: dict[str, torch.Tensor], layout: str) -> tuple[dict[str, torch.Tensor], int | None]:
     """Rename a state dict of ``layout`` to timm's names; also the head count where it shows."""
     if layout == "timm":
-        return {k.removeprefix("module."): v for k, v in tensors.items()}, None
+        return dict(tensors), None
     if layout == "npz":
         return _from_npz(tensors)
     if layout in _RENAMES:
