@@ -384,12 +384,14 @@ def convert(
     layout: str = "auto",
     arch: str | ViTConfig | None = None,
     preprocess: PreprocessSpec | None = None,
+    source_sha256: str | None = None,
 ) -> Path:
     """Convert a timm / Hugging Face / mmpretrain / JAX checkpoint to a tinyvit safetensors file.
 
     ``arch`` (a zoo name or a :class:`ViTConfig`) is needed only when the source does not carry
     its architecture and its shapes match no single zoo model. The output's metadata holds the
     architecture and, when known, the preprocessing, so ``tinyvit.load(dst)`` needs nothing else.
+    ``source_sha256``: the source file's SHA-256 when the caller has already computed it.
     """
     dst = Path(dst)
     if dst.is_dir():
@@ -424,7 +426,9 @@ def convert(
     metadata = {
         "format": "pt",
         META_CONFIG: json.dumps(config.to_dict()),
-        META_SOURCE: json.dumps({"layout": layout, "file": ckpt.path.name, "sha256": _source_sha(ckpt.path)}),
+        META_SOURCE: json.dumps(
+            {"layout": layout, "file": ckpt.path.name, "sha256": source_sha256 or _source_sha(ckpt.path)}
+        ),
     }
     if preprocess is not None:
         metadata[META_PREPROCESS] = json.dumps(preprocess.to_dict())

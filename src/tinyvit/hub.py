@@ -195,7 +195,7 @@ def fetch_url(entry: ModelEntry, source: WeightSource) -> Path:
         expected = source.sha256 or source.sha256_prefix
         if expected is None or not actual.startswith(expected):
             raise WeightsError(f"{what}: SHA-256 mismatch (expected {expected}…, got {actual}); nothing was kept")
-        convert(raw, dst, layout=source.layout, arch=entry.arch, preprocess=source.preprocess)
+        convert(raw, dst, layout=source.layout, arch=entry.arch, preprocess=source.preprocess, source_sha256=actual)
     finally:
         raw.unlink(missing_ok=True)
     return dst
@@ -215,7 +215,9 @@ def _fetch_hub_converted(entry: ModelEntry, source: WeightSource) -> Path:
     from tinyvit.conversion import convert
 
     path = fetch_hf_hub(str(source.repo_id), str(source.filename), revision=source.revision, sha256=source.sha256)
-    dst = converted_path(entry, source, key=path.resolve().name)  # keyed by the blob, so a new upload converts anew
+    blob = path.resolve().name  # the verified content's SHA-256 for LFS files
+    dst = converted_path(entry, source, key=blob)  # keyed by the blob, so a new upload converts anew
     if not dst.is_file():
-        convert(path, dst, layout=source.layout, arch=entry.arch, preprocess=source.preprocess)
+        sha = blob if _SHA256.fullmatch(blob) else None
+        convert(path, dst, layout=source.layout, arch=entry.arch, preprocess=source.preprocess, source_sha256=sha)
     return dst

@@ -16,7 +16,7 @@ from tinyvit.errors import WeightsError
 from tinyvit.model import VisionTransformer, ViTConfig
 from tinyvit.preprocessing import PreprocessSpec
 
-__all__ = ["WeightsInfo", "build_model", "check_state_dict", "load_file", "read_metadata", "sha256_file"]
+__all__ = ["WeightsInfo", "build_model", "check_state_dict", "load_file", "meta_model", "read_metadata", "sha256_file"]
 
 META_CONFIG = "tinyvit.config"
 META_PREPROCESS = "tinyvit.preprocess"
@@ -44,16 +44,17 @@ def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def expected_shapes(config: ViTConfig) -> dict[str, tuple[int, ...]]:
-    """Parameter names and shapes of the architecture, without allocating anything."""
+def meta_model(config: ViTConfig) -> VisionTransformer:
+    """The architecture on the meta device: shapes only, nothing allocated or initialised."""
     with torch.device("meta"):
-        model = VisionTransformer(config)
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        return VisionTransformer(config)
 
 
-def check_state_dict(config: ViTConfig, state: dict[str, torch.Tensor], what: str) -> None:
+def check_state_dict(
+    config: ViTConfig, state: dict[str, torch.Tensor], what: str, model: VisionTransformer | None = None
+) -> None:
     """Raise WeightsError listing missing / unexpected keys and shape mismatches."""
-    expected = expected_shapes(config)
+    expected = {k: tuple(v.shape) for k, v in (model or meta_model(config)).state_dict().items()}
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     mismatched = [
@@ -91,14 +92,13 @@ def build_model(
     Built on the meta device (no random initialisation), then the tensors are assigned, not
     copied: safetensors tensors stay memory-mapped unless a device or dtype change needs a copy.
     """
-    check_state_dict(config, state, what)
+    model = meta_model(config)
+    check_state_dict(config, state, what, model)
     dtype = dtype or torch.float32
     for name, t in state.items():
         if not t.is_floating_point():
             raise WeightsError(f"{what}: tensor {name} has non-float dtype {t.dtype}")
     state = {k: v.to(device=device, dtype=dtype) for k, v in state.items()}
-    with torch.device("meta"):
-        model = VisionTransformer(config)
     model.load_state_dict(state, strict=True, assign=True)
     return model.eval()
 
