@@ -18,6 +18,7 @@ import torch
 from tinyvit.errors import ImageError, WeightsError
 from tinyvit.manifest import ModelEntry, WeightSource, entries, entry, find_source
 from tinyvit.model import VisionTransformer
+from tinyvit.preprocessing import describe_input, preprocess_one, resolve_spec
 from tinyvit.weights import WeightsInfo, load_file
 
 __all__ = ["Prediction", "available_models", "download", "get_model", "list_models", "load", "predict"]
@@ -184,12 +185,6 @@ def image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir())
 
 
-def _describe(image: Any) -> str:
-    from tinyvit.preprocessing import _describe as describe
-
-    return describe(image).strip("'")
-
-
 def predict(
     images: Any,
     model: str | os.PathLike | VisionTransformer = "vit-base-p32-384",
@@ -211,8 +206,6 @@ def predict(
     ``errors="return"`` returns a failed :class:`Prediction` for it and goes on with the rest.
     ``progress``: a progress bar on stderr (default: for more than one batch).
     """
-    from tinyvit.preprocessing import preprocess_one, resolve_spec
-
     if errors not in ("raise", "return"):
         raise ValueError(f"errors must be 'raise' or 'return', got {errors!r}")
     if top_k < 1 or batch_size < 1:
@@ -244,11 +237,11 @@ def predict(
             try:
                 tensors.append(preprocess_one(image, spec, fast=fast))
                 slots.append(len(results))
-                results.append(Prediction(input=_describe(image)))
+                results.append(Prediction(input=describe_input(image).strip("'")))
             except ImageError as e:
                 if errors == "raise":
                     raise
-                results.append(Prediction(input=_describe(image), error=str(e)))
+                results.append(Prediction(input=describe_input(image).strip("'"), error=str(e)))
         if tensors:
             x = torch.stack(tensors).to(device=param.device, dtype=param.dtype)
             with torch.inference_mode():

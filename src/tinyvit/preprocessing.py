@@ -96,7 +96,7 @@ def center_crop_box(width: int, height: int, crop: int) -> tuple[int, int, int, 
 # Decoding
 
 
-def _describe(image: Any) -> str:
+def describe_input(image: Any) -> str:
     """A short name for an input, for error messages."""
     if isinstance(image, (str, os.PathLike)):
         return repr(os.fspath(image))
@@ -174,7 +174,7 @@ def load_image(image: ImageInput, *, draft_size: tuple[int, int] | None = None) 
     ``draft_size`` (width, height, as displayed) lets JPEG decode at a reduced scale that is
     still at least that large (Pillow's draft mode): the fast path for big photos.
     """
-    name = _describe(image)
+    name = describe_input(image)
     if isinstance(image, Image.Image):
         img = image
     elif isinstance(image, np.ndarray):
