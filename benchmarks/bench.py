@@ -29,6 +29,7 @@ import torch
 from PIL import Image
 
 import tinyvit
+import tinyvit.api
 from tinyvit.api import cached_model
 from tinyvit.manifest import entries
 from tinyvit.model import count_macs
@@ -319,7 +320,7 @@ def forward_contenders(x: torch.Tensor, model, model_bf16, references: dict) -> 
 
 
 def bench_preprocess(report: Report, paths: dict, name: str, rounds: int) -> None:
-    spec = tinyvit.preprocessing.resolve_spec(name)
+    spec = tinyvit.api.resolve_preprocess(name)
     timm_transform = None
     if have("timm"):
         import timm
@@ -352,7 +353,7 @@ def bench_deviation(report: Report, paths: dict, name: str, n_images: int, folde
         path = folder / f"dev{i}.jpg"
         photo(w, h, 100 + i).save(path, quality=90)
         images.append(path)
-    spec = tinyvit.preprocessing.resolve_spec(name)
+    spec = tinyvit.api.resolve_preprocess(name)
     model = cached_model(paths["weights"])
     model_bf16 = cached_model(paths["weights"], dtype=torch.bfloat16)
     exact = torch.stack([tinyvit.preprocess(p, spec) for p in images])

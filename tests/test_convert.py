@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import subprocess
 import sys
@@ -16,6 +18,7 @@ from safetensors.torch import save_file
 import tinyvit
 from tinyvit.conversion import detect_layout
 from tinyvit.manifest import entries
+from tinyvit.record import imagenet_classes
 
 META, EXPECTED = load_parity()
 CASES = META["cases"]
@@ -41,23 +44,27 @@ def test_unknown_layout_lists_the_keys():
         detect_layout({"conv1.weight": None, "fc.weight": None})
 
 
-def test_metadata_carries_architecture_preprocessing_and_source(tmp_path):
+def test_header_carries_the_weights_record(tmp_path):
     src = write_checkpoint("timm_b32_384", CASES["timm_b32_384"], tmp_path / "src")
     dst = tinyvit.convert(src, tmp_path / "out.safetensors")  # architecture recognised from the shapes
     with safe_open(dst, "pt") as f:
         meta = f.metadata()
-    assert json.loads(meta["tinyvit.config"]) == entries()["vit-base-p32-384"].arch.to_dict()
-    assert json.loads(meta["tinyvit.preprocess"])["interpolation"] == "bicubic"  # timm layout: timm's pipeline
-    source = json.loads(meta["tinyvit.source"])
-    assert source["layout"] == "timm" and len(source["sha256"]) == 64
+    record = tinyvit.Weights.from_json(meta["tinyvit.weights"])
+    assert record.config == entries()["vit-base-p32-384"].arch
+    assert record.preprocess.interpolation == "bicubic"  # timm layout: timm's pipeline
+    assert record.categories == imagenet_classes().names  # the zoo architecture's head
+    assert record.source.layout == "timm" and record.source.kind == "file"
+    assert record.source.sha256 == hashlib.sha256(src.read_bytes()).hexdigest()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.safetensors", "src"]  # no temporary left
+    loaded = tinyvit.load(dst).weights
+    assert loaded == dataclasses.replace(record, source=dataclasses.replace(record.source, path=str(dst)))
 
 
 def test_mmpretrain_checkpoint_gets_mmpretrain_preprocessing(tmp_path):
     src = write_checkpoint("mm_b32_384", CASES["mm_b32_384"], tmp_path / "src")
     model = tinyvit.load(tinyvit.convert(src, tmp_path / "out.safetensors"))
-    assert model.info.preprocess.interpolation == "bilinear"
-    assert model.info.source["layout"] == "mmpretrain"
+    assert model.weights.preprocess.interpolation == "bilinear"
+    assert model.weights.source.layout == "mmpretrain"
 
 
 def test_hf_config_supplies_the_architecture_including_eps(tmp_path):
@@ -66,7 +73,7 @@ def test_hf_config_supplies_the_architecture_including_eps(tmp_path):
     dst = tinyvit.convert(write_checkpoint("hf_small", case, tmp_path / "src"), tmp_path / "o.safetensors")
     model = tinyvit.load(dst)
     assert model.config.layer_norm_eps == 1e-12 and model.config.num_heads == 4
-    assert model.info.preprocess is None  # not a zoo architecture: unknown
+    assert model.weights.preprocess is None  # no preprocessor_config.json, not a zoo architecture: unknown
 
 
 def test_hf_model_safetensors_file_uses_its_sibling_config(tmp_path):
@@ -85,10 +92,12 @@ def test_explicit_layout_and_arch(tmp_path):
     assert not (tmp_path / "o2.safetensors").exists()
 
 
-def test_heads_cannot_be_guessed_for_a_non_zoo_shape(tmp_path):
-    src = write_checkpoint("timm_small", CASES["timm_small"], tmp_path / "src")
-    with pytest.raises(tinyvit.WeightsError, match="match 0 zoo models; pass arch="):
+def test_heads_are_not_guessed_for_a_non_standard_width(tmp_path):
+    src = write_checkpoint("timm_small", CASES["timm_small"], tmp_path / "src")  # 64 wide, 4 heads
+    with pytest.raises(tinyvit.WeightsError, match="heads of a 64-wide ViT is not standard.*pass arch="):
         tinyvit.convert(src, tmp_path / "o.safetensors")
+    with pytest.raises(tinyvit.WeightsError, match="not standard"):
+        tinyvit.load(src)
 
 
 def test_wrong_arch_lists_shape_mismatches(tmp_path):
@@ -133,10 +142,18 @@ def test_missing_source_and_folder_destination(tmp_path):
         tinyvit.convert(src, tmp_path)
 
 
-def test_load_refuses_files_without_architecture(tmp_path):
-    src = write_checkpoint("timm_small", CASES["timm_small"], tmp_path / "src")
-    with pytest.raises(tinyvit.WeightsError, match="no tinyvit architecture metadata: convert it first"):
-        tinyvit.load(src)
+@pytest.mark.parametrize("name", ["timm_b32_384", "hf_b32_384", "mm_b32_384"])
+def test_load_reads_any_supported_checkpoint_directly(name, tmp_path):
+    """No conversion step: a timm .safetensors, an HF save_pretrained folder, an mmpretrain .pth."""
+    src = write_checkpoint(name, CASES[name], tmp_path / "src")
+    model = tinyvit.load(src)
+    x = case_input(CASES[name]["inputs"][0])
+    with torch.inference_mode():
+        torch.testing.assert_close(model(x), EXPECTED[f"{name}/0/logits"], atol=1e-4, rtol=0)
+    assert model.weights.source.kind == "file" and model.weights.source.layout == CASES[name]["layout"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]  # in memory: nothing written
+    if name == "timm_b32_384":  # a timm safetensors file stays memory-mapped: no copy of the weights
+        assert model.pos_embed.untyped_storage().data_ptr() != 0
 
 
 def test_cli_convert(tmp_path):

@@ -20,10 +20,11 @@ from conftest import case_input, case_state, load_parity, mm_small_pth, small_co
 from hubserver import HubServer
 from safetensors.torch import save
 
-from tinyvit.manifest import find_source
+import tinyvit
+from tinyvit.manifest import resolve
 
 META, EXPECTED = load_parity()
-TIMM_REPO = find_source("vit-base-p32-384")[1].repo_id
+TIMM_REPO = resolve("vit-base-p32-384").source.repo_id
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -67,9 +68,9 @@ LOAD_AND_RUN = """
     with torch.inference_mode():
         logits = model(case_input(case["inputs"][0]))
     err = (logits - expected[{case!r} + "/0/logits"]).abs().max().item()
-    info = model.info
-    print(json.dumps({{"err": err, "name": info.name, "tag": info.tag, "training": model.training,
-                      "interpolation": info.preprocess.interpolation, "path": info.source["path"]}}))
+    w = model.weights
+    print(json.dumps({{"err": err, "name": w.name, "tag": w.tag, "training": model.training,
+                      "interpolation": w.preprocess.interpolation, "path": w.source.path}}))
 """
 
 
@@ -91,7 +92,7 @@ def test_load_by_name_from_the_hub_then_offline(hub, tmp_path):
 
 def test_hf_layout_source_is_converted_once(hub, tmp_path):
     """The original-paper weights are an HF-layout Hub file: fetched, converted, cached."""
-    source = find_source("vit-base-p32-384:orig_in21k_ft_in1k")[1]
+    source = resolve("vit-base-p32-384:orig_in21k_ft_in1k").source
     hub.add_file(source.repo_id, "model.safetensors", weights_bytes("hf_b32_384"))
     code = LOAD_AND_RUN.format(case="hf_b32_384", spec="vit-base-p32-384:orig_in21k_ft_in1k")
     first = run_py(code, tmp_path, hub.url)
@@ -150,24 +151,20 @@ def test_unpinned_file_is_checked_against_the_hub_etag(hub, tmp_path):
 URL_FETCH = """
     import json, tinyvit
     from conftest import small_config, load_parity
-    from tinyvit.manifest import ModelEntry, WeightSource
-    from tinyvit.preprocessing import PreprocessSpec
-    from tinyvit.hub import fetch
-    from tinyvit.weights import load_file
+    from tinyvit.api import weights_file
     meta, _ = load_parity()
-    spec = PreprocessSpec(40, 32, "bilinear", (127.5,) * 3, (127.5,) * 3)
-    source = WeightSource(tag="mmpretrain", kind="url", layout="mmpretrain", preprocess=spec, top1=None, top5=None,
-                          metrics_source="test", license="test", url={url!r}, sha256_prefix={prefix!r})
-    entry = ModelEntry(name="tiny", description="", arch=small_config(meta), params=0, gmacs=0.0,
-                       gmacs_source="", labels="", license="", sources=(source,))
+    spec = tinyvit.PreprocessSpec(40, 32, "bilinear", (127.5,) * 3, (127.5,) * 3)
+    source = tinyvit.Source(kind="url", layout="mmpretrain", url={url!r}, sha256_prefix={prefix!r})
+    record = tinyvit.Weights(config=small_config(meta), preprocess=spec, categories=None, source=source,
+                             name="tiny", tag="mmpretrain")
     try:
-        path = fetch(entry, source)
+        path = weights_file(record)
     except tinyvit.WeightsError as e:
         print(json.dumps({{"error": str(e)}}))
         raise SystemExit(0)
-    model = load_file(path)
-    print(json.dumps({{"path": str(path), "interpolation": model.info.preprocess.interpolation,
-                      "source": model.info.source}}))
+    model = tinyvit.load(path)
+    print(json.dumps({{"path": str(path), "interpolation": model.weights.preprocess.interpolation,
+                      "source": model.weights.source.to_dict()}}))
 """
 
 
@@ -222,7 +219,7 @@ def test_offline_without_cache_is_one_clear_error(tmp_path):
     out = run_py(
         LOAD_AND_RUN.format(case="timm_b32_384", spec="vit-base-p32-384"), tmp_path, "http://127.0.0.1:9", True
     )
-    assert "offline" in out["error"] and "tinyvit download" in out["error"]
+    assert "offline" in out["error"] and "tinyvit download vit-base-p32-384:augreg_in21k_ft_in1k" in out["error"]
     cli = subprocess.run(
         [sys.executable, "-m", "tinyvit.cli", "download", "vit-base-p32-384:mmpretrain"],
         env={**os.environ, "HF_HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"},
@@ -230,18 +227,23 @@ def test_offline_without_cache_is_one_clear_error(tmp_path):
         text=True,
     )
     assert cli.returncode == 1 and "Traceback" not in cli.stderr
-    assert "offline" in cli.stderr and "not in the cache" in cli.stderr
+    assert "vit-base-p32-384:mmpretrain" in cli.stderr and "offline" in cli.stderr and "not in the cache" in cli.stderr
+    assert "tinyvit download" not in cli.stderr  # no advice to run the command that just failed
 
 
 def test_hf_hub_spec_loads_a_converted_upload(hub, tmp_path):
-    metadata = {"format": "pt", "tinyvit.config": json.dumps(small_config(META).to_dict())}
+    record = tinyvit.Weights(
+        config=small_config(META), preprocess=None, categories=None, source=tinyvit.Source(kind="file", layout="timm")
+    )
+    metadata = {"format": "pt", "tinyvit.weights": record.to_json()}
     hub.add_file("acme/tiny-vit", "model.safetensors", weights_bytes("timm_small", metadata))
     code = """
         import json, torch, tinyvit
         m = tinyvit.load("hf-hub:acme/tiny-vit")
-        print(json.dumps({"classes": m(torch.zeros(1, 3, 32, 32)).shape[-1], "loc": m.info.source["location"]}))
+        print(json.dumps({"classes": m(torch.zeros(1, 3, 32, 32)).shape[-1], "loc": m.weights.source.location}))
     """
-    assert run_py(code, tmp_path, hub.url) == {"classes": 10, "loc": "hf-hub:acme/tiny-vit"}
+    out = run_py(code, tmp_path, hub.url)
+    assert out["classes"] == 10 and out["loc"].startswith("hf://acme/tiny-vit/model.safetensors@")
 
 
 def test_cli_download_then_offline_load(hub, tmp_path):

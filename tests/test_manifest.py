@@ -13,7 +13,8 @@ import pytest
 import torch
 
 import tinyvit
-from tinyvit.manifest import entries, find_source, manifest_path, parse_manifest
+from tinyvit.manifest import entries, manifest_path, parse_manifest, resolve
+from tinyvit.record import imagenet_classes
 
 ROOT = Path(__file__).resolve().parents[1]
 RAW = json.loads((ROOT / "weights_manifest.json").read_text())
@@ -40,12 +41,16 @@ def test_entry_params_match_the_architecture(name):
     assert sum(p.numel() for p in model.parameters()) == e.params
 
 
-def test_every_source_is_complete_and_honest():
+def test_every_record_is_complete_and_honest():
     for e in entries().values():
-        assert e.sources[0].kind == "hub" and e.sources[0].layout == "timm"  # default: timm's safetensors
-        for s in e.sources:
-            assert s.preprocess.crop == e.arch.image_size
-            assert s.metrics_source and s.license
+        default = e.weights[0].source
+        assert default.kind == "hub" and default.layout == "timm"  # default: timm's safetensors
+        for w in e.weights:
+            s = w.source
+            assert w.config == e.arch and w.name == e.name
+            assert w.preprocess.crop == e.arch.image_size
+            assert w.metrics.source and w.license
+            assert w.categories == imagenet_classes().names
             if s.kind == "hub":
                 assert s.repo_id and s.filename.endswith(".safetensors")
             else:
@@ -53,19 +58,58 @@ def test_every_source_is_complete_and_honest():
                 assert s.sha256 is None or s.sha256.startswith(s.sha256_prefix)
 
 
+def test_record_round_trips_through_json():
+    for e in entries().values():
+        for w in e.weights:
+            assert tinyvit.Weights.from_json(w.to_json()) == w
+
+
 def test_known_checksums_are_those_of_vit_facts():
     # the only SHA-256 values known offline (VIT_FACTS.md §2); the rest stay null until pinned
-    assert find_source("vit-base-p16-224:mmpretrain")[1].sha256.startswith("4c544545d506")
-    assert find_source("vit-base-p16-224:orig_in21k_ft_in1k")[1].sha256.startswith("1cea07110a4a")
-    assert find_source("vit-base-p32-384")[1].revision is None
+    assert resolve("vit-base-p16-224:mmpretrain").source.sha256.startswith("4c544545d506")
+    assert resolve("vit-base-p16-224:orig_in21k_ft_in1k").source.sha256.startswith("1cea07110a4a")
+    assert resolve("vit-base-p32-384").source.revision is None
 
 
 def test_name_and_tag_lookup():
-    e, s = find_source("vit-base-p32-384:mmpretrain")
-    assert e.name == "vit-base-p32-384" and s.layout == "mmpretrain" and s.top1 == 84.01
-    assert find_source("vit-base-p32-384")[1].repo_id == "timm/vit_base_patch32_384.augreg_in21k_ft_in1k"
-    with pytest.raises(tinyvit.UnknownModelError, match="no weights tagged 'nope'; tags: augreg_in21k_ft_in1k"):
-        find_source("vit-base-p32-384:nope")
+    w = resolve("vit-base-p32-384:mmpretrain")
+    assert w.name == "vit-base-p32-384" and w.source.layout == "mmpretrain" and w.metrics.top1 == 84.01
+    assert resolve("vit-base-p32-384").source.repo_id == "timm/vit_base_patch32_384.augreg_in21k_ft_in1k"
+    assert resolve("ViT-Base-P32-384:MMPretrain") == w  # case does not matter
+    with pytest.raises(tinyvit.UnknownModelError, match="no weights tagged 'nope'.*tags: augreg_in21k_ft_in1k"):
+        resolve("vit-base-p32-384:nope")
+    with pytest.raises(tinyvit.UnknownModelError, match="'mmpretrian'; did you mean 'mmpretrain'"):
+        resolve("vit-base-p32-384:mmpretrian")
+    with pytest.raises(tinyvit.UnknownModelError, match="'vit-base-p32-348'; did you mean 'vit-base-p32-384'"):
+        resolve("vit-base-p32-348")
+    with pytest.raises(tinyvit.UnknownModelError, match="did you mean 'vit_base_patch16_384'"):
+        resolve("vit_base_patch16_348")
+
+
+NAMES = json.loads((ROOT / "tests" / "fixtures" / "names.json").read_text())
+
+
+@pytest.mark.parametrize("name", sorted(NAMES["mmpretrain"]))
+def test_mmpretrain_names_resolve_to_the_same_checkpoint(name):
+    """Each mmpretrain model name whose checkpoint (per mmpretrain itself) is a zoo weight's URL."""
+    w = resolve(name)
+    assert w.source.url == NAMES["mmpretrain"][name] and w.tag == "mmpretrain"
+    assert resolve(name.upper()) == w
+
+
+@pytest.mark.parametrize("name", sorted(NAMES["timm"]) + sorted(NAMES["timm_default"]))
+def test_timm_names_resolve_to_the_same_hub_repository(name):
+    """timm's 'architecture.tag' names, and bare architecture names (timm's default tag)."""
+    repo = NAMES["timm"].get(name) or NAMES["timm_default"][name]
+    assert resolve(name).source.repo_id == repo
+
+
+def test_every_alias_is_listed_and_resolves():
+    aliases = tinyvit.list_models(aliases=True)
+    for name in [*NAMES["mmpretrain"], *NAMES["timm"], *NAMES["timm_default"]]:
+        assert name in aliases
+    for alias in aliases:
+        resolve(alias)
 
 
 def _broken(path: str, value):
@@ -92,9 +136,11 @@ def _broken(path: str, value):
         ("models/vit-base-p32-384/sources/0/top1", 840.1, "percentage"),
         ("models/vit-base-p32-384/sources/0/colour", "red", "unknown field"),
         ("models/vit-base-p32-384/sources/1/sha256", "f" * 64, "does not start with sha256_prefix"),
-        ("models/vit-base-p32-384/sources/0/preprocess/interpolation", "nearest", "interpolation"),
+        ("models/vit-base-p32-384/sources/0/preprocess/interpolation", "area", "interpolation"),
         ("models/vit-base-p32-384/arch/num_heads", 5, "not divisible"),
-        ("format_version", 2, "format_version"),
+        ("format_version", 1, "format_version"),
+        ("models/vit-base-p32-384/aliases/vit_base_patch32_384", "nope", "unknown tag"),
+        ("models/vit-base-p16-224/aliases/VIT-BASE-P32-384", "mmpretrain", "defined twice"),
     ],
 )
 def test_schema_violations_are_rejected(path, value, message):
@@ -112,3 +158,23 @@ def test_wheel_ships_the_manifest(tmp_path):
         names = z.namelist()
     assert "tinyvit/model.py" in names
     assert not [n for n in names if n.startswith("tests/")]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [None, ["models"], ["models", "vit_base_patch16_384", "--json"], ["--help"], ["--version"], ["predict", "-h"]],
+)
+def test_names_help_and_version_never_import_torch(argv, tmp_path):
+    """The torch-free bottom layer: listing, resolving and describing weights, and the CLI's help."""
+    if argv is None:
+        code = (
+            "import sys, tinyvit\n"
+            "tinyvit.list_models(); tinyvit.list_models(tags=True, aliases=True)\n"
+            "from tinyvit.manifest import resolve; resolve('vit-base-p16_32xb128-mae_in1k').describe()\n"
+        )
+    else:
+        code = f"import sys\nfrom tinyvit.cli import main\ntry:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
+    code += "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    env = {**__import__("os").environ, "HF_HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 0, out.stderr

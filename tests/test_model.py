@@ -43,11 +43,12 @@ def test_get_model_is_eval_and_runs():
     assert not model.training
     with torch.inference_mode():
         assert model(torch.zeros(1, 3, 384, 384)).shape == (1, 1000)
-    assert model.info.preprocess.crop == 384
+    assert model.weights.preprocess.crop == 384
+    assert model.weights.source.kind == "init" and "randomly initialised" in model.weights.spec
 
 
 def test_unknown_model_name_is_a_clear_error():
-    with pytest.raises(tinyvit.UnknownModelError, match="vit-huge.*available: vit-base-p32-384"):
+    with pytest.raises(tinyvit.UnknownModelError, match="vit-huge.*models: vit-base-p32-384"):
         tinyvit.get_model("vit-huge")
 
 
@@ -148,14 +149,28 @@ def _mapped_ranges(path) -> list[tuple[int, int]]:
     return ranges
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
-def test_load_is_zero_copy_from_the_file(tmp_path):
-    """Every parameter of a loaded float32 model lies inside the file's memory mapping."""
-    from tinyvit.conversion import save
+def _small_file(path):
+    """The small timm case as a tinyvit file (its record states the architecture)."""
+    from tinyvit.files import save
 
-    case = META["cases"]["timm_small"]
-    config = small_config(META)
-    path = save(tmp_path / "w.safetensors", case_state(case), {"tinyvit.config": json.dumps(config.to_dict())})
+    record = tinyvit.Weights(
+        config=small_config(META), preprocess=None, categories=None, source=tinyvit.Source(kind="file", layout="timm")
+    )
+    return save(path, case_state(META["cases"]["timm_small"]), record)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
+@pytest.mark.parametrize("kind", ["tinyvit", "timm"])
+def test_load_is_zero_copy_from_the_file(kind, tmp_path):
+    """Every parameter of a loaded float32 model lies inside the file's memory mapping, for a
+    tinyvit file and for a plain timm safetensors file loaded directly."""
+    from safetensors.torch import save_file
+
+    if kind == "tinyvit":
+        path = _small_file(tmp_path / "w.safetensors")
+    else:
+        path = tmp_path / "timm.safetensors"
+        save_file(case_state(META["cases"]["timm_b32_384"]), str(path))
     model = tinyvit.load(path)
     ranges = _mapped_ranges(path.resolve())
     assert ranges, "the weights file is not memory-mapped"
@@ -165,11 +180,7 @@ def test_load_is_zero_copy_from_the_file(tmp_path):
 
 def test_build_does_not_initialise_randomly(tmp_path, monkeypatch):
     """Loading builds on the meta device: no init function ever touches a real tensor."""
-    from tinyvit.conversion import save
-
-    case = META["cases"]["timm_small"]
-    config = small_config(META)
-    path = save(tmp_path / "w.safetensors", case_state(case), {"tinyvit.config": json.dumps(config.to_dict())})
+    path = _small_file(tmp_path / "w.safetensors")
     touched = []
     for fn in ("kaiming_uniform_", "uniform_", "normal_", "trunc_normal_", "zeros_", "ones_"):
         original = getattr(torch.nn.init, fn)

@@ -240,19 +240,19 @@ def test_broken_weight_files(name, make, reason, small_weights, tmp_path):
 
 
 def test_config_that_does_not_match_the_tensors(tmp_path):
-    from tinyvit.conversion import save
+    from safetensors.torch import save_file
 
     wrong = tinyvit.ViTConfig(image_size=32, patch_size=8, embed_dim=64, depth=3, num_heads=4, num_classes=10)
-    path = save(
-        tmp_path / "w.safetensors",
-        case_state(META["cases"]["timm_small"]),
-        {"tinyvit.config": json.dumps(wrong.to_dict())},
-    )
-    with pytest.raises(tinyvit.WeightsError, match="missing keys: blocks.2"):
-        tinyvit.load(path)
-    garbled = save(tmp_path / "g.safetensors", case_state(META["cases"]["timm_small"]), {"tinyvit.config": "{not json"})
-    with pytest.raises(tinyvit.WeightsError, match="invalid tinyvit.config"):
-        tinyvit.load(garbled)
+    record = tinyvit.Weights(config=wrong, preprocess=None, categories=None, source=tinyvit.Source("file", "timm"))
+    state = case_state(META["cases"]["timm_small"])
+    for key, value in [("tinyvit.weights", record.to_json()), ("tinyvit.config", json.dumps(wrong.to_dict()))]:
+        save_file(state, str(tmp_path / "w.safetensors"), metadata={key: value})  # this version's header, and 0.1's
+        with pytest.raises(tinyvit.WeightsError, match="missing keys: blocks.2"):
+            tinyvit.load(tmp_path / "w.safetensors")
+    for key in ("tinyvit.weights", "tinyvit.config"):
+        save_file(state, str(tmp_path / "g.safetensors"), metadata={key: "{not json"})
+        with pytest.raises(tinyvit.WeightsError, match="invalid tinyvit metadata in the header"):
+            tinyvit.load(tmp_path / "g.safetensors")
 
 
 def test_failed_loads_leave_no_model_behind(tmp_path):
@@ -273,17 +273,14 @@ def test_bad_converted_cache_file_is_removed_and_fetched_again(tmp_path):
     code = f"""
         import json, tinyvit
         from conftest import small_config, load_parity
-        from tinyvit.api import load_source
-        from tinyvit.manifest import ModelEntry, WeightSource
-        from tinyvit.preprocessing import PreprocessSpec
-        spec = PreprocessSpec(40, 32, "bilinear", (127.5,) * 3, (127.5,) * 3)
-        source = WeightSource(tag="mmpretrain", kind="url", layout="mmpretrain", preprocess=spec, top1=None,
-                              top5=None, metrics_source="t", license="t", url=URL, sha256_prefix={sha[:8]!r})
-        entry = ModelEntry(name="tiny", description="", arch=small_config(load_parity()[0]), params=0, gmacs=0.0,
-                           gmacs_source="", labels="", license="", sources=(source,))
+        from tinyvit.api import load_weights
+        spec = tinyvit.PreprocessSpec(40, 32, "bilinear", (127.5,) * 3, (127.5,) * 3)
+        source = tinyvit.Source(kind="url", layout="mmpretrain", url=URL, sha256_prefix={sha[:8]!r})
+        record = tinyvit.Weights(config=small_config(load_parity()[0]), preprocess=spec, categories=None,
+                                 source=source, name="tiny", tag="mmpretrain")
         try:
-            m = load_source(entry, source)
-            print(json.dumps({{"path": m.info.source["path"]}}))
+            m = load_weights(record)
+            print(json.dumps({{"path": m.weights.source.path}}))
         except tinyvit.WeightsError as e:
             print(json.dumps({{"error": str(e)}}))
     """
@@ -306,7 +303,7 @@ def test_tampered_hub_file_is_rejected_then_fetched_again(tmp_path):
         import json, os, tinyvit
         try:
             m = tinyvit.load("hf-hub:acme/tiny-vit")
-            print(json.dumps({"path": os.path.realpath(m.info.source["path"])}))
+            print(json.dumps({"path": os.path.realpath(m.weights.source.path)}))
         except tinyvit.WeightsError as e:
             print(json.dumps({"error": str(e)}))
     """
@@ -376,7 +373,7 @@ def test_server_slower_than_the_timeout(tmp_path):
             tinyvit.hub.URL_TIMEOUT = 1
             from pathlib import Path
             try:
-                tinyvit.hub._download(@URL@, Path(tinyvit.hub.cache_dir()) / "dl", "test")
+                tinyvit.hub.download_url(@URL@, Path(tinyvit.hub.cache_dir()) / "dl", "test")
                 print(json.dumps({"ok": True}))
             except tinyvit.WeightsError as e:
                 print(json.dumps({"error": str(e)}))
@@ -404,7 +401,7 @@ def test_two_processes_loading_the_same_model_at_once(tmp_path):
     code = """
         import json, os, tinyvit
         m = tinyvit.load("hf-hub:acme/tiny-vit")
-        print(json.dumps({"path": os.path.realpath(m.info.source["path"])}))
+        print(json.dumps({"path": os.path.realpath(m.weights.source.path)}))
     """
     with HubServer() as hub:
         hub.add_file("acme/tiny-vit", "model.safetensors", content)

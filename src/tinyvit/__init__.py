@@ -19,47 +19,70 @@ __version__ = "0.1.0"
 
 # public name → the module that defines it, imported on first access
 _LAZY = {
-    "available_models": "tinyvit.api",
+    # torch-free
+    "available_models": "tinyvit.manifest",
+    "list_models": "tinyvit.manifest",
+    "UnknownModelError": "tinyvit.manifest",
+    "ViTConfig": "tinyvit.config",
+    "PreprocessSpec": "tinyvit.preprocessing",
+    "Weights": "tinyvit.record",
+    "Source": "tinyvit.record",
+    "Metrics": "tinyvit.record",
+    # these import torch
     "download": "tinyvit.api",
-    "list_models": "tinyvit.api",
     "get_model": "tinyvit.api",
     "load": "tinyvit.api",
-    "predict": "tinyvit.api",
-    "Prediction": "tinyvit.api",
+    "preprocess": "tinyvit.api",
+    "predict": "tinyvit.pipeline",
+    "predict_iter": "tinyvit.pipeline",
+    "embed": "tinyvit.pipeline",
+    "embed_iter": "tinyvit.pipeline",
+    "Prediction": "tinyvit.pipeline",
+    "Embedding": "tinyvit.pipeline",
     "convert": "tinyvit.conversion",
-    "preprocess": "tinyvit.preprocessing",
-    "PreprocessSpec": "tinyvit.preprocessing",
-    "ViTConfig": "tinyvit.model",
     "VisionTransformer": "tinyvit.model",
-    "UnknownModelError": "tinyvit.manifest",
 }
 
 __all__ = [
+    "Embedding",
     "ImageError",
+    "Metrics",
     "Prediction",
     "PreprocessSpec",
+    "Source",
     "TinyViTError",
     "UnknownModelError",
     "ViTConfig",
     "VisionTransformer",
+    "Weights",
     "WeightsError",
     "__version__",
     "available_models",
     "convert",
     "download",
+    "embed",
+    "embed_iter",
     "get_model",
     "list_models",
     "load",
     "predict",
+    "predict_iter",
     "preprocess",
 ]
 
 if TYPE_CHECKING:
-    from tinyvit.api import Prediction, available_models, download, get_model, list_models, load, predict
+    from tinyvit.api import download, get_model, load, preprocess
+    from tinyvit.config import ViTConfig
     from tinyvit.conversion import convert
-    from tinyvit.manifest import UnknownModelError
-    from tinyvit.model import VisionTransformer, ViTConfig
-    from tinyvit.preprocessing import PreprocessSpec, preprocess
+    from tinyvit.manifest import UnknownModelError, available_models, list_models
+    from tinyvit.model import VisionTransformer
+    from tinyvit.pipeline import Embedding, Prediction, embed, embed_iter, predict, predict_iter
+    from tinyvit.preprocessing import PreprocessSpec
+    from tinyvit.record import Metrics, Source, Weights
+
+
+# the optional integrations, as submodules imported on first access: tinyvit.ray.Classifier
+_SUBMODULES = ("ray", "serve", "export")
 
 
 def __getattr__(name: str):
@@ -67,6 +90,8 @@ def __getattr__(name: str):
         value = getattr(importlib.import_module(_LAZY[name]), name)
         globals()[name] = value
         return value
+    if name in _SUBMODULES:
+        return importlib.import_module(f"tinyvit.{name}")
     raise AttributeError(f"module 'tinyvit' has no attribute {name!r}")
 
 

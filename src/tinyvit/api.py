@@ -1,50 +1,219 @@
-"""The public entry points: list the zoo, build a model, load weights, predict."""
+"""Loading: weights by name, path or Hub repository → a model with its record; building a bare
+architecture; resolving a preprocessing. (Running many images through a model: pipeline.py.)"""
 
 from __future__ import annotations
 
-import functools
-import math
 import os
-import sys
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from importlib import resources
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from tinyvit.errors import ImageError, WeightsError
-from tinyvit.manifest import ModelEntry, WeightSource, entries, entry, find_source
+from tinyvit.conversion import read_weights
+from tinyvit.errors import OfflineError, TinyViTError, WeightsError
+from tinyvit.files import build_model, read_tensors
+from tinyvit.hub import cache_dir, download_url, fetch_hf_hub, offline
+from tinyvit.manifest import resolve
 from tinyvit.model import VisionTransformer
-from tinyvit.preprocessing import describe_input, preprocess_one, resolve_spec
-from tinyvit.weights import WeightsInfo, load_file
+from tinyvit.preprocessing import ImageInput, PreprocessSpec
+from tinyvit.record import Source, Weights, parse_labels
 
-__all__ = ["Prediction", "available_models", "download", "get_model", "list_models", "load", "predict"]
+__all__ = ["cached_model", "download", "get_model", "load", "model_for", "preprocess", "resolve_preprocess"]
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+_SHA256_CHARS = set("0123456789abcdef")
+DTYPES = {
+    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+}  # fmt: skip
+
+LabelsArg = str | os.PathLike | Sequence[str] | None
 
 
-def available_models() -> list[str]:
-    """Names of the zoo's models, as :func:`load` and :func:`get_model` take them."""
-    return list(entries())
+# ---------------------------------------------------------------------------------------------
+# Device and dtype
 
 
-def list_models(*, tags: bool = False) -> list[str]:
-    """The zoo's model names; with ``tags=True`` every weight as ``"name:tag"``, defaults first."""
-    if not tags:
-        return available_models()
-    return [f"{name}:{s.tag}" for name, e in entries().items() for s in e.sources]
+def parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    """``torch.bfloat16``, ``"bf16"``, ``"float16"``, ``"fp32"``… → a torch dtype (None stays None)."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        if dtype is not None and not dtype.is_floating_point:
+            raise TinyViTError(f"dtype {dtype} is not a floating-point type")
+        return dtype
+    if isinstance(dtype, str) and dtype.lower().removeprefix("torch.") in DTYPES:
+        return DTYPES[dtype.lower().removeprefix("torch.")]
+    raise TinyViTError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
+
+
+def parse_device(device: torch.device | str | None) -> torch.device | None:
+    """A device that exists here, or a :class:`TinyViTError` that says why not."""
+    if device is None:
+        return None
+    try:
+        d = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise TinyViTError(f"invalid device {device!r} ({e})") from None
+    if d.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch build has no CUDA support" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise TinyViTError(f"device {str(device)!r} is not available: {why}")
+        if d.index is not None and d.index >= torch.cuda.device_count():
+            raise TinyViTError(f"device {str(device)!r} is not available: {torch.cuda.device_count()} CUDA GPU(s)")
+    elif d.type == "mps" and not torch.backends.mps.is_available():
+        raise TinyViTError(f"device {str(device)!r} is not available on this machine")
+    elif d.type not in ("cpu", "cuda", "mps", "xpu", "meta"):
+        raise TinyViTError(f"device {str(device)!r} is not supported")
+    return d
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def _preprocess_arg(preprocess: PreprocessSpec | str | None) -> PreprocessSpec | None:
+    """An explicit spec, or ``"name[:tag]"``: preprocess like those zoo weights."""
+    if preprocess is None or isinstance(preprocess, PreprocessSpec):
+        return preprocess
+    return resolve(preprocess).preprocess
+
+
+def weights_file(record: Weights) -> Path:
+    """A local, verified tinyvit/timm-layout safetensors file for zoo weights: fetched (and
+    converted once into tinyvit's cache where the published file is in another layout)."""
+    src = record.source
+    if src.kind == "hub":
+        path = fetch_hf_hub(str(src.repo_id), str(src.filename), revision=src.revision, sha256=src.sha256)
+        assert path is not None
+        if src.layout == "timm":
+            return path
+        blob = path.resolve().name  # the verified content's SHA-256 for LFS files: a new upload converts anew
+        dst = _converted_path(record, blob)
+        if not dst.is_file():
+            sha = blob if len(blob) == 64 and set(blob) <= _SHA256_CHARS else None
+            _convert_into_cache(path, dst, record, sha)
+        return dst
+    dst = _converted_path(record, src.sha256 or src.sha256_prefix or "")
+    if dst.is_file():
+        return dst
+    what = f"{record.spec} ({src.url})"
+    if offline():
+        raise OfflineError(f"{what}: offline (HF_HUB_OFFLINE is set), and the converted file is not in the cache")
+    # Each process downloads and converts into files of its own and renames the result into
+    # place, so concurrent loads of the same model all succeed and leave one file.
+    raw, actual = download_url(str(src.url), dst.parent, what)
+    try:
+        expected = src.sha256 or src.sha256_prefix
+        if expected is None or not actual.startswith(expected):
+            raise WeightsError(f"{what}: SHA-256 mismatch (expected {expected}…, got {actual}); nothing was kept")
+        _convert_into_cache(raw, dst, record, actual)
+    finally:
+        raw.unlink(missing_ok=True)
+    return dst
+
+
+def _converted_path(record: Weights, key: str) -> Path:
+    return cache_dir() / "converted" / str(record.name) / f"{record.tag}-{key}.safetensors"
+
+
+def _convert_into_cache(raw: Path, dst: Path, record: Weights, sha256: str | None) -> None:
+    """Rename a zoo file's tensors to timm's; the manifest's record (with the file's SHA-256) goes
+    into the header."""
+    from tinyvit.files import save
+
+    state, _ = read_weights(raw, layout=record.source.layout, arch=record.config)
+    save(dst, state, replace(record, source=replace(record.source, sha256=record.source.sha256 or sha256)))
 
 
 def download(spec: str) -> Path:
-    """Fetch (and verify, and convert where needed) a zoo weight into the cache, for offline use.
-    Returns the local safetensors file."""
-    from tinyvit.hub import fetch
+    """Fetch (and verify, and convert where needed) weights into the cache, for offline use:
+    a zoo ``name[:tag]`` or an ``hf-hub:owner/repo[@revision]``. Returns the local file."""
+    if spec.startswith("hf-hub:"):
+        return _fetch_hub_repo(spec)
+    record = resolve(spec)
+    try:
+        return weights_file(record)
+    except WeightsError as e:
+        raise type(e)(f"{record.spec}: {e}") from e
 
-    model_entry, source = find_source(spec)
-    return fetch(model_entry, source)
+
+def _fetch_hub_repo(spec: str) -> Path:
+    """``hf-hub:owner/repo[@revision]`` → the local snapshot folder holding its ``model.safetensors``
+    and, where the repository has them, ``config.json`` and ``preprocessor_config.json``."""
+    repo_id, _, revision = spec.removeprefix("hf-hub:").partition("@")
+    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
+        raise WeightsError(f"{spec!r}: expected hf-hub:owner/repo[@revision]")
+    weights = fetch_hf_hub(repo_id, "model.safetensors", revision=revision or None)
+    assert weights is not None
+    for name in ("config.json", "preprocessor_config.json"):
+        fetch_hf_hub(repo_id, name, revision=revision or None, optional=True)
+    return weights.parent
+
+
+def load(
+    spec: str | os.PathLike,
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | str | None = None,
+    labels: LabelsArg = None,
+    preprocess: PreprocessSpec | str | None = None,
+) -> VisionTransformer:
+    """A model with weights, in eval mode; ``model.weights`` is their record.
+
+    ``spec`` is a zoo name or alias (its default weights), ``"name:tag"``, a local checkpoint
+    (a tinyvit or timm ``.safetensors``, a timm / mmpretrain ``.pth``, a JAX ``.npz``, an HF
+    ``save_pretrained`` folder), or ``"hf-hub:owner/repo[@revision]"`` — a timm- or HF-layout ViT
+    repository on the Hub. ``labels`` (a list, a file with one name per line or JSON, or
+    ``"imagenet-1k"``) and ``preprocess`` (a :class:`PreprocessSpec`, or a zoo ``name[:tag]`` to
+    preprocess like) state what a checkpoint does not say, or override it. ``dtype`` takes
+    torch dtypes or ``"fp32"``, ``"bf16"``, ``"float16"``…
+    """
+    device, dtype = parse_device(device), parse_dtype(dtype)
+    pre = _preprocess_arg(preprocess)
+    if isinstance(spec, os.PathLike) or (isinstance(spec, str) and not spec.startswith("hf-hub:") and _is_path(spec)):
+        state, record = read_weights(spec, labels=labels, preprocess=pre)
+        return build_model(record, state, what=repr(os.fspath(spec)), device=device, dtype=dtype)
+    if not isinstance(spec, str):
+        raise TypeError(f"load() takes a name, a path or 'hf-hub:owner/repo', not {type(spec).__name__}")
+    if spec.startswith("hf-hub:"):
+        folder = _fetch_hub_repo(spec)
+        state, record = read_weights(folder, labels=labels, preprocess=pre)
+        repo_id, _, _ = spec.removeprefix("hf-hub:").partition("@")
+        blob = (folder / "model.safetensors").resolve().name
+        source = replace(
+            record.source, kind="hub", repo_id=repo_id, filename="model.safetensors", revision=folder.name,
+            sha256=record.source.sha256 or (blob if len(blob) == 64 else None), path=str(folder / "model.safetensors"),
+        )  # fmt: skip
+        return build_model(replace(record, source=source), state, what=spec, device=device, dtype=dtype)
+    record = resolve(spec).with_overrides(categories=None if labels is None else parse_labels(labels), preprocess=pre)
+    return load_weights(record, device=device, dtype=dtype)
+
+
+def _is_path(spec: str) -> bool:
+    return Path(spec).exists() or spec.endswith((".safetensors", ".pth", ".pt", ".bin", ".npz")) or os.sep in spec
+
+
+def load_weights(
+    record: Weights, *, device: torch.device | None = None, dtype: torch.dtype | None = None
+) -> VisionTransformer:
+    """A model with the zoo weights ``record`` names (fetched, verified and cached as needed)."""
+    try:
+        file = weights_file(record)
+    except OfflineError as e:
+        raise OfflineError(
+            f"{record.spec}: {e}. Fetch it once where the Hub can be reached (`tinyvit download {record.spec}`), "
+            "or load a local copy by its path"
+        ) from e
+    record = replace(record, source=replace(record.source, path=str(file)))
+    try:
+        return build_model(record, read_tensors(file), what=repr(str(file)), device=device, dtype=dtype)
+    except WeightsError as e:
+        note = ""
+        if cache_dir() in file.resolve().parents:  # our own converted copy went bad: fetch it afresh next time
+            file.unlink(missing_ok=True)
+            note = "; the cached file was removed, load again to fetch it afresh"
+        raise WeightsError(f"{record.spec}: {e}{note}") from e
 
 
 def get_model(
@@ -52,206 +221,105 @@ def get_model(
     pretrained: bool = False,
     *,
     device: torch.device | str | None = None,
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | str | None = None,
 ) -> VisionTransformer:
-    """A zoo architecture in eval mode: randomly initialised, or with its default weights
-    (``pretrained=True``, the same as :func:`load`)."""
+    """A zoo architecture in eval mode: randomly initialised (its record says so), or with its
+    default weights (``pretrained=True``, the same as :func:`load`)."""
     if pretrained:
         return load(name, device=device, dtype=dtype)
-    e = entry(name)
-    model = VisionTransformer(e.arch).init_weights().to(device=device, dtype=dtype).eval()
-    model.info = WeightsInfo(config=e.arch, preprocess=e.sources[0].preprocess, name=name, labels=e.labels)
-    return model
-
-
-def load(
-    spec: str | os.PathLike,
-    *,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype | None = None,
-) -> VisionTransformer:
-    """A model with weights, in eval mode, with ``model.info`` describing them.
-
-    ``spec`` is a zoo name (its default weights), ``"name:tag"``, the path of a safetensors file
-    written by :func:`tinyvit.convert`, or ``"hf-hub:owner/repo[@revision]"`` — a Hub repository
-    whose ``model.safetensors`` carries tinyvit's metadata (a converted file, uploaded).
-    """
-    path = Path(spec)
-    if isinstance(spec, os.PathLike) or path.suffix == ".safetensors" or path.exists():
-        return load_file(path, device=device, dtype=dtype)
-    from tinyvit.hub import fetch_hf_hub
-
-    if spec.startswith("hf-hub:"):
-        repo_id, _, revision = spec.removeprefix("hf-hub:").partition("@")
-        file = fetch_hf_hub(repo_id, "model.safetensors", revision=revision or None)
-        return load_file(file, device=device, dtype=dtype, info={"source": {"location": spec, "path": str(file)}})
-    return load_source(*find_source(str(spec)), device=device, dtype=dtype)
-
-
-def load_source(
-    model_entry: ModelEntry,
-    source: WeightSource,
-    *,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype | None = None,
-) -> VisionTransformer:
-    """A model with the weights of one manifest source (fetched, verified and cached as needed)."""
-    from tinyvit.hub import cache_dir, fetch
-
-    file = fetch(model_entry, source)
-    info = {
-        "name": model_entry.name,
-        "tag": source.tag,
-        "preprocess": source.preprocess,
-        "labels": model_entry.labels,
-        "source": {"location": source.location, "sha256": source.sha256, "path": str(file)},
-    }
-    try:
-        return load_file(file, config=model_entry.arch, device=device, dtype=dtype, info=info)
-    except WeightsError as e:
-        note = ""
-        if cache_dir() in file.resolve().parents:  # our own converted copy went bad: fetch it afresh next time
-            file.unlink(missing_ok=True)
-            note = "; the cached file was removed, load again to fetch it afresh"
-        raise WeightsError(f"{model_entry.name}:{source.tag}: {e}{note}") from e
+    record = resolve(name)
+    record = replace(record, source=Source(kind="init", layout="timm"), metrics=None, tag=None, note=None)
+    model = VisionTransformer(record.config, record).init_weights()
+    return model.to(device=parse_device(device), dtype=parse_dtype(dtype)).eval()
 
 
 # ---------------------------------------------------------------------------------------------
-# Prediction
+# Preprocessing
 
 
-@functools.cache
-def imagenet_classes() -> tuple[tuple[str, str], ...]:
-    """(WordNet id, names) of the 1000 ImageNet-1k classes, in class-index order."""
-    text = (resources.files("tinyvit") / "imagenet1k_classes.txt").read_text(encoding="utf-8")
-    return tuple(tuple(line.split("\t", 1)) for line in text.splitlines())  # type: ignore[misc]
+def resolve_preprocess(spec: str | PreprocessSpec | torch.nn.Module | Weights) -> PreprocessSpec:
+    """A zoo name or ``"name:tag"`` (its weights' preprocessing), a spec, a record, or a loaded
+    model (its record's preprocessing)."""
+    if isinstance(spec, PreprocessSpec):
+        return spec
+    if isinstance(spec, str):
+        return resolve(spec).preprocess  # type: ignore[return-value]
+    record = spec if isinstance(spec, Weights) else getattr(spec, "weights", None)
+    if isinstance(record, Weights) and record.preprocess is not None:
+        return record.preprocess
+    if isinstance(record, Weights):
+        raise TinyViTError(
+            f"{record.spec}: the checkpoint does not say how its images were preprocessed; pass preprocess= "
+            "a PreprocessSpec or a zoo name to preprocess like (CLI: --preprocess-like NAME[:TAG], or --crop and "
+            "friends)"
+        )
+    raise TinyViTError(
+        f"cannot tell the preprocessing from a {type(spec).__name__}: pass a zoo name or a PreprocessSpec"
+    )
 
 
-def class_names(model: VisionTransformer) -> list[str]:
-    """Class names for the model's outputs: ImageNet-1k's for 1000-class models whose labels are
-    not stated otherwise, else ``"class <i>"``."""
-    info = getattr(model, "info", None)
-    labels = getattr(info, "labels", None)
-    n = model.config.num_classes
-    if labels == "imagenet-1k" or (labels is None and n == 1000):
-        return [name for _, name in imagenet_classes()]
-    return [f"class {i}" for i in range(n)]
+def preprocess(
+    images: ImageInput | Sequence[ImageInput],
+    spec: str | PreprocessSpec | torch.nn.Module | Weights,
+    *,
+    fast: bool = False,
+) -> torch.Tensor:
+    """Images → the tensors the weights were evaluated with.
+
+    One image gives (3, H, W) float32; a list or tuple gives (B, 3, H, W). ``spec`` is a zoo name,
+    ``"name:tag"``, a :class:`PreprocessSpec`, a :class:`Weights` record or a loaded model.
+    ``fast=True`` decodes JPEGs at a reduced scale first (Pillow's draft mode): much faster on big
+    photos, no longer bit-exact (the benchmark reports by how much).
+    """
+    from tinyvit.preprocessing import preprocess as run
+
+    return run(images, resolve_preprocess(spec), fast=fast)
 
 
-@dataclass(frozen=True)
-class Prediction:
-    """One image's result. A failed item (``errors="return"``) has ``error`` set and label -1."""
-
-    input: str  # what was predicted, for reports: a path or a short description
-    label: int = -1
-    name: str = ""
-    score: float = math.nan
-    topk: list[tuple[int, str, float]] = field(default_factory=list)
-    scores: torch.Tensor | None = field(default=None, repr=False)  # (num_classes,) probabilities
-    error: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-    def to_dict(self) -> dict[str, Any]:
-        """mmpretrain's ``inference_model`` keys, plus ``topk``, ``input`` and ``error``."""
-        return {
-            "input": self.input,
-            "pred_label": self.label,
-            "pred_score": self.score,
-            "pred_class": self.name,
-            "pred_scores": None if self.scores is None else self.scores.tolist(),
-            "topk": [{"label": i, "name": n, "score": p} for i, n, p in self.topk],
-            "error": self.error,
-        }
+# ---------------------------------------------------------------------------------------------
+# Models shared within a process
 
 
 _MODELS: dict[tuple, VisionTransformer] = {}
 _MODELS_LOCK = threading.Lock()
 
 
-def cached_model(spec: str | os.PathLike, device=None, dtype=None) -> VisionTransformer:
-    """A loaded model, shared within the process per (spec, device, dtype)."""
-    key = (os.fspath(spec), str(device), str(dtype))
+def cached_model(
+    spec: str | os.PathLike,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | str | None = None,
+    *,
+    labels: LabelsArg = None,
+    preprocess: PreprocessSpec | str | None = None,
+) -> VisionTransformer:
+    """A loaded model, shared within the process per (spec, device, dtype, labels, preprocess)."""
+    labels_key = tuple(labels) if isinstance(labels, (list, tuple)) else labels
+    key = (os.fspath(spec), str(device), str(parse_dtype(dtype)), labels_key, preprocess)
     with _MODELS_LOCK:
         if key not in _MODELS:
-            _MODELS[key] = load(spec, device=device, dtype=dtype)
+            _MODELS[key] = load(spec, device=device, dtype=dtype, labels=labels, preprocess=preprocess)
         return _MODELS[key]
 
 
-def image_files(folder: Path) -> list[Path]:
-    """Image files under ``folder`` (by extension, case-insensitive), recursively, sorted."""
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_dir())
-
-
-def predict(
-    images: Any,
-    model: str | os.PathLike | VisionTransformer = "vit-base-p32-384",
-    *,
-    top_k: int = 5,
-    batch_size: int = 8,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype | None = None,
-    errors: str = "raise",
-    fast: bool = False,
-    progress: bool | None = None,
-) -> Prediction | list[Prediction]:
-    """Classify images: one input gives one :class:`Prediction`; a list, or a folder path, a list.
-
-    ``images``: a path, bytes, binary file, PIL image, H×W×3 uint8 array or 3×H×W uint8 tensor; a
-    list of those; or a folder (its image files, recursively, sorted). ``model``: a zoo name,
-    ``"name:tag"``, a weights file, or a loaded model (loaded models are cached per process).
-    ``errors="raise"`` stops at the first bad image with :class:`tinyvit.ImageError`;
-    ``errors="return"`` returns a failed :class:`Prediction` for it and goes on with the rest.
-    ``progress``: a progress bar on stderr (default: for more than one batch).
-    """
-    if errors not in ("raise", "return"):
-        raise ValueError(f"errors must be 'raise' or 'return', got {errors!r}")
-    if top_k < 1 or batch_size < 1:
-        raise ValueError("top_k and batch_size must be >= 1")
-    single = not isinstance(images, (list, tuple))
-    if single and isinstance(images, (str, os.PathLike)) and Path(images).is_dir():
-        items: Sequence[Any] = image_files(Path(images))
-        single = False
-    else:
-        items = [images] if single else images
-
-    net = model if isinstance(model, torch.nn.Module) else cached_model(model, device, dtype)
-    spec = resolve_spec(net)
-    names = class_names(net)
-    param = next(net.parameters())
-    k = min(top_k, len(names))
-    show = progress if progress is not None else len(items) > batch_size
-    bar = None
-    if show:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(items), unit="img", file=sys.stderr, desc="predict")
-
-    results: list[Prediction] = []
-    for start in range(0, len(items), batch_size):
-        batch = items[start : start + batch_size]
-        tensors, slots = [], []
-        for image in batch:
-            try:
-                tensors.append(preprocess_one(image, spec, fast=fast))
-                slots.append(len(results))
-                results.append(Prediction(input=describe_input(image).strip("'")))
-            except ImageError as e:
-                if errors == "raise":
-                    raise
-                results.append(Prediction(input=describe_input(image).strip("'"), error=str(e)))
-        if tensors:
-            x = torch.stack(tensors).to(device=param.device, dtype=param.dtype)
-            with torch.inference_mode():
-                probs = net(x).float().softmax(dim=-1)
-            top_p, top_i = probs.topk(k, dim=-1)
-            for slot, p, tp, ti in zip(slots, probs, top_p.tolist(), top_i.tolist(), strict=True):
-                topk = [(i, names[i], s) for i, s in zip(ti, tp, strict=True)]
-                results[slot] = Prediction(results[slot].input, ti[0], names[ti[0]], tp[0], topk, p)
-        if bar is not None:
-            bar.update(len(batch))
-    if bar is not None:
-        bar.close()
-    return results[0] if single else results
+def model_for(
+    model: str | os.PathLike | VisionTransformer, device: torch.device | str | None, dtype: torch.dtype | str | None
+) -> VisionTransformer:
+    """The model to run: loaded (and cached) from a spec, or a loaded one, which is used as it is —
+    a ``device`` or ``dtype`` it does not have is refused rather than silently ignored."""
+    if not isinstance(model, torch.nn.Module):
+        return cached_model(model, device, dtype)
+    param = next(model.parameters())
+    want_device, want_dtype = parse_device(device), parse_dtype(dtype)
+    if want_device is not None and (
+        want_device.type != param.device.type or (want_device.index is not None and want_device != param.device)
+    ):
+        raise TinyViTError(
+            f"the model is on {param.device}, not {want_device}: move it first (model.to({str(want_device)!r})) "
+            "or pass the model by name"
+        )
+    if want_dtype is not None and want_dtype != param.dtype:
+        raise TinyViTError(
+            f"the model's weights are {param.dtype}, not {want_dtype}: convert them first (model.to({want_dtype})) "
+            "or pass the model by name"
+        )
+    return model

@@ -1,13 +1,20 @@
-"""Checkpoints in other layouts → tinyvit safetensors (timm's names + architecture metadata).
+"""Checkpoints in other layouts → timm's parameter names plus a weights record.
 
-Every layout is converted here, once, by renaming (and, for q/k/v and JAX kernels, reshaping):
+Conversion is key mapping and architecture inference, nothing else: :func:`read_weights` reads a
+checkpoint, renames its tensors to tinyvit's (= timm's) names, works out the architecture from
+the tensors (and the checkpoint's own config where it has one), and gathers what the checkpoint
+says about its class names and its preprocessing into a :class:`Weights` record. ``tinyvit.load``
+builds a model from that in memory; :func:`convert` writes it as a tinyvit safetensors file.
 
 ======================  ====================================================================
-timm                    ``cls_token``, ``blocks.0.attn.qkv.weight``, … (tinyvit's own names)
+timm                    ``cls_token``, ``blocks.0.attn.qkv.weight``, … (tinyvit's own names);
+                        a Hub folder's ``config.json`` (``pretrained_cfg``, ``label_names``)
 hf                      transformers' on-disk names (``vit.encoder.layer.0.attention.attention
                         .query.weight``) and transformers-5 in-memory names (``vit.layers.0
-                        .attention.q_proj.weight``); ``vit.`` prefix optional
-mmpretrain              ``backbone.layers.0.attn.qkv.weight``, ``head.layers.head.weight``
+                        .attention.q_proj.weight``); ``vit.`` prefix optional; ``config.json``
+                        (``id2label``) and ``preprocessor_config.json``
+mmpretrain              ``backbone.layers.0.attn.qkv.weight``, ``head.layers.head.weight``;
+                        class names from the checkpoint's ``meta.dataset_meta.classes``
 npz                     Google's JAX ``.npz`` (``Transformer/encoderblock_0/...``)
 ======================  ====================================================================
 """
@@ -15,35 +22,27 @@ npz                     Google's JAX ``.npz`` (``Transformer/encoderblock_0/...`
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
 import re
-import tempfile
-from collections.abc import Mapping
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
+from tinyvit.config import ViTConfig
 from tinyvit.errors import WeightsError
-from tinyvit.model import ViTConfig
+from tinyvit.files import check_state_dict, grid_side, read_header, read_record, read_tensors, save
+from tinyvit.fsutil import sha256_file
+from tinyvit.manifest import entries, entry
 from tinyvit.preprocessing import PreprocessSpec
-from tinyvit.weights import (
-    META_CONFIG,
-    META_LABELS,
-    META_PREPROCESS,
-    META_SOURCE,
-    check_state_dict,
-    config_from_metadata,
-    grid_side,
-    read_metadata,
-    read_tensors,
-    sha256_file,
-)
+from tinyvit.record import LAYOUTS, Source, Weights, labels_from_mapping, parse_labels
 
-__all__ = ["convert", "detect_layout", "to_timm", "read_checkpoint"]
-
-LAYOUTS = ("timm", "hf", "mmpretrain", "npz")
+__all__ = ["Checkpoint", "convert", "detect_layout", "read_checkpoint", "read_weights", "to_timm"]
 
 _BLOCK = r"(?:encoder\.layer|layers)\.(\d+)\."
 # (pattern, timm name); "{qkv}" targets are fused from their q, k, v parts afterwards.
@@ -82,17 +81,21 @@ _QKV_PART = {"query": "q", "key": "k", "value": "v", "q": "q", "k": "k", "v": "v
 # Reading
 
 
+@dataclass
 class Checkpoint:
-    """Tensors read from a source, plus what the source says about its architecture."""
+    """Tensors read from a source, plus what the source says about itself."""
 
-    def __init__(self, tensors: Mapping, path: Path, *, config: ViTConfig | None = None, hf_config: dict | None = None):
-        self.tensors = dict(tensors)
-        self.path = path
-        self.config = config  # from tinyvit metadata
-        self.hf_config = hf_config  # an HF config.json next to the weights
+    tensors: dict[str, torch.Tensor]
+    path: Path
+    record: Weights | None = None  # a tinyvit file's header
+    hf_config: dict | None = None  # transformers' config.json
+    hf_preprocessor: dict | None = None  # transformers' preprocessor_config.json
+    timm_config: dict | None = None  # timm's Hub config.json (architecture, pretrained_cfg, label_names)
+    classes: tuple[str, ...] | None = None  # an mmpretrain checkpoint's meta.dataset_meta.classes
 
 
-def _torch_load(path: Path) -> dict:
+def _torch_load(path: Path) -> tuple[dict, tuple[str, ...] | None]:
+    """A .pth / .bin state dict, unwrapped, and the class names its training meta records."""
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -102,6 +105,7 @@ def _torch_load(path: Path) -> dict:
         ) from e
     except (RuntimeError, OSError, EOFError, ValueError) as e:
         raise WeightsError(f"{str(path)!r}: not a readable PyTorch checkpoint ({e})") from e
+    classes = _meta_classes(obj.get("meta") if isinstance(obj, dict) else None)
     # Training checkpoints wrap the weights: mmpretrain {'meta', 'state_dict'}, others {'model'}.
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
@@ -114,40 +118,61 @@ def _torch_load(path: Path) -> dict:
     not_tensors = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
     if not_tensors:
         raise WeightsError(f"{str(path)!r}: entries that are not tensors: {', '.join(map(str, not_tensors[:5]))}")
-    return obj
+    return obj, classes
 
 
-def _read_hf_config(path: Path) -> dict | None:
+def _meta_classes(meta: Any) -> tuple[str, ...] | None:
+    """mmpretrain 1.x: meta['dataset_meta']['classes']; mmcls 0.x: meta['CLASSES']."""
+    if not isinstance(meta, dict):
+        return None
+    dataset_meta = meta.get("dataset_meta")
+    classes = dataset_meta.get("classes") if isinstance(dataset_meta, dict) else meta.get("CLASSES")
+    if isinstance(classes, (list, tuple)) and classes and all(isinstance(c, str) for c in classes):
+        return tuple(classes)
+    return None
+
+
+def _read_json(path: Path) -> dict | None:
     if not path.is_file():
         return None
     try:
-        cfg = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
-        raise WeightsError(f"{str(path)!r}: unreadable config.json ({e})") from e
-    return cfg if isinstance(cfg, dict) else None
+        raise WeightsError(f"{str(path)!r}: unreadable JSON ({e})") from e
+    return data if isinstance(data, dict) else None
+
+
+def _read_configs(ckpt: Checkpoint, folder: Path) -> None:
+    """The configs published beside the weights (a Hub repository's or save_pretrained's files)."""
+    config = _read_json(folder / "config.json")
+    if config is not None and "model_type" in config:
+        ckpt.hf_config = config
+    elif config is not None and ("architecture" in config or "pretrained_cfg" in config):
+        ckpt.timm_config = config
+    ckpt.hf_preprocessor = _read_json(folder / "preprocessor_config.json")
 
 
 def read_checkpoint(src: str | os.PathLike) -> Checkpoint:
-    """Read a checkpoint: a safetensors / .pth / .bin / .npz file, or an HF save_pretrained folder."""
+    """Read a checkpoint: a safetensors / .pth / .bin / .npz file, or a folder holding one (an HF
+    ``save_pretrained`` folder, a timm Hub snapshot), with the configs published beside it."""
     path = Path(src)
     if not path.exists():
         raise WeightsError(f"{str(path)!r}: no such file or folder")
     if path.is_dir():
-        hf_config = _read_hf_config(path / "config.json")
         for name in ("model.safetensors", "pytorch_model.bin"):
             if (path / name).is_file():
-                break
-        else:
-            if (path / "model.safetensors.index.json").is_file():
-                index = json.loads((path / "model.safetensors.index.json").read_text(encoding="utf-8"))
-                tensors: dict = {}
-                for shard in sorted(set(index["weight_map"].values())):
-                    tensors.update(read_tensors(path / shard))
-                return Checkpoint(tensors, path, hf_config=hf_config)
-            raise WeightsError(f"{str(path)!r}: folder holds no model.safetensors or pytorch_model.bin")
-        ckpt = read_checkpoint(path / name)
-        ckpt.hf_config = ckpt.hf_config or hf_config
-        return ckpt
+                ckpt = read_checkpoint(path / name)
+                ckpt.path = path
+                return ckpt
+        if (path / "model.safetensors.index.json").is_file():
+            index = json.loads((path / "model.safetensors.index.json").read_text(encoding="utf-8"))
+            tensors: dict = {}
+            for shard in sorted(set(index["weight_map"].values())):
+                tensors.update(read_tensors(path / shard))
+            ckpt = Checkpoint(tensors, path)
+            _read_configs(ckpt, path)
+            return ckpt
+        raise WeightsError(f"{str(path)!r}: folder holds no model.safetensors or pytorch_model.bin")
     if path.suffix == ".npz":
         try:
             with np.load(path, allow_pickle=False) as npz:
@@ -156,14 +181,13 @@ def read_checkpoint(src: str | os.PathLike) -> Checkpoint:
             raise WeightsError(f"{str(path)!r}: not a readable .npz file ({e})") from e
         return Checkpoint(arrays, path)
     if path.suffix == ".safetensors":
-        meta = read_metadata(path)
-        return Checkpoint(
-            read_tensors(path),
-            path,
-            config=config_from_metadata(meta, repr(str(path))),
-            hf_config=_read_hf_config(path.parent / "config.json"),
-        )
-    return Checkpoint(_torch_load(path), path, hf_config=_read_hf_config(path.parent / "config.json"))
+        ckpt = Checkpoint(read_tensors(path), path, record=read_record(path, read_header(path)))
+    else:
+        tensors, classes = _torch_load(path)
+        ckpt = Checkpoint(tensors, path, classes=classes)
+    if ckpt.record is None:
+        _read_configs(ckpt, path.parent)
+    return ckpt
 
 
 # ---------------------------------------------------------------------------------------------
@@ -276,6 +300,52 @@ def to_timm(tensors: dict[str, torch.Tensor], layout: str) -> tuple[dict[str, to
 # ---------------------------------------------------------------------------------------------
 # Architecture
 
+# Heads of the standard ViT widths (ViT/DeiT Ti, S, B, L, H, g, G); the tensors do not show them.
+HEADS_BY_WIDTH = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16, 1408: 16, 1664: 16}
+
+
+def shape_summary(state: dict[str, torch.Tensor], what: str) -> dict:
+    """Architecture fields that the tensor shapes determine (all but the number of heads)."""
+    try:
+        d, c, p, _ = state["patch_embed.proj.weight"].shape
+        side = grid_side(state["pos_embed"].shape[1])
+        depth = 0
+        while f"blocks.{depth}.norm1.weight" in state:
+            depth += 1
+        mlp = state["blocks.0.mlp.fc1.weight"].shape[0]
+    except (KeyError, ValueError) as e:
+        raise WeightsError(f"{what}: cannot read the architecture from the tensors (missing {e})") from e
+    if side is None:
+        raise WeightsError(
+            f"{what}: a position embedding of {state['pos_embed'].shape[1]} tokens is not a class slot plus a "
+            "square grid (models without a class token are not supported)"
+        )
+    head = state.get("head.weight")
+    return {
+        "image_size": side * p,
+        "patch_size": p,
+        "embed_dim": d,
+        "depth": depth,
+        "mlp_dim": mlp,
+        "num_classes": 0 if head is None else head.shape[0],
+        "in_chans": c,
+    }
+
+
+def _config_from_shapes(state: dict[str, torch.Tensor], what: str, num_heads: int | None, eps: float) -> ViTConfig:
+    s = shape_summary(state, what)
+    heads = num_heads or HEADS_BY_WIDTH.get(s["embed_dim"])
+    if heads is None:
+        raise WeightsError(
+            f"{what}: the number of attention heads of a {s['embed_dim']}-wide ViT is not standard and the "
+            "checkpoint does not say it; pass arch= a ViTConfig (or --arch NAME for a zoo architecture)"
+        )
+    return ViTConfig(
+        image_size=s["image_size"], patch_size=s["patch_size"], embed_dim=s["embed_dim"], depth=s["depth"],
+        num_heads=heads, mlp_ratio=s["mlp_dim"] / s["embed_dim"], num_classes=s["num_classes"],
+        in_chans=s["in_chans"], layer_norm_eps=eps,
+    )  # fmt: skip
+
 
 def _config_from_hf(cfg: dict, what: str) -> ViTConfig:
     if cfg.get("model_type") != "vit":
@@ -298,83 +368,173 @@ def _config_from_hf(cfg: dict, what: str) -> ViTConfig:
     )
 
 
-def shape_summary(state: dict[str, torch.Tensor], what: str) -> dict:
-    """Architecture fields that the tensor shapes determine (all but the number of heads)."""
+def _check_timm_config(cfg: dict, what: str) -> int | None:
+    """Refuse timm variants this ViT does not implement; the head count where the config gives it."""
+    args = cfg.get("model_args") or {}
+    pool = args.get("global_pool", cfg.get("global_pool", "token"))
+    if pool not in ("token", None, ""):
+        raise WeightsError(f"{what}: timm global_pool={pool!r}; only class-token ViTs are supported")
+    for flag in ("class_token", "no_embed_class", "qk_norm", "reg_tokens", "init_values", "fc_norm"):
+        value = args.get(flag)
+        if value not in (None, False, 0) and not (flag == "class_token" and value is True):
+            raise WeightsError(f"{what}: timm model_args {flag}={value!r} is not supported by tinyvit's ViT")
+    return args.get("num_heads")
+
+
+def _zoo_arch(arch: str, shapes: dict) -> ViTConfig:
+    """A zoo architecture, with the class count and image size the tensors show (a fine-tune)."""
+    base = entry(arch).arch
+    return replace(base, num_classes=shapes["num_classes"], image_size=shapes["image_size"])
+
+
+def infer_config(ckpt: Checkpoint, state: dict[str, torch.Tensor], layout: str, *, npz_heads: int | None,
+                 arch: str | ViTConfig | None) -> ViTConfig:  # fmt: skip
+    what = repr(str(ckpt.path))
+    if isinstance(arch, ViTConfig):
+        return arch
+    if arch is not None:
+        return _zoo_arch(arch, shape_summary(state, what))
+    if ckpt.record is not None:
+        return ckpt.record.config
+    if layout == "hf" and ckpt.hf_config is not None:
+        return _config_from_hf(ckpt.hf_config, what)
+    if layout == "npz":
+        return _config_from_shapes(state, what, npz_heads, eps=1e-6)
+    heads = _check_timm_config(ckpt.timm_config, what) if layout == "timm" and ckpt.timm_config else None
+    eps = 1e-12 if layout == "hf" else 1e-6  # HF's default; timm's and mmpretrain's
+    return _config_from_shapes(state, what, heads, eps)
+
+
+def zoo_weights(config: ViTConfig, layout: str) -> Weights | None:
+    """The zoo weights with exactly this architecture published in this layout (a checkpoint in a
+    library's layout was evaluated with that library's pipeline), if any."""
+    for e in entries().values():
+        if e.arch == config:
+            return next((w for w in e.weights if w.source.layout == layout), e.weights[0])
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# What the checkpoint says: class names and preprocessing
+
+
+_HF_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
+
+
+def preprocess_from_hf(cfg: dict, what: str) -> PreprocessSpec:
+    """transformers' ViTImageProcessor config: squash to size × size, rescale, normalize."""
+    kind = str(cfg.get("image_processor_type", "ViTImageProcessor"))
+    if not kind.startswith("ViTImageProcessor"):
+        raise WeightsError(f"{what}: preprocessor_config.json is a {kind}; only ViTImageProcessor is supported")
+    size = cfg.get("size", {"height": 224, "width": 224})
+    if isinstance(size, int):
+        size = {"height": size, "width": size}
+    if not cfg.get("do_resize", True) or size.get("height") != size.get("width") or not size.get("height"):
+        raise WeightsError(f"{what}: preprocessor_config.json must resize to a square (got size={size})")
+    resample = cfg.get("resample", 2)
+    interpolation = _HF_RESAMPLE.get(resample) if isinstance(resample, int) else str(resample).lower()
+    factor = cfg.get("rescale_factor", 1 / 255) if cfg.get("do_rescale", True) else 1.0
+    mean = cfg.get("image_mean", [0.5] * 3) if cfg.get("do_normalize", True) else [0.0] * 3
+    std = cfg.get("image_std", [0.5] * 3) if cfg.get("do_normalize", True) else [1.0] * 3
+    # (x * factor - m) / s == (x - m / factor) / (s / factor): mean and std in pixel values
     try:
-        d, c, p, _ = state["patch_embed.proj.weight"].shape
-        side = grid_side(state["pos_embed"].shape[1])
-        depth = 0
-        while f"blocks.{depth}.norm1.weight" in state:
-            depth += 1
-        mlp = state["blocks.0.mlp.fc1.weight"].shape[0]
-    except (KeyError, ValueError) as e:
-        raise WeightsError(f"{what}: cannot read the architecture from the tensors (missing {e})") from e
-    if side is None:
-        raise WeightsError(f"{what}: position embedding of {state['pos_embed'].shape[1]} tokens is not a square grid")
-    head = state.get("head.weight")
-    return {
-        "image_size": side * p,
-        "patch_size": p,
-        "embed_dim": d,
-        "depth": depth,
-        "mlp_dim": mlp,
-        "num_classes": 0 if head is None else head.shape[0],
-        "in_chans": c,
-    }
+        return PreprocessSpec(
+            resize=size["height"], crop=size["height"], interpolation=str(interpolation),
+            mean=tuple(m / factor for m in mean), std=tuple(s / factor for s in std), resize_mode="squash",
+        )  # fmt: skip
+    except ValueError as e:
+        raise WeightsError(f"{what}: unsupported preprocessor_config.json ({e})") from e
 
 
-def _zoo_config(state: dict[str, torch.Tensor], what: str) -> tuple[str, ViTConfig]:
-    from tinyvit.manifest import entries
+def preprocess_from_timm(cfg: dict, what: str) -> PreprocessSpec:
+    """timm's ``pretrained_cfg`` → its evaluation transform (``transforms_imagenet_eval``)."""
+    pre = cfg.get("pretrained_cfg") or {}
+    size = (pre.get("test_input_size") or pre.get("input_size") or [3, 224, 224])[1:]
+    if size[0] != size[1]:
+        raise WeightsError(f"{what}: timm input_size {size} is not square")
+    crop_pct = pre.get("test_crop_pct") or pre.get("crop_pct") or 0.875
+    mode = pre.get("crop_mode") or "center"
+    if mode not in ("center", "squash"):
+        raise WeightsError(f"{what}: timm crop_mode {mode!r} is not supported (center and squash are)")
+    mean, std = pre.get("mean", (0.485, 0.456, 0.406)), pre.get("std", (0.229, 0.224, 0.225))
+    try:
+        return PreprocessSpec(
+            resize=math.floor(size[0] / crop_pct), crop=size[0], interpolation=pre.get("interpolation") or "bicubic",
+            mean=tuple(255 * m for m in mean), std=tuple(255 * s for s in std),
+            resize_mode="short-edge" if mode == "center" else "squash",
+        )  # fmt: skip
+    except ValueError as e:
+        raise WeightsError(f"{what}: unsupported timm pretrained_cfg ({e})") from e
 
-    shapes = shape_summary(state, what)
-    matches = []
-    for name, e in entries().items():
-        a = e.arch
-        fields = {**{k: getattr(a, k) for k in shapes if k != "mlp_dim"}, "mlp_dim": a.mlp_dim}
-        if fields == shapes:
-            matches.append((name, a))
-    if len(matches) != 1:
-        raise WeightsError(
-            f"{what}: the file does not say its architecture and its shapes {shapes} match "
-            f"{len(matches)} zoo models; pass arch= (a zoo name or a ViTConfig)"
-        )
-    return matches[0]
+
+def _categories(ckpt: Checkpoint, layout: str, config: ViTConfig, zoo: Weights | None) -> tuple[str, ...] | None:
+    what = repr(str(ckpt.path))
+    if ckpt.record is not None:
+        return ckpt.record.categories
+    if layout == "hf" and ckpt.hf_config is not None and "id2label" in ckpt.hf_config and config.num_classes:
+        return labels_from_mapping(ckpt.hf_config["id2label"], f"{what} config.json id2label")
+    if layout == "timm" and ckpt.timm_config is not None and ckpt.timm_config.get("label_names"):
+        return parse_labels(ckpt.timm_config["label_names"])
+    if ckpt.classes is not None:
+        return ckpt.classes
+    return zoo.categories if zoo is not None else None
 
 
-def resolve_arch(arch: str | ViTConfig | None) -> tuple[str | None, ViTConfig | None]:
-    if arch is None or isinstance(arch, ViTConfig):
-        return None, arch
-    from tinyvit.manifest import entry
+def _preprocess(ckpt: Checkpoint, layout: str, zoo: Weights | None) -> PreprocessSpec | None:
+    what = repr(str(ckpt.path))
+    if ckpt.record is not None:
+        return ckpt.record.preprocess
+    if layout == "hf" and ckpt.hf_preprocessor is not None:
+        return preprocess_from_hf(ckpt.hf_preprocessor, what)
+    if layout == "timm" and ckpt.timm_config is not None and ckpt.timm_config.get("pretrained_cfg"):
+        return preprocess_from_timm(ckpt.timm_config, what)
+    return zoo.preprocess if zoo is not None and zoo.source.layout == layout else None
 
-    return arch, entry(arch).arch
+
+def read_weights(
+    src: str | os.PathLike,
+    *,
+    layout: str = "auto",
+    arch: str | ViTConfig | None = None,
+    labels: str | os.PathLike | Sequence[str] | None = None,
+    preprocess: PreprocessSpec | None = None,
+) -> tuple[dict[str, torch.Tensor], Weights]:
+    """A checkpoint's tensors under tinyvit's names and its weights record, checked against each
+    other (missing / unexpected keys, shape mismatches, class-name count).
+
+    The architecture comes from ``arch`` (a :class:`ViTConfig`, or a zoo name whose head count and
+    norm eps are taken, with the class count and image size of the tensors), else from the file's
+    own record or config, else from the tensors. ``labels`` (a list, a file or ``"imagenet-1k"``) and
+    ``preprocess`` override what the checkpoint says.
+    """
+    ckpt = read_checkpoint(src)
+    what = repr(str(ckpt.path))
+    if layout == "auto":
+        layout = ckpt.record.source.layout if ckpt.record is not None else detect_layout(ckpt.tensors)
+    state, npz_heads = to_timm(ckpt.tensors, layout if ckpt.record is None else "timm")
+    config = infer_config(ckpt, state, layout, npz_heads=npz_heads, arch=arch)
+    check_state_dict(config, state, f"{what} ({layout} layout)")
+    zoo = zoo_weights(config, layout)
+    categories = parse_labels(labels) if labels is not None else _categories(ckpt, layout, config, zoo)
+    if categories is not None and len(categories) != config.num_classes:
+        raise WeightsError(f"{what}: {len(categories)} class names for a head of {config.num_classes} classes")
+    if ckpt.record is not None:
+        source = ckpt.record.source
+    else:
+        source = Source(kind="file", layout=layout, filename=ckpt.path.name, path=str(ckpt.path))
+    base = ckpt.record or Weights(config=config, preprocess=None, categories=None, source=source)
+    record = replace(
+        base,
+        config=config,
+        categories=categories if config.num_classes else None,
+        preprocess=preprocess or _preprocess(ckpt, layout, zoo),
+        source=source,
+    )
+    return state, record
 
 
 # ---------------------------------------------------------------------------------------------
 # Writing
-
-
-def _owned(t: torch.Tensor) -> torch.Tensor:
-    """Contiguous and owning exactly its storage, as safetensors requires."""
-    t = t.detach().contiguous()
-    if t.untyped_storage().nbytes() != t.numel() * t.element_size():
-        t = t.clone()
-    return t
-
-
-def save(dst: Path, state: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
-    """Write a safetensors file atomically: a temporary file beside it, then a rename."""
-    from safetensors.torch import save_file
-
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        save_file({k: _owned(v) for k, v in state.items()}, str(tmp), metadata=metadata)
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return dst
 
 
 def convert(
@@ -383,79 +543,30 @@ def convert(
     *,
     layout: str = "auto",
     arch: str | ViTConfig | None = None,
+    labels: str | os.PathLike | Sequence[str] | None = None,
     preprocess: PreprocessSpec | None = None,
-    source_sha256: str | None = None,
 ) -> Path:
-    """Convert a timm / Hugging Face / mmpretrain / JAX checkpoint to a tinyvit safetensors file.
+    """Convert a timm / Hugging Face / mmpretrain / JAX checkpoint to a tinyvit safetensors file,
+    whose header carries the weights record, so ``tinyvit.load(dst)`` needs nothing else.
 
-    ``arch`` (a zoo name or a :class:`ViTConfig`) is needed only when the source does not carry
-    its architecture and its shapes match no single zoo model. The output's metadata holds the
-    architecture and, when known, the preprocessing, so ``tinyvit.load(dst)`` needs nothing else.
-    ``source_sha256``: the source file's SHA-256 when the caller has already computed it.
+    ``arch``, ``labels`` and ``preprocess``: see :func:`read_weights`. The record's source keeps
+    the original file's name, layout and SHA-256.
     """
     dst = Path(dst)
     if dst.is_dir():
         raise WeightsError(f"{str(dst)!r} is a folder; give the output file's path")
-    ckpt = read_checkpoint(src)
-    what = repr(str(ckpt.path))
-    if layout == "auto":
-        layout = detect_layout(ckpt.tensors)
-    state, npz_heads = to_timm(ckpt.tensors, layout)
-
-    arch_name, config = resolve_arch(arch)
-    if config is None:
-        if ckpt.config is not None:
-            config = ckpt.config
-        elif ckpt.hf_config is not None and layout == "hf":
-            config = _config_from_hf(ckpt.hf_config, what)
-        elif npz_heads:
-            s = shape_summary(state, what)
-            config = ViTConfig(
-                image_size=s["image_size"], patch_size=s["patch_size"], embed_dim=s["embed_dim"],
-                depth=s["depth"], num_heads=npz_heads, mlp_ratio=s["mlp_dim"] / s["embed_dim"],
-                num_classes=s["num_classes"], in_chans=s["in_chans"],
-            )  # fmt: skip
-        else:
-            arch_name, config = _zoo_config(state, what)
-    check_state_dict(config, state, f"{what} ({layout} layout)")
-
-    if arch_name is None:
-        arch_name = _zoo_name_of(config)
-    if preprocess is None and arch_name is not None:
-        preprocess = _zoo_preprocess(arch_name, layout)
-    metadata = {
-        "format": "pt",
-        META_CONFIG: json.dumps(config.to_dict()),
-        META_SOURCE: json.dumps(
-            {"layout": layout, "file": ckpt.path.name, "sha256": source_sha256 or _source_sha(ckpt.path)}
-        ),
-    }
-    if preprocess is not None:
-        metadata[META_PREPROCESS] = json.dumps(preprocess.to_dict())
-    if arch_name is not None:
-        metadata[META_LABELS] = _zoo_labels(arch_name)
-    return save(dst, state, metadata)
+    if dst.suffix != ".safetensors":
+        raise WeightsError(f"{str(dst)!r}: the output is a safetensors file; name it *.safetensors")
+    state, record = read_weights(src, layout=layout, arch=arch, labels=labels, preprocess=preprocess)
+    source = record.source
+    if source.kind == "file" and source.sha256 is None:
+        weights_file = _weights_file(Path(src))
+        if weights_file is not None:
+            source = replace(source, sha256=sha256_file(weights_file))
+    return save(dst, state, replace(record, source=source))
 
 
-def _zoo_name_of(config: ViTConfig) -> str | None:
-    from tinyvit.manifest import entries
-
-    return next((name for name, e in entries().items() if e.arch == config), None)
-
-
-def _zoo_preprocess(name: str, layout: str) -> PreprocessSpec | None:
-    """The preprocessing of the zoo model's weights published in this layout, if any: a
-    checkpoint in a library's layout was evaluated with that library's pipeline."""
-    from tinyvit.manifest import entry
-
-    return next((s.preprocess for s in entry(name).sources if s.layout == layout), None)
-
-
-def _zoo_labels(name: str) -> str:
-    from tinyvit.manifest import entry
-
-    return entry(name).labels
-
-
-def _source_sha(path: Path) -> str | None:
-    return sha256_file(path) if path.is_file() else None
+def _weights_file(src: Path) -> Path | None:
+    if src.is_file():
+        return src
+    return next((src / n for n in ("model.safetensors", "pytorch_model.bin") if (src / n).is_file()), None)

@@ -14,3 +14,8 @@ class ImageError(TinyViTError, ValueError):
 
 class WeightsError(TinyViTError, ValueError):
     """Weights could not be found, fetched, verified or matched to the architecture."""
+
+
+class OfflineError(WeightsError):
+    """Weights are not in the local cache, and the Hub (or URL) cannot be reached or is switched off
+    (``HF_HUB_OFFLINE``)."""

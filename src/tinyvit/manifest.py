@@ -1,49 +1,43 @@
-"""The model zoo, read from ``weights_manifest.json``: one entry per model, one record per weight
-source (its location, checksum, layout, preprocessing and published accuracy)."""
+"""The model zoo, read from ``weights_manifest.json``: one entry per model, one :class:`Weights`
+record per published weight, and the names people already type for them (aliases).
+
+Name resolution ignores case. ``"vit-base-p32-384"`` is the model's default weights,
+``"vit-base-p32-384:mmpretrain"`` a tagged one, and every alias the manifest lists (mmpretrain's
+model names, timm's ``architecture.tag`` names) resolves to the weights it names. An unknown name
+or tag raises :class:`UnknownModelError` with the closest known names. No torch here.
+"""
 
 from __future__ import annotations
 
+import difflib
 import functools
 import json
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from tinyvit.config import ViTConfig
 from tinyvit.errors import TinyViTError
-from tinyvit.model import ViTConfig
 from tinyvit.preprocessing import PreprocessSpec
+from tinyvit.record import LAYOUTS, NAMED_LABEL_SETS, Metrics, Source, Weights
 
-__all__ = ["ModelEntry", "WeightSource", "UnknownModelError", "entries", "find_source", "manifest_path"]
+__all__ = [
+    "ModelEntry",
+    "UnknownModelError",
+    "available_models",
+    "entries",
+    "entry",
+    "list_models",
+    "manifest_path",
+    "parse_manifest",
+    "resolve",
+]
 
-LAYOUTS = ("timm", "hf", "mmpretrain", "npz")
 _HEX = set("0123456789abcdef")
 
 
 class UnknownModelError(TinyViTError, ValueError):
     """A model name or tag that the manifest does not list."""
-
-
-@dataclass(frozen=True)
-class WeightSource:
-    tag: str
-    kind: str  # "hub" | "url"
-    layout: str  # one of LAYOUTS
-    preprocess: PreprocessSpec
-    top1: float | None
-    top5: float | None
-    metrics_source: str
-    license: str
-    repo_id: str | None = None  # hub
-    filename: str | None = None  # hub
-    revision: str | None = None  # hub; None: not pinned yet (scripts/pin_manifest.py)
-    url: str | None = None  # url
-    sha256: str | None = None  # None: not known yet
-    sha256_prefix: str | None = None  # url: the start of the SHA-256 given in the file name
-    note: str | None = None
-
-    @property
-    def location(self) -> str:
-        return f"hf://{self.repo_id}/{self.filename}" if self.kind == "hub" else str(self.url)
 
 
 @dataclass(frozen=True)
@@ -54,19 +48,33 @@ class ModelEntry:
     params: int
     gmacs: float
     gmacs_source: str
-    labels: str
     license: str
-    sources: tuple[WeightSource, ...]  # the first is the default
-    mmpretrain_name: str | None = None
+    weights: tuple[Weights, ...]  # the first is the default
+    aliases: tuple[tuple[str, str], ...]  # (alias, tag) pairs, in manifest order
 
-    def source(self, tag: str | None = None) -> WeightSource:
+    @property
+    def tags(self) -> list[str]:
+        return [w.tag for w in self.weights]  # type: ignore[misc]
+
+    def get(self, tag: str | None = None) -> Weights:
+        """The weights tagged ``tag`` (case-insensitive), or the default ones."""
         if tag is None:
-            return self.sources[0]
-        for s in self.sources:
-            if s.tag == tag:
-                return s
-        tags = ", ".join(s.tag for s in self.sources)
-        raise UnknownModelError(f"model {self.name!r} has no weights tagged {tag!r}; tags: {tags}")
+            return self.weights[0]
+        for w in self.weights:
+            if str(w.tag).lower() == tag.lower():
+                return w
+        close = difflib.get_close_matches(tag.lower(), [t.lower() for t in self.tags], n=2, cutoff=0.5)
+        hint = f"; did you mean {' or '.join(repr(self._tag(c)) for c in close)}?" if close else ""
+        raise UnknownModelError(
+            f"model {self.name!r} has no weights tagged {tag!r}{hint} (tags: {', '.join(self.tags)})"
+        )
+
+    def _tag(self, lowered: str) -> str:
+        return next(t for t in self.tags if t.lower() == lowered)
+
+    def aliases_of(self, tag: str | None) -> list[str]:
+        """The aliases that resolve to the weights tagged ``tag``."""
+        return [alias for alias, t in self.aliases if t == tag]
 
 
 def manifest_path() -> Path:
@@ -77,6 +85,10 @@ def manifest_path() -> Path:
     return Path(__file__).resolve().parents[2] / "weights_manifest.json"
 
 
+# ---------------------------------------------------------------------------------------------
+# Parsing
+
+
 def _check_sha(value: str | None, what: str, length: int | None = 64) -> None:
     if value is None:
         return
@@ -84,8 +96,8 @@ def _check_sha(value: str | None, what: str, length: int | None = 64) -> None:
         raise ValueError(f"{what}: expected a lower-case hex SHA-256, got {value!r}")
 
 
-def _parse_source(model: str, d: dict) -> WeightSource:
-    where = f"manifest entry {model!r}, source {d.get('tag')!r}"
+def _parse_weights(model: str, m: dict, arch: ViTConfig, categories: tuple[str, ...], d: dict) -> Weights:
+    where = f"manifest entry {model!r}, weights {d.get('tag')!r}"
     common = {"tag", "kind", "layout", "preprocess", "top1", "top5", "metrics_source", "license", "sha256", "note"}
     per_kind = {"hub": {"repo_id", "filename", "revision"}, "url": {"url", "sha256_prefix"}}
     kind = d.get("kind")
@@ -105,41 +117,66 @@ def _parse_source(model: str, d: dict) -> WeightSource:
         raise ValueError(f"{where}: sha256 does not start with sha256_prefix")
     if kind == "hub" and d["revision"] is not None and not (len(d["revision"]) == 40 and set(d["revision"]) <= _HEX):
         raise ValueError(f"{where}: revision must be a 40-hex commit hash or null")
-    for metric in ("top1", "top5"):
-        if d[metric] is not None and not 0 < d[metric] <= 100:
-            raise ValueError(f"{where}: {metric} must be a percentage or null")
-    fields = {k: v for k, v in d.items() if k != "preprocess"}
-    return WeightSource(preprocess=PreprocessSpec.from_dict(d["preprocess"]), **fields)
+    try:
+        metrics = Metrics(top1=d["top1"], top5=d["top5"], source=d["metrics_source"])
+        source = Source(
+            kind=kind, layout=d["layout"], repo_id=d.get("repo_id"), filename=d.get("filename"),
+            revision=d.get("revision"), url=d.get("url"), sha256=d["sha256"], sha256_prefix=d.get("sha256_prefix"),
+        )  # fmt: skip
+        return Weights(
+            config=arch,
+            preprocess=PreprocessSpec.from_dict(d["preprocess"]),
+            categories=categories,
+            source=source,
+            metrics=metrics,
+            name=model,
+            tag=d["tag"],
+            license=d["license"],
+            note=d.get("note"),
+        )
+    except (ValueError, TypeError, KeyError) as e:
+        raise ValueError(f"{where}: {e}") from e
 
 
 def parse_manifest(data: dict) -> dict[str, ModelEntry]:
     """Validate the manifest's structure and build its entries (raises ValueError)."""
-    if data.get("format_version") != 1:
+    if data.get("format_version") != 2:
         raise ValueError(f"unsupported manifest format_version {data.get('format_version')!r}")
-    out = {}
+    out: dict[str, ModelEntry] = {}
+    seen: dict[str, str] = {}  # lower-cased name or alias → where it is defined
     for name, m in data["models"].items():
-        keys = {"description", "arch", "params", "gmacs", "gmacs_source", "labels", "license", "sources"}
+        keys = {"description", "arch", "params", "gmacs", "gmacs_source", "labels", "license", "sources", "aliases"}
         if missing := sorted(keys - set(m)):
             raise ValueError(f"manifest entry {name!r}: missing {', '.join(missing)}")
-        if extra := sorted(set(m) - keys - {"mmpretrain_name"}):
+        if extra := sorted(set(m) - keys):
             raise ValueError(f"manifest entry {name!r}: unknown field(s) {', '.join(extra)}")
         if not m["sources"]:
             raise ValueError(f"manifest entry {name!r}: no weight sources")
-        sources = tuple(_parse_source(name, s) for s in m["sources"])
-        tags = [s.tag for s in sources]
-        if len(set(tags)) != len(tags) or any(":" in t for t in tags):
-            raise ValueError(f"manifest entry {name!r}: tags must be unique and contain no ':'")
+        if m["labels"] not in NAMED_LABEL_SETS:
+            raise ValueError(f"manifest entry {name!r}: labels must be one of {sorted(NAMED_LABEL_SETS)}")
+        arch = ViTConfig.from_dict(m["arch"])
+        categories = NAMED_LABEL_SETS[m["labels"]]().names
+        weights = tuple(_parse_weights(name, m, arch, categories, s) for s in m["sources"])
+        tags = [w.tag for w in weights]
+        if len({t.lower() for t in tags}) != len(tags) or any(":" in t for t in tags):
+            raise ValueError(f"manifest entry {name!r}: tags must be unique (ignoring case) and contain no ':'")
+        for alias, tag in m["aliases"].items():
+            if tag not in tags:
+                raise ValueError(f"manifest entry {name!r}: alias {alias!r} names unknown tag {tag!r}")
+        for key in [name, *m["aliases"]]:
+            if ":" in key or key.lower() in seen:
+                raise ValueError(f"manifest: name {key!r} is defined twice or contains ':'")
+            seen[key.lower()] = name
         out[name] = ModelEntry(
             name=name,
             description=m["description"],
-            arch=ViTConfig.from_dict(m["arch"]),
+            arch=arch,
             params=m["params"],
             gmacs=m["gmacs"],
             gmacs_source=m["gmacs_source"],
-            labels=m["labels"],
             license=m["license"],
-            sources=sources,
-            mmpretrain_name=m.get("mmpretrain_name"),
+            weights=weights,
+            aliases=tuple(m["aliases"].items()),
         )
     return out
 
@@ -150,16 +187,61 @@ def entries() -> dict[str, ModelEntry]:
         return parse_manifest(json.load(f))
 
 
+# ---------------------------------------------------------------------------------------------
+# Names
+
+
+@functools.cache
+def _names() -> dict[str, tuple[str, str | None]]:
+    """Every name a user may type, lower-cased → (model, tag or None for the default)."""
+    names: dict[str, tuple[str, str | None]] = {}
+    for name, e in entries().items():
+        names[name.lower()] = (name, None)
+        for alias, tag in e.aliases:
+            names[alias.lower()] = (name, tag)
+    return names
+
+
+def _suggest(typed: str) -> str:
+    spellings = {k.lower(): k for e in entries().values() for k in [e.name, *(a for a, _ in e.aliases)]}
+    close = difflib.get_close_matches(typed.lower(), list(spellings), n=3, cutoff=0.6)
+    return f"; did you mean {', '.join(repr(spellings[c]) for c in close)}?" if close else ""
+
+
 def entry(name: str) -> ModelEntry:
-    try:
-        return entries()[name]
-    except KeyError:
-        known = ", ".join(entries())
-        raise UnknownModelError(f"unknown model {name!r}; available: {known}") from None
+    """The zoo entry of a model name or alias (case-insensitive)."""
+    hit = _names().get(name.lower())
+    if hit is None:
+        raise UnknownModelError(
+            f"unknown model {name!r}{_suggest(name)} (models: {', '.join(entries())}; `tinyvit models` lists them)"
+        )
+    return entries()[hit[0]]
 
 
-def find_source(spec: str) -> tuple[ModelEntry, WeightSource]:
-    """``"name"`` (default weights) or ``"name:tag"`` → its entry and weight source."""
+def resolve(spec: str) -> Weights:
+    """``"name"``, ``"name:tag"`` or an alias (case-insensitive) → its weights record."""
     name, _, tag = spec.partition(":")
-    model = entry(name)
-    return model, model.source(tag or None)
+    hit = _names().get(name.lower())
+    if hit is None:
+        raise UnknownModelError(
+            f"unknown model {name!r}{_suggest(name)} (models: {', '.join(entries())}; `tinyvit models` lists them)"
+        )
+    model, alias_tag = hit
+    e = entries()[model]
+    if tag and alias_tag and tag.lower() != alias_tag.lower():
+        raise UnknownModelError(f"{name!r} already names the weights {model}:{alias_tag}; drop ':{tag}'")
+    return e.get(tag or alias_tag)
+
+
+def available_models() -> list[str]:
+    """Names of the zoo's models, as :func:`tinyvit.load` and :func:`tinyvit.get_model` take them."""
+    return list(entries())
+
+
+def list_models(*, tags: bool = False, aliases: bool = False) -> list[str]:
+    """The zoo's model names; with ``tags=True`` every weight as ``"name:tag"``, defaults first;
+    with ``aliases=True`` also every other name that resolves (mmpretrain's, timm's)."""
+    names = [f"{name}:{t}" for name, e in entries().items() for t in e.tags] if tags else available_models()
+    if aliases:
+        names += [alias for e in entries().values() for alias, _ in e.aliases]
+    return names

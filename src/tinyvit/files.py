@@ -1,47 +1,30 @@
-"""tinyvit weight files: safetensors in timm's layout whose metadata header carries the
-architecture (and, when known, the preprocessing), and the one place models are built from them."""
+"""tinyvit weight files: safetensors in timm's layout whose header carries the weights record
+(``tinyvit.weights``: :meth:`Weights.to_json`), and the one place models are built from tensors."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
+from tinyvit.config import ViTConfig
 from tinyvit.errors import WeightsError
-from tinyvit.model import VisionTransformer, ViTConfig
+from tinyvit.fsutil import atomic_path
+from tinyvit.model import VisionTransformer
 from tinyvit.preprocessing import PreprocessSpec
+from tinyvit.record import NAMED_LABEL_SETS, Source, Weights
 
-__all__ = ["WeightsInfo", "build_model", "check_state_dict", "load_file", "meta_model", "read_metadata", "sha256_file"]
+__all__ = ["build_model", "check_state_dict", "grid_side", "read_header", "read_record", "read_tensors", "save"]
 
-META_CONFIG = "tinyvit.config"
-META_PREPROCESS = "tinyvit.preprocess"
-META_SOURCE = "tinyvit.source"
-META_LABELS = "tinyvit.labels"
-
-
-@dataclass(frozen=True)
-class WeightsInfo:
-    """What a loaded model knows about its weights; attached to the model as ``model.info``."""
-
-    config: ViTConfig
-    preprocess: PreprocessSpec | None = None
-    name: str | None = None  # zoo name, when loaded by name
-    tag: str | None = None
-    labels: str | None = None  # e.g. "imagenet-1k"
-    source: dict = field(default_factory=dict)  # where the tensors came from
-
-
-def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(chunk_size):
-            h.update(chunk)
-    return h.hexdigest()
+META_RECORD = "tinyvit.weights"
+# the header keys of files written by tinyvit 0.1, still read
+_LEGACY_CONFIG, _LEGACY_PREPROCESS, _LEGACY_SOURCE, _LEGACY_LABELS = (
+    "tinyvit.config", "tinyvit.preprocess", "tinyvit.source", "tinyvit.labels",
+)  # fmt: skip
 
 
 def meta_model(config: ViTConfig) -> VisionTransformer:
@@ -80,30 +63,36 @@ def check_state_dict(
 
 
 def build_model(
-    config: ViTConfig,
+    record: Weights,
     state: dict[str, torch.Tensor],
     *,
     what: str,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
 ) -> VisionTransformer:
-    """The model in eval mode with ``state`` as its parameters.
+    """The model in eval mode with ``state`` as its parameters and ``record`` as ``model.weights``.
 
     Built on the meta device (no random initialisation), then the tensors are assigned, not
     copied: safetensors tensors stay memory-mapped unless a device or dtype change needs a copy.
     """
-    model = meta_model(config)
-    check_state_dict(config, state, what, model)
+    model = meta_model(record.config)
+    check_state_dict(record.config, state, what, model)
     dtype = dtype or torch.float32
     for name, t in state.items():
         if not t.is_floating_point():
             raise WeightsError(f"{what}: tensor {name} has non-float dtype {t.dtype}")
     state = {k: v.to(device=device, dtype=dtype) for k, v in state.items()}
     model.load_state_dict(state, strict=True, assign=True)
+    model.weights = record
     return model.eval()
 
 
-def read_metadata(path: Path) -> dict[str, str]:
+# ---------------------------------------------------------------------------------------------
+# Reading
+
+
+def read_header(path: Path) -> dict[str, str]:
+    """The safetensors header's metadata (string → string)."""
     from safetensors import SafetensorError, safe_open
 
     try:
@@ -126,54 +115,58 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise WeightsError(f"{str(path)!r}: cannot read the tensors ({e})") from e
 
 
-def config_from_metadata(meta: dict[str, str], what: str) -> ViTConfig | None:
-    if META_CONFIG not in meta:
-        return None
-    try:
-        return ViTConfig.from_dict(json.loads(meta[META_CONFIG]))
-    except (ValueError, TypeError) as e:
-        raise WeightsError(f"{what}: invalid {META_CONFIG} metadata ({e})") from e
-
-
-def load_file(
-    path: str | os.PathLike,
-    *,
-    config: ViTConfig | None = None,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype | None = None,
-    info: dict | None = None,
-) -> VisionTransformer:
-    """A model from a safetensors file in timm's layout.
-
-    The architecture comes from ``config`` or else from the file's tinyvit metadata (written by
-    :func:`tinyvit.convert`); files in other layouts must be converted first.
-    """
-    path = Path(path)
+def read_record(path: Path, header: dict[str, str]) -> Weights | None:
+    """The weights record a tinyvit file's header carries (None for other safetensors files).
+    The source's ``path`` is set to ``path``."""
     what = repr(str(path))
-    meta = read_metadata(path)
-    file_config = config_from_metadata(meta, what)
-    config = config or file_config
-    if config is None:
-        raise WeightsError(
-            f"{what} carries no tinyvit architecture metadata: convert it first "
-            f"(tinyvit convert {path} out.safetensors --arch NAME) or load it by model name"
+    try:
+        if META_RECORD in header:
+            record = Weights.from_json(header[META_RECORD])
+        elif _LEGACY_CONFIG in header:
+            record = _legacy_record(header)
+        else:
+            return None
+    except (ValueError, TypeError, KeyError) as e:
+        raise WeightsError(f"{what}: invalid tinyvit metadata in the header ({e})") from e
+    return replace(record, source=replace(record.source, path=str(path)))
+
+
+def _legacy_record(header: dict[str, str]) -> Weights:
+    config = ViTConfig.from_dict(json.loads(header[_LEGACY_CONFIG]))
+    pre = header.get(_LEGACY_PREPROCESS)
+    labels = header.get(_LEGACY_LABELS)
+    source = json.loads(header.get(_LEGACY_SOURCE, "{}"))
+    return Weights(
+        config=config,
+        preprocess=None if pre is None else PreprocessSpec.from_dict(json.loads(pre)),
+        categories=NAMED_LABEL_SETS[labels]().names if labels in NAMED_LABEL_SETS else None,
+        source=Source(kind="file", layout=source.get("layout", "timm"), sha256=source.get("sha256")),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+
+
+def _owned(t: torch.Tensor) -> torch.Tensor:
+    """Contiguous and owning exactly its storage, as safetensors requires."""
+    t = t.detach().contiguous()
+    if t.untyped_storage().nbytes() != t.numel() * t.element_size():
+        t = t.clone()
+    return t
+
+
+def save(dst: str | os.PathLike, state: dict[str, torch.Tensor], record: Weights) -> Path:
+    """Write a tinyvit safetensors file atomically (nothing half-written is ever visible)."""
+    from safetensors.torch import save_file
+
+    dst = Path(dst)
+    record = replace(record, source=replace(record.source, path=None))  # where it was read from: not portable
+    with atomic_path(dst) as tmp:
+        save_file(
+            {k: _owned(v) for k, v in state.items()}, str(tmp), metadata={"format": "pt", META_RECORD: record.to_json()}
         )
-    spec = None
-    if META_PREPROCESS in meta:
-        try:
-            spec = PreprocessSpec.from_dict(json.loads(meta[META_PREPROCESS]))
-        except (ValueError, TypeError, KeyError) as e:
-            raise WeightsError(f"{what}: invalid {META_PREPROCESS} metadata ({e})") from e
-    source = json.loads(meta[META_SOURCE]) if META_SOURCE in meta else {}
-    model = build_model(config, read_tensors(path), what=what, device=device, dtype=dtype)
-    fields = {
-        "config": config,
-        "preprocess": spec,
-        "labels": meta.get(META_LABELS),
-        "source": {**source, "path": str(path)},
-    }
-    model.info = WeightsInfo(**{**fields, **(info or {})})
-    return model
+    return dst
 
 
 def grid_side(num_tokens: int) -> int | None:
