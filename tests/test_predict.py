@@ -16,8 +16,8 @@ from conftest import load_parity, write_checkpoint
 from PIL import Image
 
 import tinyvit
-from tinyvit.api import imagenet_classes
 from tinyvit.explain import attention_rollout
+from tinyvit.record import imagenet_classes
 
 META, _ = load_parity()
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,7 +59,7 @@ def test_predict_one_image_is_softmax_of_the_model(model, images):
     with torch.inference_mode():
         probs = model(tinyvit.preprocess(images[0], model)[None]).softmax(-1)[0]
     assert p.label == int(probs.argmax()) and p.score == pytest.approx(float(probs.max()), abs=1e-6)
-    assert p.name == imagenet_classes()[p.label][1]
+    assert p.name == imagenet_classes().names[p.label]
     assert [t[0] for t in p.topk] == probs.topk(5).indices.tolist()
     assert all(a[2] >= b[2] for a, b in zip(p.topk, p.topk[1:], strict=False))
     assert p.scores.shape == (1000,) and float(p.scores.sum()) == pytest.approx(1.0, abs=1e-5)
@@ -90,9 +90,12 @@ def test_a_bad_image_does_not_lose_the_others(model, images, tmp_path):
     assert [r.ok for r in results] == [True, False, True, False]
     assert "broken.jpg" in results[1].error and "missing.png" in results[3].error
     assert results[1].label == -1 and results[1].to_dict()["error"] == results[1].error
+    assert results[1].to_dict()["pred_score"] is None  # no NaN: the row is valid JSON
     assert results[2].label == tinyvit.predict(images[1], model).label
-    with pytest.raises(tinyvit.ImageError, match="broken.jpg"):
+    with pytest.raises(tinyvit.ImageError, match="missing.png"):  # paths are checked before anything runs
         tinyvit.predict(mixed, model)
+    with pytest.raises(tinyvit.ImageError, match="broken.jpg"):
+        tinyvit.predict(mixed[:3], model)
     with pytest.raises(ValueError, match="errors must be"):
         tinyvit.predict(images[0], model, errors="ignore")
 
@@ -123,9 +126,16 @@ def test_cli_errors_exit_codes(weights, images, tmp_path):
     missing = cli("predict", str(tmp_path / "nope.jpg"), "--model", str(weights))
     assert missing.returncode == 1
     assert "nope.jpg" in missing.stderr and "Traceback" not in missing.stderr
-    partly = cli("predict", str(images[0]), str(tmp_path / "nope.jpg"), "--model", str(weights), "--json")
+    # a missing path is found before the model loads: nothing is classified, nothing printed
+    typo = cli("predict", str(images[0]), str(tmp_path / "nope.jpg"), "--model", str(weights), "--json")
+    assert typo.returncode == 1 and "nope.jpg': no such file" in typo.stderr and typo.stdout == ""
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(images[0].read_bytes()[:200])
+    partly = cli("predict", str(images[0]), str(broken), "--model", str(weights), "--json")
     assert partly.returncode == 1 and "1 images classified, 1 failed" in partly.stderr
-    assert len(json.loads(partly.stdout)) == 2
+    rows = json.loads(partly.stdout, parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
+    assert len(rows) == 2 and rows[1]["error"] and rows[1]["pred_score"] is None
+    assert {r["model"] for r in rows} == {str(weights)}
     assert cli("predict").returncode == 2
     assert cli("predict", str(images[0]), "--batch-size", "0").returncode == 2
     bad_model = cli("predict", str(images[0]), "--model", "vit-giant")
@@ -135,7 +145,7 @@ def test_cli_errors_exit_codes(weights, images, tmp_path):
 
 def test_cli_eval_matches_rates_computed_from_predict(weights, model, images, tmp_path):
     root = tmp_path / "val"
-    wnids = [imagenet_classes()[i][0] for i in (1, 7)]
+    wnids = [imagenet_classes().ids[i] for i in (1, 7)]
     files = {}
     for k, wnid in enumerate(wnids):
         (root / wnid).mkdir(parents=True)
@@ -157,7 +167,7 @@ def test_cli_eval_matches_rates_computed_from_predict(weights, model, images, tm
     assert text.returncode == 0 and "(3 images)" in text.stdout
     (root / "not-a-class").mkdir()
     bad = cli("eval", str(root), "--model", str(weights))
-    assert bad.returncode == 1 and "neither a WordNet id nor a class index" in bad.stderr
+    assert bad.returncode == 1 and "neither a class id, a class name nor a class index" in bad.stderr
 
 
 def test_attention_rollout_by_hand():
@@ -179,7 +189,7 @@ def test_cli_explain_writes_a_png(weights, images, tmp_path):
     result = cli("explain", str(images[0]), "--model", str(weights), "-o", str(out))
     assert result.returncode == 0, result.stderr
     with Image.open(out) as img:
-        assert img.format == "PNG" and img.size == (384, 384)
+        assert img.format == "PNG" and img.size == Image.open(images[0]).size  # the whole photo
         view = np.asarray(img.convert("RGB"), dtype=np.float32)
     assert view.std() > 5  # a picture, not a blank
 
@@ -188,7 +198,7 @@ def test_cli_models(tmp_path):
     out = cli("models", "--json", env={"HF_HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"})
     assert out.returncode == 0, out.stderr
     rows = json.loads(out.stdout)
-    assert len(rows) == sum(len(e.sources) for e in tinyvit.manifest.entries().values())
+    assert len(rows) == sum(len(e.weights) for e in tinyvit.manifest.entries().values())
     first = rows[0]
     assert (first["name"], first["tag"], first["default"], first["cached"]) == (
         "vit-base-p32-384",
