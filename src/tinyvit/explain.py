@@ -1,4 +1,13 @@
-"""Where the class token looks: attention rollout (Abnar & Zuidema, 2020) drawn over the image."""
+"""Where the class token looks: attention rollout (Abnar & Zuidema, 2020) drawn over the image.
+
+The model sees a resized, center-cropped view of the photo; the map is computed on that view and
+drawn back over the whole photo through the same geometry, so nothing of the picture is lost:
+the part the model did not see is dimmed and outlined. Colour and opacity both grow with
+attention, so low-attention areas keep the photo's own colours. A colour scale gives the values as
+multiples of a uniform share (1× = every patch equal) on one fixed logarithmic scale, from 1×
+(clear) to 8× and more (full colour), so maps of different images compare and a flat map stays
+clear; the prediction is written on the picture.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +16,28 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
+from tinyvit.api import resolve_preprocess
+from tinyvit.errors import TinyViTError
+from tinyvit.fsutil import atomic_path
 from tinyvit.model import VisionTransformer
-from tinyvit.preprocessing import ImageInput, load_image, normalize, resize_and_crop, resolve_spec
+from tinyvit.preprocessing import (
+    ImageInput,
+    PreprocessSpec,
+    center_crop_box,
+    load_image,
+    normalize,
+    resize_and_crop,
+    resized_size,
+)
 
-__all__ = ["attention_rollout", "class_token_map", "explain"]
+__all__ = ["FORMATS", "attention_rollout", "class_token_map", "explain", "render"]
+
+# file extension → Pillow format
+FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP", ".tif": "TIFF",
+           ".tiff": "TIFF"}  # fmt: skip
+SCALE_MAX = 8.0  # multiples of a uniform share drawn in full colour
 
 
 def attention_rollout(attentions: list[torch.Tensor], residual: float = 0.5) -> torch.Tensor:
@@ -33,35 +58,99 @@ def attention_rollout(attentions: list[torch.Tensor], residual: float = 0.5) -> 
 
 
 def class_token_map(model: VisionTransformer, x: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) → (B, h, w): how much the class token draws on each patch, in [0, 1]."""
+    """(B, 3, H, W) → (B, h, w): the share of the class token's rolled-out attention on each patch
+    (each map sums to 1 over the patches)."""
     with torch.inference_mode():
         _, attentions = model.forward_features(x, return_attention=True)
     grid_h = -(-x.shape[-2] // model.config.patch_size)
     grid_w = -(-x.shape[-1] // model.config.patch_size)
     weights = attention_rollout(attentions)[:, 0, 1:].reshape(-1, grid_h, grid_w)
-    low = weights.amin(dim=(1, 2), keepdim=True)
-    high = weights.amax(dim=(1, 2), keepdim=True)
-    return (weights - low) / (high - low).clamp_min(1e-12)
+    return weights / weights.sum(dim=(1, 2), keepdim=True)
 
 
-def _heat_colors(v: np.ndarray) -> np.ndarray:
-    """[0, 1] → RGB uint8 on a black → red → yellow → white ramp."""
-    r = np.clip(v * 3, 0, 1)
-    g = np.clip(v * 3 - 1, 0, 1)
-    b = np.clip(v * 3 - 2, 0, 1)
-    return (np.stack([r, g, b], axis=-1) * 255).round().astype(np.uint8)
+def _colormap(v: np.ndarray) -> np.ndarray:
+    """[0, 1] → RGB float in [0, 1]: dark violet → red → orange → light yellow (perceptually ordered)."""
+    stops = np.array([[0.20, 0.02, 0.40], [0.75, 0.10, 0.35], [0.98, 0.45, 0.05], [1.00, 0.95, 0.55]])
+    pos = np.clip(v, 0, 1) * (len(stops) - 1)
+    i = np.minimum(pos.astype(int), len(stops) - 2)
+    t = (pos - i)[..., None]
+    return stops[i] * (1 - t) + stops[i + 1] * t
 
 
-def explain(image: ImageInput, model: VisionTransformer, output: str | os.PathLike, *, alpha: float = 0.55) -> Path:
-    """Draw the class token's attention rollout over the model's view of ``image`` (the resized,
-    center-cropped picture it classifies) and save it as PNG."""
-    spec = resolve_spec(model)
-    view = resize_and_crop(load_image(image), spec)
-    param = next(model.parameters())
-    x = normalize(view, spec)[None].to(device=param.device, dtype=param.dtype)
-    heat = class_token_map(model, x)[0].cpu().numpy()
-    heat_img = Image.fromarray((heat * 255).round().astype(np.uint8)).resize(view.size, Image.Resampling.BILINEAR)
-    overlay = Image.fromarray(_heat_colors(np.asarray(heat_img) / 255.0))
+def render(
+    photo: Image.Image, share: np.ndarray, spec: PreprocessSpec, caption: str, *, max_opacity: float = 0.75
+) -> Image.Image:
+    """The attention map ``share`` (h, w patches of the model's view, summing to 1) drawn over the
+    whole ``photo`` (RGB, as decoded), with a colour scale and ``caption``."""
+    W, H = photo.size
+    rw, rh = resized_size(W, H, spec.resize, spec.resize_mode)
+    left, top, right, bottom = center_crop_box(rw, rh, spec.crop)
+    sx, sy = W / rw, H / rh  # view pixels → photo pixels
+    box = (round(left * sx), round(top * sy), round(right * sx), round(bottom * sy))
+    bw, bh = max(box[2] - box[0], 1), max(box[3] - box[1], 1)
+
+    relative = share * share.size  # 1.0 = a uniform share
+    level = np.clip(np.log(np.maximum(relative, 1e-12)) / np.log(SCALE_MAX), 0, 1)  # 1x → 0, 8x → 1
+    level_img = Image.fromarray((level * 255).round().astype(np.uint8)).resize((bw, bh), Image.Resampling.BICUBIC)
+    v = np.asarray(level_img, dtype=np.float32) / 255
+
+    base = np.asarray(photo.convert("RGB"), dtype=np.float32) / 255
+    out = base * 0.45 + 0.55 * 0.5  # what the model did not see: dimmed
+    region = base[box[1] : box[1] + bh, box[0] : box[0] + bw]
+    alpha = (max_opacity * v**1.5)[..., None]  # low attention stays clear
+    out[box[1] : box[1] + bh, box[0] : box[0] + bw] = region * (1 - alpha) + _colormap(v) * alpha
+    image = Image.fromarray((out * 255).round().astype(np.uint8))
+
+    draw = ImageDraw.Draw(image)
+    unit = max(2, min(W, H) // 200)
+    if box != (0, 0, W, H):
+        draw.rectangle([box[0], box[1], box[0] + bw - 1, box[1] + bh - 1], outline=(255, 255, 255), width=unit)
+    font = ImageFont.load_default(size=max(12, min(W, H) // 28))
+    pad = 3 * unit
+    # caption, top left, on a dark band
+    tb = draw.textbbox((pad, pad), caption, font=font)
+    draw.rectangle([tb[0] - pad, tb[1] - pad, tb[2] + pad, tb[3] + pad], fill=(0, 0, 0))
+    draw.text((pad, pad), caption, fill=(255, 255, 255), font=font)
+    # colour scale, bottom right: 1× … 8× a uniform share, and the map's own maximum
+    bar_w, bar_h = max(60, W // 4), max(8, H // 40)
+    x0, y0 = W - bar_w - 2 * pad, H - bar_h - 2 * pad - (tb[3] - tb[1]) - pad
+    ramp = _colormap(np.linspace(0, 1, bar_w))[None].repeat(bar_h, axis=0)
+    image.paste(Image.fromarray((ramp * 255).round().astype(np.uint8)), (x0, y0))
+    draw.rectangle([x0 - 1, y0 - 1, x0 + bar_w, y0 + bar_h], outline=(255, 255, 255), width=1)
+    legend = f"attention: 1x to {SCALE_MAX:g}x a uniform share (max {float(relative.max()):.1f}x)"
+    lb = draw.textbbox((0, 0), legend, font=font)
+    lx = max(pad, x0 + bar_w - (lb[2] - lb[0]))
+    draw.text((lx, y0 + bar_h + pad // 2), legend, fill=(255, 255, 255), font=font,
+              stroke_width=max(1, unit // 2), stroke_fill=0)  # fmt: skip
+    return image
+
+
+def explain(
+    image: ImageInput, model: VisionTransformer, output: str | os.PathLike, *, caption: str | None = None
+) -> Path:
+    """Draw the class token's attention rollout over ``image`` and save it to ``output``, in the
+    format its extension names (.png, .jpg, .webp, .bmp, .tif); returns the path."""
     out = Path(output)
-    Image.blend(view, overlay, alpha).save(out, format="PNG")
+    fmt = FORMATS.get(out.suffix.lower())
+    if fmt is None:
+        raise TinyViTError(f"{str(out)!r}: the output must end in one of {', '.join(sorted(FORMATS))}")
+    if not out.parent.is_dir():
+        raise TinyViTError(f"{str(out)!r}: the folder {str(out.parent)!r} does not exist")
+    spec = resolve_preprocess(model)
+    photo = load_image(image)
+    param = next(model.parameters())
+    x = normalize(resize_and_crop(photo, spec), spec)[None].to(device=param.device, dtype=param.dtype)
+    share = class_token_map(model, x)[0].float().cpu().numpy()
+    if caption is None:
+        with torch.inference_mode():
+            probs = model(x).float().softmax(-1)[0]
+        names = model.weights.categories if model.weights is not None else None
+        i = int(probs.argmax())
+        caption = f"{names[i] if names else f'class {i}'}  {float(probs[i]):.2f}"
+    picture = render(photo, share, spec, caption)
+    try:
+        with atomic_path(out, suffix=out.suffix) as tmp:
+            picture.save(tmp, format=fmt, **({"quality": 92} if fmt in ("JPEG", "WEBP") else {}))
+    except OSError as e:
+        raise TinyViTError(f"cannot write {str(out)!r}: {e.strerror or e}") from e
     return out
