@@ -87,3 +87,14 @@ def mm_small_pth(folder: Path) -> bytes:
     path = folder / "mm_small.pth"
     torch.save({"meta": {"epoch": 1}, "state_dict": case_state(load_parity()[0]["cases"]["mm_small"])}, path)
     return path.read_bytes()
+
+
+@pytest.fixture(scope="session")
+def weights(tmp_path_factory) -> Path:
+    """A full-size vit-base-p32-384 tinyvit file: the timm fixture's weights, converted (ImageNet
+    classes, timm's preprocessing). Shared by the tests that run images end to end."""
+    import tinyvit
+
+    folder = tmp_path_factory.mktemp("b32")
+    src = write_checkpoint("timm_b32_384", load_parity()[0]["cases"]["timm_b32_384"], folder / "src")
+    return tinyvit.convert(src, folder / "b32.safetensors")

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import FIXTURES, load_parity, write_checkpoint
+from conftest import FIXTURES, load_parity
 from hubserver import HubServer
 from PIL import Image
 from safetensors import safe_open
@@ -27,15 +27,6 @@ from tinyvit.preprocessing import preprocess_one
 
 META, _ = load_parity()
 PHOTOS = sorted((FIXTURES / "photos").glob("*.jpg"))
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> Path:
-    """A full-size vit-base-p32-384 file (the timm fixture's weights): slow enough per image that
-    streaming shows."""
-    folder = tmp_path_factory.mktemp("weights")
-    src = write_checkpoint("timm_b32_384", META["cases"]["timm_b32_384"], folder / "src")
-    return tinyvit.convert(src, folder / "b32.safetensors")
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import refdata
 import torch
-from conftest import load_parity, write_checkpoint
+from conftest import load_parity
 from PIL import Image
 
 import tinyvit
@@ -27,14 +27,6 @@ def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "tinyvit.cli", *args], capture_output=True, text=True, env={**os.environ, **(env or {})}
     )
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> Path:
-    """A full-size vit-base-p32-384 file: the timm fixture's weights, converted."""
-    folder = tmp_path_factory.mktemp("weights")
-    src = write_checkpoint("timm_b32_384", META["cases"]["timm_b32_384"], folder / "src")
-    return tinyvit.convert(src, folder / "weights.safetensors")
 
 
 @pytest.fixture(scope="module")

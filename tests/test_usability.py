@@ -34,14 +34,6 @@ def cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> subproc
 
 
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> Path:
-    """A full-size vit-base-p32-384 file (ImageNet classes: eval reads WordNet folders)."""
-    folder = tmp_path_factory.mktemp("w")
-    src = write_checkpoint("timm_b32_384", META["cases"]["timm_b32_384"], folder / "src")
-    return tinyvit.convert(src, folder / "b32.safetensors")
-
-
-@pytest.fixture(scope="module")
 def tree(tmp_path_factory) -> Path:
     """An ImageFolder tree with one unreadable image."""
     root = tmp_path_factory.mktemp("val")

@@ -13,11 +13,12 @@ import torch
 
 from tinyvit.conversion import read_weights
 from tinyvit.errors import OfflineError, TinyViTError, WeightsError
-from tinyvit.files import build_model, read_tensors
+from tinyvit.files import build_model, read_tensors, save
 from tinyvit.hub import cache_dir, download_url, fetch_hf_hub, offline
 from tinyvit.manifest import resolve
 from tinyvit.model import VisionTransformer
 from tinyvit.preprocessing import ImageInput, PreprocessSpec
+from tinyvit.preprocessing import preprocess as preprocess_images
 from tinyvit.record import Source, Weights, parse_labels
 
 __all__ = ["cached_model", "download", "get_model", "load", "model_for", "preprocess", "resolve_preprocess"]
@@ -120,8 +121,6 @@ def _converted_path(record: Weights, key: str) -> Path:
 def _convert_into_cache(raw: Path, dst: Path, record: Weights, sha256: str | None) -> None:
     """Rename a zoo file's tensors to timm's; the manifest's record (with the file's SHA-256) goes
     into the header."""
-    from tinyvit.files import save
-
     state, _ = read_weights(raw, layout=record.source.layout, arch=record.config)
     save(dst, state, replace(record, source=replace(record.source, sha256=record.source.sha256 or sha256)))
 
@@ -271,9 +270,7 @@ def preprocess(
     ``fast=True`` decodes JPEGs at a reduced scale first (Pillow's draft mode): much faster on big
     photos, no longer bit-exact (the benchmark reports by how much).
     """
-    from tinyvit.preprocessing import preprocess as run
-
-    return run(images, resolve_preprocess(spec), fast=fast)
+    return preprocess_images(images, resolve_preprocess(spec), fast=fast)
 
 
 # ---------------------------------------------------------------------------------------------

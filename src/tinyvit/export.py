@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tinyvit import __version__
 from tinyvit.errors import TinyViTError
 from tinyvit.fsutil import atomic_path
 from tinyvit.model import VisionTransformer
@@ -308,8 +309,6 @@ def _finish(proto: Any, props: dict[str, str], record: dict) -> None:
 def _metadata(model: VisionTransformer, extra: Mapping[str, str] | None) -> dict[str, str]:
     """tinyvit's keys (all but the export record, added after the export), the model's own
     description when it has one, then ``extra``."""
-    from tinyvit import __version__
-
     props = {"tinyvit.version": __version__, CONFIG_KEY: json.dumps(model.config.to_dict(), separators=(",", ":"))}
     props.update(_model_description(model))
     for key, value in (extra or {}).items():

@@ -22,9 +22,9 @@ import math
 import os
 import struct
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -261,32 +261,23 @@ def _batches(
 
 
 @dataclass(frozen=True)
-class _Run:
-    model: VisionTransformer
-    spec: PreprocessSpec
-    items: list[Any]
-    single: bool
+class _Options:
+    """How to run the pipeline (the keyword arguments of predict_iter / embed_iter)."""
 
+    batch_size: int = 8
+    device: torch.device | str | None = None
+    dtype: torch.dtype | str | None = None
+    errors: str = "raise"
+    fast: bool = False
+    preprocess: PreprocessSpec | str | None = None
+    workers: int | None = None
+    progress: bool | str = False
 
-def _prepare(
-    images: Any,
-    model: str | os.PathLike | VisionTransformer,
-    *,
-    device: torch.device | str | None,
-    dtype: torch.dtype | str | None,
-    errors: str,
-    fast: bool,
-    preprocess: PreprocessSpec | str | None,
-) -> _Run:
-    if errors not in ("raise", "return"):
-        raise ValueError(f"errors must be 'raise' or 'return', got {errors!r}")
-    items, single = expand_inputs(images)  # the inputs first: before any weights are fetched
-    check_inputs(items, errors)
-    if fast and dtype is None and not isinstance(model, torch.nn.Module):
-        dtype = fast_dtype(device)
-    net = model_for(model, device, dtype)
-    spec = resolve_preprocess(preprocess if preprocess is not None else net)
-    return _Run(net, spec, items, single)
+    def __post_init__(self) -> None:
+        if self.errors not in ("raise", "return"):
+            raise ValueError(f"errors must be 'raise' or 'return', got {self.errors!r}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
 
 
 def _progress(total: int, show: bool | str, desc: str):
@@ -299,14 +290,74 @@ def _progress(total: int, show: bool | str, desc: str):
     return tqdm(total=total, unit="img", file=sys.stderr, desc=show if isinstance(show, str) else desc)
 
 
-def _run(run: _Run, *, batch_size: int, fast: bool, errors: str, workers: int | None) -> Iterator[_Batch]:
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    param = next(run.model.parameters())
-    yield from _batches(
-        run.items, run.spec, batch_size=batch_size, fast=fast, errors=errors,
-        device=param.device, dtype=param.dtype, workers=workers,
-    )  # fmt: skip
+def _stream(
+    images: Any,
+    model: str | os.PathLike | VisionTransformer,
+    opts: _Options,
+    desc: str,
+    make_forward: Callable[[VisionTransformer], Callable[[torch.Tensor], list]],
+) -> Iterator[tuple[str, Any, str | None]]:
+    """(input label, output or None, error or None) per image, in input order, batch by batch.
+    ``make_forward(model)`` gives the function from a batch of tensors to one output per row."""
+    items, _ = expand_inputs(images)  # the inputs first: before any weights are fetched
+    check_inputs(items, opts.errors)
+    dtype = opts.dtype
+    if opts.fast and dtype is None and not isinstance(model, torch.nn.Module):
+        dtype = fast_dtype(opts.device)
+    net = model_for(model, opts.device, dtype)
+    spec = resolve_preprocess(opts.preprocess if opts.preprocess is not None else net)
+    forward = make_forward(net)
+    param = next(net.parameters())
+    bar = _progress(len(items), opts.progress, desc)
+    try:
+        for batch in _batches(
+            items, spec, batch_size=opts.batch_size, fast=opts.fast, errors=opts.errors,
+            device=param.device, dtype=param.dtype, workers=opts.workers,
+        ):  # fmt: skip
+            outputs = iter(forward(batch.x) if batch.x is not None else ())
+            for label, err in zip(batch.inputs, batch.errors, strict=True):
+                yield label, (next(outputs) if err is None else None), err
+            if bar is not None:
+                bar.update(len(batch.inputs))
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _classifier(top_k: int) -> Callable[[VisionTransformer], Callable[[torch.Tensor], list]]:
+    if top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
+
+    def make(model: VisionTransformer) -> Callable[[torch.Tensor], list]:
+        names = class_names(model)
+        k = min(top_k, len(names))
+
+        def forward(x: torch.Tensor) -> list[Prediction]:
+            with torch.inference_mode():
+                probs = model(x).float().softmax(dim=-1).cpu()
+            top_p, top_i = probs.topk(k, dim=-1)
+            return [
+                Prediction("", ti[0], names[ti[0]], tp[0], [(i, names[i], s) for i, s in zip(ti, tp, strict=True)], p)
+                for p, tp, ti in zip(probs, top_p.tolist(), top_i.tolist(), strict=True)
+            ]
+
+        return forward
+
+    return make
+
+
+def _embedder(normalize: bool) -> Callable[[VisionTransformer], Callable[[torch.Tensor], list]]:
+    def make(model: VisionTransformer) -> Callable[[torch.Tensor], list]:
+        def forward(x: torch.Tensor) -> list[torch.Tensor]:
+            with torch.inference_mode():
+                feats = model.extract_feat(x).float()
+                if normalize:
+                    feats = torch.nn.functional.normalize(feats, dim=-1)
+            return list(feats.cpu())
+
+        return forward
+
+    return make
 
 
 def predict_iter(
@@ -326,34 +377,9 @@ def predict_iter(
     """Classify images, yielding one :class:`Prediction` per image, in input order, as each batch
     finishes. Arguments as :func:`predict`; ``workers``: decoding threads (default: the cores
     torch does not use, at least one; every core on a GPU)."""
-    if top_k < 1:
-        raise ValueError(f"top_k must be >= 1, got {top_k}")
-    run = _prepare(images, model, device=device, dtype=dtype, errors=errors, fast=fast, preprocess=preprocess)
-    names = class_names(run.model)
-    k = min(top_k, len(names))
-    bar = _progress(len(run.items), progress, "predict")
-    try:
-        for batch in _run(run, batch_size=batch_size, fast=fast, errors=errors, workers=workers):
-            ok_rows: list[Prediction] = []
-            if batch.x is not None:
-                with torch.inference_mode():
-                    probs = run.model(batch.x).float().softmax(dim=-1).cpu()
-                top_p, top_i = probs.topk(k, dim=-1)
-                for p, tp, ti in zip(probs, top_p.tolist(), top_i.tolist(), strict=True):
-                    topk = [(i, names[i], s) for i, s in zip(ti, tp, strict=True)]
-                    ok_rows.append(Prediction("", ti[0], names[ti[0]], tp[0], topk, p))
-            rows = iter(ok_rows)
-            for label, err in zip(batch.inputs, batch.errors, strict=True):
-                if err is None:
-                    r = next(rows)
-                    yield Prediction(label, r.label, r.name, r.score, r.topk, r.scores)
-                else:
-                    yield Prediction(label, error=err)
-            if bar is not None:
-                bar.update(len(batch.inputs))
-    finally:
-        if bar is not None:
-            bar.close()
+    opts = _Options(batch_size, device, dtype, errors, fast, preprocess, workers, progress)
+    for label, r, err in _stream(images, model, opts, "predict", _classifier(top_k)):
+        yield Prediction(label, error=err) if err is not None else replace(r, input=label)
 
 
 def predict(
@@ -408,24 +434,9 @@ def embed_iter(
 ) -> Iterator[Embedding]:
     """The class-token feature (``model.extract_feat``, float32 (D,)) of each image, in input
     order, as each batch finishes; ``normalize=True`` scales each to unit L2 norm."""
-    run = _prepare(images, model, device=device, dtype=dtype, errors=errors, fast=fast, preprocess=preprocess)
-    bar = _progress(len(run.items), progress, "embed")
-    try:
-        for batch in _run(run, batch_size=batch_size, fast=fast, errors=errors, workers=workers):
-            vectors = iter(())
-            if batch.x is not None:
-                with torch.inference_mode():
-                    feats = run.model.extract_feat(batch.x).float()
-                    if normalize:
-                        feats = torch.nn.functional.normalize(feats, dim=-1)
-                vectors = iter(feats.cpu())
-            for label, err in zip(batch.inputs, batch.errors, strict=True):
-                yield Embedding(label, next(vectors)) if err is None else Embedding(label, error=err)
-            if bar is not None:
-                bar.update(len(batch.inputs))
-    finally:
-        if bar is not None:
-            bar.close()
+    opts = _Options(batch_size, device, dtype, errors, fast, preprocess, workers, progress)
+    for label, vector, err in _stream(images, model, opts, "embed", _embedder(normalize)):
+        yield Embedding(label, vector, err)
 
 
 def embed(

@@ -37,7 +37,10 @@ import threading
 from dataclasses import dataclass, fields
 from typing import Annotated, Any
 
+from tinyvit.api import load, resolve_preprocess
 from tinyvit.errors import ImageError, TinyViTError
+from tinyvit.pipeline import class_names
+from tinyvit.preprocessing import preprocess_one
 
 
 class ServeExtraMissing(TinyViTError, ImportError):
@@ -125,10 +128,6 @@ def _pipeline(spec: str, device: str | None = None, dtype: str | None = None) ->
     """The model with its own preprocessing and class names, exactly as :func:`tinyvit.predict`
     uses them: ``load`` → the record's preprocessing → ``preprocess_one`` per image, and
     ``class_names`` for the labels."""
-    from tinyvit.api import load, resolve_preprocess
-    from tinyvit.pipeline import class_names
-    from tinyvit.preprocessing import preprocess_one
-
     model = load(spec, device=device, dtype=dtype)
     pre = resolve_preprocess(model)
     record = model.weights
