@@ -62,6 +62,16 @@ def make_set(folder: Path, n: int, size: tuple[int, int]) -> list[Path]:
     return files
 
 
+def make_weights(folder: Path, arch: str) -> Path:
+    """Random weights of a zoo architecture, saved in timm's layout and converted, as users'
+    checkpoints are (speed does not depend on the values)."""
+    from safetensors.torch import save_file
+
+    model = tinyvit.get_model(arch)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "timm.safetensors"))
+    return tinyvit.convert(folder / "timm.safetensors", folder / f"{arch}.safetensors", arch=arch)
+
+
 def timm_pipeline(model, files: list[Path], batch_size: int, device: torch.device) -> list[int]:
     from timm.data import create_transform, resolve_data_config
 
@@ -150,16 +160,11 @@ def main() -> None:
 
     device = torch.device(args.device)
     tmp = Path(tempfile.mkdtemp(prefix="tinyvit-bench-"))
-    # the same random weights in both libraries
-    net = tinyvit.get_model("vit-base-p32-384")
-    from safetensors.torch import save_file
-
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp / "timm.safetensors"))
-    weights = tinyvit.convert(tmp / "timm.safetensors", tmp / "b32.safetensors", arch="vit-base-p32-384")
+    weights = make_weights(tmp, "vit-base-p32-384")  # the same random weights in both libraries
     exact = tinyvit.load(weights, device=device)
     fast_model = tinyvit.load(weights, device=device, dtype=fast_dtype(device))
     ref = timm.create_model("vit_base_patch32_384", pretrained=False).eval()
-    ref.load_state_dict(net.state_dict())
+    ref.load_state_dict(exact.state_dict())
     ref = ref.to(device)
 
     sets = {
@@ -186,7 +191,8 @@ def main() -> None:
         def ratio(a: str, b: str, times=times) -> float:
             return statistics.median(tb / ta for ta, tb in zip(times[a], times[b], strict=True))
 
-        rows.append((title, "timm pipeline (DataLoader, %d workers)" % len(os.sched_getaffinity(0)), ips("timm"), ""))
+        workers = len(os.sched_getaffinity(0))
+        rows.append((title, f"timm pipeline (DataLoader, {workers} workers)", ips("timm"), ""))
         rows.append((title, "tinyvit exact", ips("exact"), f"{ratio('exact', 'timm'):.2f}x timm; "
                      f"{ratio('exact', 'forward') * 100:.0f}% of its forward-only speed"))  # fmt: skip
         rows.append((title, f"tinyvit fast ({fast_dtype(device) or torch.float32})", ips("fast"),

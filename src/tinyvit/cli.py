@@ -146,9 +146,37 @@ class StopOnInterrupt:
         signal.signal(signal.SIGINT, self._previous)
 
 
+def _ray_job(args: argparse.Namespace, kind: str) -> int:
+    """``--ray``: the inputs through Ray Data (a local Ray, or the cluster at ADDRESS), to Parquet."""
+    if not args.output:
+        raise UsageError("--ray writes Parquet: give the output folder with -o OUT.parquet/")
+    if Path(args.output).suffix in (".safetensors", ".npy"):
+        raise UsageError(f"-o {args.output}: with --ray the output is a folder of Parquet files")
+    try:
+        from tinyvit.ray import run_job
+    except ImportError as e:
+        raise TinyViTError(str(e) if "tinyvit[ray]" in str(e) else f'pip install "tinyvit[ray]" ({e})') from None
+
+    options = {"device": args.device, "dtype": args.dtype, "fast": args.fast, "labels": args.labels,
+               "preprocess": preprocess_option(args)}  # fmt: skip
+    options |= {"top_k": args.top_k} if kind == "predict" else {"normalize": args.normalize}
+    summary = run_job(
+        args.images, args.output, args.model, kind=kind, address=None if args.ray == "local" else args.ray,
+        actors=args.ray_actors, num_gpus=args.num_gpus, batch_size=args.batch_size, **options,
+    )  # fmt: skip
+    for path, error in summary.errors:
+        print(f"tinyvit: error: {path}: {error}", file=sys.stderr)
+    print(f"wrote {summary.output}: {summary.rows} rows, {summary.failed} failed, in {summary.seconds:.1f} s")
+    return 1 if summary.failed else 0
+
+
 def _predict(args: argparse.Namespace) -> int:
     from tinyvit.pipeline import predict_iter
 
+    if args.ray is not None:
+        return _ray_job(args, "predict")
+    if args.output:
+        raise UsageError("-o is for --ray (Parquet); without it, results go to the standard output")
     inputs = gather_inputs(args.images)
     model = _model(args)
     _note_top_k(args.top_k, model.config.num_classes)
@@ -188,6 +216,8 @@ def _predict(args: argparse.Namespace) -> int:
 def _embed(args: argparse.Namespace) -> int:
     from tinyvit.pipeline import embed_iter, write_embeddings
 
+    if args.ray is not None:
+        return _ray_job(args, "embed")
     inputs = gather_inputs(args.images)
     output = Path(args.output)
     if output.suffix not in (".safetensors", ".npy"):
@@ -499,6 +529,15 @@ def _add_model_options(p: argparse.ArgumentParser, batch: bool = True) -> None:
     _add_preprocess_options(p)
 
 
+def _add_ray_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("Ray Data (the tinyvit[ray] extra)")
+    g.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help="run on Ray Data and write Parquet (-o DIR): a local Ray, or the cluster at ADDRESS (auto, "
+                   "host:6379, ray://host:10001); inputs may be globs or s3:// / gs:// URIs")  # fmt: skip
+    g.add_argument("--ray-actors", type=positive_int, default=1, help="model replicas (default %(default)s)")
+    g.add_argument("--num-gpus", type=float, default=0, help="GPUs per actor: 1, or 0.5 for two per GPU (default 0)")
+
+
 def _add_preprocess_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group(
         "preprocessing", "for checkpoints that do not say how their images were preprocessed, or to override it"
@@ -527,13 +566,16 @@ def build_parser() -> argparse.ArgumentParser:
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="print one JSON array (rows as they are ready)")
     fmt.add_argument("--jsonl", action="store_true", help="print one JSON object per line, as each is ready")
+    _add_ray_options(p)
+    p.add_argument("-o", "--output", help="with --ray: the output folder of Parquet files")
     p.set_defaults(run=_predict)
 
     p = sub.add_parser("embed", help="class-token features of images, to a .safetensors or .npy file", parents=[common])
     p.add_argument("images", nargs="+", metavar="IMG|DIR")
-    p.add_argument("-o", "--output", required=True, help="output file: FEATS.safetensors or FEATS.npy")
+    p.add_argument("-o", "--output", required=True, help="FEATS.safetensors or FEATS.npy (--ray: a Parquet folder)")
     p.add_argument("--normalize", action="store_true", help="scale each feature to unit L2 norm")
     _add_model_options(p)
+    _add_ray_options(p)
     p.set_defaults(run=_embed)
 
     p = sub.add_parser(
