@@ -176,12 +176,13 @@ def fast_dtype(device: torch.device | str | None) -> torch.dtype | None:
 
 
 def default_workers(device: torch.device) -> int:
-    """Decoding threads: on a GPU every core decodes; on the CPU, the cores torch's forward pass
-    does not use, and at least one."""
+    """Decoding threads: one per core, at most 16. They decode only while the prefetch window has
+    room, so when the model is the bottleneck they wait and take nothing from torch; when decoding
+    is (12-megapixel photos), they share the cores with torch's threads, as timm's DataLoader
+    workers do (measured on 2 cores: 1.13x the throughput of one thread on 12 MP JPEGs, 1.05x on
+    ImageNet-size ones). On a GPU the cores have nothing else to do."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if device.type == "cuda":
-        return max(1, min(cores, 8))
-    return max(1, cores - torch.get_num_threads())
+    return max(1, min(cores, 16))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -375,8 +376,8 @@ def predict_iter(
     progress: bool | str = False,
 ) -> Iterator[Prediction]:
     """Classify images, yielding one :class:`Prediction` per image, in input order, as each batch
-    finishes. Arguments as :func:`predict`; ``workers``: decoding threads (default: the cores
-    torch does not use, at least one; every core on a GPU)."""
+    finishes. Arguments as :func:`predict`; ``workers``: decoding threads (default: one per core,
+    at most 16)."""
     opts = _Options(batch_size, device, dtype, errors, fast, preprocess, workers, progress)
     for label, r, err in _stream(images, model, opts, "predict", _classifier(top_k)):
         yield Prediction(label, error=err) if err is not None else replace(r, input=label)
