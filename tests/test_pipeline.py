@@ -292,3 +292,19 @@ def test_pipeline_threads_stop_when_the_consumer_stops(model):
     time.sleep(0.2)
     leftover = {t.name for t in threading.enumerate()} - before
     assert not [n for n in leftover if n.startswith("tinyvit-decode")]
+
+
+def test_freed_memory_goes_back_to_the_os_after_every_batch(model, monkeypatch):
+    """Without a trim per batch, glibc keeps the pages of buffers freed across threads and a long
+    run's peak memory creeps up (benchmarks/bench_pipeline.py measures the peak)."""
+    import platform
+
+    import tinyvit.pipeline as pipeline
+
+    if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
+        assert pipeline._malloc_trim() is not None
+    calls = []
+    monkeypatch.setattr(pipeline, "release_free_memory", lambda: calls.append(1))
+    data = PHOTOS[0].read_bytes()
+    assert len(list(tinyvit.predict_iter([data] * 5, model, batch_size=2))) == 5
+    assert len(calls) == 3
