@@ -68,7 +68,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench_ray_"))
     try:
         folder = work / "images"
-        files = make_set(folder, args.images)
+        files = make_set(folder, args.images, (500, 375))  # ImageNet-size
         weights = make_weights(work, args.model)
         n, bs = len(files), args.batch_size
 
