@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from PIL import Image
 from safetensors import safe_open
 
 import tinyvit
+import tinyvit.pipeline as pipeline
 from tinyvit.pipeline import PREFETCH_BATCHES, fast_dtype, native_bf16_cpu
 from tinyvit.preprocessing import preprocess_one
 
@@ -297,14 +299,10 @@ def test_pipeline_threads_stop_when_the_consumer_stops(model):
 def test_freed_memory_goes_back_to_the_os_after_every_batch(model, monkeypatch):
     """Without a trim per batch, glibc keeps the pages of buffers freed across threads and a long
     run's peak memory creeps up (benchmarks/bench_pipeline.py measures the peak)."""
-    import platform
-
-    import tinyvit.pipeline as pipeline
-
     if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
         assert pipeline._malloc_trim() is not None
     calls = []
-    monkeypatch.setattr(pipeline, "release_free_memory", lambda: calls.append(1))
+    monkeypatch.setattr(pipeline, "_release_free_memory", lambda: calls.append(1))
     data = PHOTOS[0].read_bytes()
     assert len(list(tinyvit.predict_iter([data] * 5, model, batch_size=2))) == 5
     assert len(calls) == 3
