@@ -152,6 +152,9 @@ def test_explain_draws_over_the_whole_photo_with_scale_and_caption(tmp_path):
         assert (out[5:15, 5:15] < 40).mean() > 0.5  # the caption's dark band (class and score)
     centre = (slice(140, 160), slice(215, 235))
     assert np.abs(out[centre] - base[centre]).mean() > 20  # the peak is coloured
+    assert (out[-3:, -60:] < 40).mean() > 0.9  # the colour scale's legend sits on a dark band too
+    long = np.asarray(render(photo, flat, spec, "a very long class name, " * 6 + " 0.56 (weights.safetensors)"))
+    assert (long[6:16, -3:] < 40).all()  # a long caption is shortened to fit, not cut off at the edge
 
 
 def test_explain_cli_default_output_and_format_from_the_name(weights, tmp_path):

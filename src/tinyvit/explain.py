@@ -108,20 +108,22 @@ def render(
     font = ImageFont.load_default(size=max(12, min(W, H) // 28))
     pad = 3 * unit
     # caption, top left, on a dark band
+    while len(caption) > 8 and draw.textlength(caption, font=font) > W - 2 * pad:  # fit the width
+        caption = caption[: -4 if caption.endswith("...") else -1].rstrip() + "..."
     tb = draw.textbbox((pad, pad), caption, font=font)
     draw.rectangle([tb[0] - pad, tb[1] - pad, tb[2] + pad, tb[3] + pad], fill=(0, 0, 0))
     draw.text((pad, pad), caption, fill=(255, 255, 255), font=font)
     # colour scale, bottom right: 1× … 8× a uniform share, and the map's own maximum
     bar_w, bar_h = max(60, W // 4), max(8, H // 40)
     x0, y0 = W - bar_w - 2 * pad, H - bar_h - 2 * pad - (tb[3] - tb[1]) - pad
-    ramp = _colormap(np.linspace(0, 1, bar_w))[None].repeat(bar_h, axis=0)
-    image.paste(Image.fromarray((ramp * 255).round().astype(np.uint8)), (x0, y0))
-    draw.rectangle([x0 - 1, y0 - 1, x0 + bar_w, y0 + bar_h], outline=(255, 255, 255), width=1)
     legend = f"attention: 1x to {SCALE_MAX:g}x a uniform share (max {float(relative.max()):.1f}x)"
     lb = draw.textbbox((0, 0), legend, font=font)
     lx = max(pad, x0 + bar_w - (lb[2] - lb[0]))
-    draw.text((lx, y0 + bar_h + pad // 2), legend, fill=(255, 255, 255), font=font,
-              stroke_width=max(1, unit // 2), stroke_fill=0)  # fmt: skip
+    draw.rectangle([min(lx, x0) - pad, y0 - pad, W - 1, H - 1], fill=(0, 0, 0))  # a dark band, as the caption's
+    ramp = _colormap(np.linspace(0, 1, bar_w))[None].repeat(bar_h, axis=0)
+    image.paste(Image.fromarray((ramp * 255).round().astype(np.uint8)), (x0, y0))
+    draw.rectangle([x0 - 1, y0 - 1, x0 + bar_w, y0 + bar_h], outline=(255, 255, 255), width=1)
+    draw.text((lx, y0 + bar_h + pad // 2), legend, fill=(255, 255, 255), font=font)
     return image
 
 
