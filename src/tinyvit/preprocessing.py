@@ -267,7 +267,8 @@ def load_image(image: ImageInput, *, draft_size: tuple[int, int] | None = None) 
     """Decode any supported input into an RGB PIL image, orientation applied.
 
     ``draft_size`` (width, height, as displayed) lets JPEG decode at a reduced scale that is
-    still at least that large (Pillow's draft mode): the fast path for big photos.
+    still at least that large (Pillow's draft mode): the fast path for big photos. A PIL image
+    that needs no change is returned as it is, not copied.
     """
     name = describe_input(image)
     if isinstance(image, Image.Image):
@@ -289,7 +290,8 @@ def load_image(image: ImageInput, *, draft_size: tuple[int, int] | None = None) 
         img.load()
         if img.width == 0 or img.height == 0:
             raise ImageError(f"{name}: empty image")
-        img = ImageOps.exif_transpose(img)
+        if _exif_orientation(img) != 1:  # exif_transpose would copy an upright image (36 MB at 12 MP)
+            img = ImageOps.exif_transpose(img)
         return _to_rgb(img)
     except ImageError:
         raise
