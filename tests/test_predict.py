@@ -124,7 +124,7 @@ def test_cli_errors_exit_codes(weights, images, tmp_path):
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(images[0].read_bytes()[:200])
     partly = cli("predict", str(images[0]), str(broken), "--model", str(weights), "--json")
-    assert partly.returncode == 1 and "1 images classified, 1 failed" in partly.stderr
+    assert partly.returncode == 1 and "1 image classified, 1 failed" in partly.stderr
     rows = json.loads(partly.stdout, parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
     assert len(rows) == 2 and rows[1]["error"] and rows[1]["pred_score"] is None
     assert {r["model"] for r in rows} == {str(weights)}

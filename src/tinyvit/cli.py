@@ -205,10 +205,10 @@ def _predict(args: argparse.Namespace) -> int:
         out.write("\n]\n")
         out.flush()
     if stop.hit:
-        print(f"tinyvit: interrupted after {done} of {len(inputs)} images ({failed} failed)", file=sys.stderr)
+        print(f"tinyvit: interrupted after {done} of {_images(len(inputs))} ({failed} failed)", file=sys.stderr)
         return 130
     if failed:
-        print(f"tinyvit: {done - failed} images classified, {failed} failed", file=sys.stderr)
+        print(f"tinyvit: {_images(done - failed)} classified, {failed} failed", file=sys.stderr)
         return 1
     return 0
 
@@ -247,8 +247,12 @@ def _embed(args: argparse.Namespace) -> int:
     for error in summary.failed.values():
         print(f"tinyvit: error: {error}", file=sys.stderr)
     print(f"wrote {summary.path}: {summary.written} embeddings of {model.config.embed_dim} floats"
-          + (f", {len(summary.failed)} images failed (rows of NaN)" if summary.failed else ""))  # fmt: skip
+          + (f", {_images(len(summary.failed))} failed (rows of NaN)" if summary.failed else ""))  # fmt: skip
     return 1 if summary.failed else 0
+
+
+def _images(n: int) -> str:
+    return f"{n} image" if n == 1 else f"{n} images"
 
 
 def _note_top_k(top_k: int, num_classes: int) -> None:
