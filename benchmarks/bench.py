@@ -29,10 +29,10 @@ import torch
 from PIL import Image
 
 import tinyvit
-import tinyvit.api
-from tinyvit.api import cached_model
+from tinyvit.loading import resolve_preprocess
 from tinyvit.manifest import entries
 from tinyvit.model import count_macs
+from tinyvit.runtime import cached_model
 
 TIMM_NAMES = {  # the timm architecture of each zoo model, for side-by-side runs
     "vit-base-p32-384": "vit_base_patch32_384",
@@ -184,7 +184,7 @@ def bench_startup(report: Report, paths: dict, name: str, rounds: int) -> None:
     imports = {
         "import torch": "import torch",
         "import tinyvit": "import tinyvit",
-        "import torch + tinyvit's loading path": "import torch, tinyvit.api, tinyvit.preprocessing",
+        "import torch + tinyvit's loading path": "import torch, tinyvit.api, tinyvit.images",
     }
     walls: dict[str, list[float]] = {k: [] for k in imports}
     for _ in range(max(rounds, 7)):  # cheap, and noisy: more rounds
@@ -320,7 +320,7 @@ def forward_contenders(x: torch.Tensor, model, model_bf16, references: dict) -> 
 
 
 def bench_preprocess(report: Report, paths: dict, name: str, rounds: int) -> None:
-    spec = tinyvit.api.resolve_preprocess(name)
+    spec = resolve_preprocess(name)
     timm_transform = None
     if have("timm"):
         import timm
@@ -353,7 +353,7 @@ def bench_deviation(report: Report, paths: dict, name: str, n_images: int, folde
         path = folder / f"dev{i}.jpg"
         photo(w, h, 100 + i).save(path, quality=90)
         images.append(path)
-    spec = tinyvit.api.resolve_preprocess(name)
+    spec = resolve_preprocess(name)
     model = cached_model(paths["weights"])
     model_bf16 = cached_model(paths["weights"], dtype=torch.bfloat16)
     exact = torch.stack([tinyvit.preprocess(p, spec) for p in images])

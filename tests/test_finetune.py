@@ -25,7 +25,7 @@ from hubserver import HubServer
 from safetensors.torch import save_file
 
 import tinyvit
-from tinyvit.api import resolve_preprocess
+from tinyvit.loading import resolve_preprocess
 
 FT = json.loads((FIXTURES / "finetune.json").read_text())
 PIXELS = np.load(FIXTURES / "finetune_pixels.npz")

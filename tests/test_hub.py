@@ -105,7 +105,7 @@ def test_hf_layout_source_is_converted_once(hub, tmp_path):
 
 FETCH = """
     import json, os, tinyvit
-    from tinyvit.hub import fetch_hf_hub
+    from tinyvit.fetch import fetch_hf_hub
     try:
         p = fetch_hf_hub("acme/vit", "model.safetensors", sha256={sha!r})
         print(json.dumps({{"path": str(p), "blob": os.path.realpath(p)}}))
@@ -151,14 +151,15 @@ def test_unpinned_file_is_checked_against_the_hub_etag(hub, tmp_path):
 URL_FETCH = """
     import json, tinyvit
     from conftest import small_config, load_parity
-    from tinyvit.api import weights_file
+    from tinyvit.fetch import fetch
+    from tinyvit.specs import ZooSpec
     meta, _ = load_parity()
     spec = tinyvit.PreprocessSpec(40, 32, "bilinear", (127.5,) * 3, (127.5,) * 3)
     source = tinyvit.Source(kind="url", layout="mmpretrain", url={url!r}, sha256_prefix={prefix!r})
     record = tinyvit.Weights(config=small_config(meta), preprocess=spec, categories=None, source=source,
                              name="tiny", tag="mmpretrain")
     try:
-        path = weights_file(record)
+        path = fetch(ZooSpec(record)).path
     except tinyvit.WeightsError as e:
         print(json.dumps({{"error": str(e)}}))
         raise SystemExit(0)

@@ -23,9 +23,12 @@ from PIL import Image
 from safetensors import safe_open
 
 import tinyvit
-import tinyvit.pipeline as pipeline
-from tinyvit.pipeline import PREFETCH_BATCHES, fast_dtype, native_bf16_cpu
-from tinyvit.preprocessing import preprocess_one
+import tinyvit.runner as runner
+import tinyvit.runtime as runtime
+from tinyvit.images import image_files, preprocess_one
+from tinyvit.runner import PREFETCH_BATCHES
+from tinyvit.runtime import fast_dtype, native_bf16_cpu
+from tinyvit.specs import parse_spec
 
 META, _ = load_parity()
 PHOTOS = sorted((FIXTURES / "photos").glob("*.jpg"))
@@ -74,7 +77,7 @@ def serial(model, items, batch_size):
 
 @pytest.mark.parametrize("workers, batch_size", [(1, 4), (3, 3)])
 def test_pipeline_equals_the_serial_path_with_bad_files_mixed_in(model, folder, workers, batch_size):
-    files = tinyvit.pipeline.image_files(folder)
+    files = image_files(folder)
     got = tinyvit.predict(folder, model, batch_size=batch_size, errors="return", workers=workers, top_k=3)
     want = serial(model, files, batch_size)
     assert [r.input for r in got] == [str(f) for f in files]  # input order
@@ -212,7 +215,7 @@ def test_missing_inputs_fail_before_any_request(tmp_path):
 
 
 def test_embed_equals_extract_feat(model, folder, tmp_path):
-    good = [p for p in tinyvit.pipeline.image_files(folder) if p.name not in ("03.jpg", "07.jpg", "11.png")]
+    good = [p for p in image_files(folder) if p.name not in ("03.jpg", "07.jpg", "11.png")]
     feats = tinyvit.embed(good, model, batch_size=4)
     with torch.inference_mode():
         ref = torch.cat(
@@ -230,7 +233,7 @@ def test_cli_embed_writes_features_inputs_and_record(weights, model, folder, tmp
     out = cli("embed", str(folder), "-o", str(out_file), "--model", str(weights), "--batch-size", "3")
     assert out.returncode == 1  # three images failed: said, and their rows marked
     assert "3 images failed" in out.stdout and "truncated" in out.stderr.lower()
-    files = [str(p) for p in tinyvit.pipeline.image_files(folder)]
+    files = [str(p) for p in image_files(folder)]
     if suffix == ".safetensors":
         with safe_open(out_file, "pt") as f:
             meta = f.metadata()
@@ -276,10 +279,9 @@ def test_interrupted_embed_leaves_no_file(weights, tmp_path):
 
 def test_fast_mode_uses_bfloat16_only_where_the_cpu_has_it(weights):
     assert fast_dtype("cpu") == (torch.bfloat16 if native_bf16_cpu() else None)
-    from tinyvit.api import _MODELS
-
+    runtime.clear_model_cache()
     tinyvit.predict(PHOTOS[0], str(weights), fast=True)
-    dtypes = {str(k[2]) for k in _MODELS if k[0] == str(weights)}
+    dtypes = {str(k[2]) for k in runtime._MODELS if k[0] == parse_spec(str(weights))}
     assert dtypes == {str(fast_dtype("cpu"))}
     # a loaded model is used as it is (its dtype is the caller's choice)
     model = tinyvit.load(weights)
@@ -300,9 +302,9 @@ def test_freed_memory_goes_back_to_the_os_after_every_batch(model, monkeypatch):
     """Without a trim per batch, glibc keeps the pages of buffers freed across threads and a long
     run's peak memory creeps up (benchmarks/bench_pipeline.py measures the peak)."""
     if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
-        assert pipeline._malloc_trim() is not None
+        assert runner._malloc_trim() is not None
     calls = []
-    monkeypatch.setattr(pipeline, "_release_free_memory", lambda: calls.append(1))
+    monkeypatch.setattr(runner, "_release_free_memory", lambda: calls.append(1))
     data = PHOTOS[0].read_bytes()
     assert len(list(tinyvit.predict_iter([data] * 5, model, batch_size=2))) == 5
     assert len(calls) == 3

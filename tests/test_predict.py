@@ -93,7 +93,7 @@ def test_a_bad_image_does_not_lose_the_others(model, images, tmp_path):
 
 
 def test_models_are_cached_per_spec_device_dtype(weights, images):
-    from tinyvit.api import cached_model
+    from tinyvit.runtime import cached_model
 
     a = tinyvit.predict(images[0], str(weights))
     assert cached_model(str(weights)) is cached_model(str(weights))
@@ -210,7 +210,7 @@ def readme_block(name: str) -> str:
 
 
 def test_readme_model_table_is_the_manifest():
-    from tinyvit.cli import markdown_table
+    from tinyvit.manifest import markdown_table
 
     assert readme_block("models") == markdown_table(), "regenerate it: tinyvit models --markdown"
 

@@ -14,8 +14,9 @@ from conftest import FIXTURES
 from PIL import Image
 
 import tinyvit
-import tinyvit.api
-from tinyvit.preprocessing import PreprocessSpec, load_image, resize_and_crop
+from tinyvit.images import load_image, resize_and_crop
+from tinyvit.loading import resolve_preprocess
+from tinyvit.preprocessing import PreprocessSpec
 
 META = json.loads((FIXTURES / "preprocess.json").read_text())
 PIXELS = dict(np.load(FIXTURES / "preprocess_pixels.npz"))
@@ -26,7 +27,7 @@ SPECS = {k: v for k, v in META["cases"].items() if "library" in v}
 def tinyvit_spec(spec_name: str) -> PreprocessSpec:
     s = SPECS[spec_name]["tinyvit_spec"]
     if "zoo" in s:
-        return tinyvit.api.resolve_preprocess(f"{s['zoo']}:{s['tag']}")
+        return resolve_preprocess(f"{s['zoo']}:{s['tag']}")
     return PreprocessSpec(s["resize"], s["crop"], s["interpolation"], tuple(s["mean"]), tuple(s["std"]))
 
 
@@ -70,7 +71,7 @@ def test_matches_reference_pipeline(key, tmp_path):
 
 
 def test_zoo_specs():
-    s = tinyvit.api.resolve_preprocess
+    s = resolve_preprocess
     assert s("vit-base-p32-384") == PreprocessSpec(384, 384, "bicubic", (127.5,) * 3, (127.5,) * 3)
     assert s("vit-base-p32-384:mmpretrain") == PreprocessSpec(384, 384, "bilinear", (127.5,) * 3, (127.5,) * 3)
     assert s("vit-base-p16-224") == PreprocessSpec(248, 224, "bicubic", (127.5,) * 3, (127.5,) * 3)
@@ -215,7 +216,7 @@ def _jpeg(array: np.ndarray, orientation: int = 1, quality: int = 95) -> bytes:
 
 def test_fast_path_is_close_to_exact_on_a_big_jpeg():
     big = refdata.make_image(2400, 1600, seed=3, texture=False)
-    spec = tinyvit.api.resolve_preprocess("vit-base-p32-384")
+    spec = resolve_preprocess("vit-base-p32-384")
     for orientation in (1, 6):
         data = _jpeg(big, orientation)
         exact = tinyvit.preprocess(data, spec)

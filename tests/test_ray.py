@@ -27,6 +27,7 @@ from PIL import Image  # noqa: E402
 
 import tinyvit  # noqa: E402
 import tinyvit.ray as tvray  # noqa: E402
+from tinyvit.images import image_files  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context")  # Ray's own settings
 
@@ -96,7 +97,7 @@ def folder(tmp_path_factory) -> Path:
 
 
 def files_of(folder: Path) -> list[Path]:
-    return tinyvit.pipeline.image_files(folder)
+    return image_files(folder)
 
 
 def by_path(rows: list[dict]) -> dict[str, dict]:

@@ -24,7 +24,8 @@ from PIL import Image
 from test_hub import run_py, weights_bytes
 
 import tinyvit
-from tinyvit.preprocessing import PreprocessSpec, load_image
+from tinyvit.images import load_image
+from tinyvit.preprocessing import PreprocessSpec
 
 META, EXPECTED = load_parity()
 SPEC = PreprocessSpec(40, 32, "bicubic", (127.5,) * 3, (127.5,) * 3)
@@ -195,7 +196,7 @@ def test_predict_from_threads_matches_serial(corpus, small_weights):
 
 
 def test_threads_share_one_cached_model(small_weights):
-    from tinyvit.api import cached_model
+    from tinyvit.runtime import cached_model
 
     got = []
     threads = [threading.Thread(target=lambda: got.append(cached_model(str(small_weights)))) for _ in range(4)]
@@ -256,7 +257,7 @@ def test_config_that_does_not_match_the_tensors(tmp_path):
 
 
 def test_failed_loads_leave_no_model_behind(tmp_path):
-    from tinyvit.api import _MODELS
+    from tinyvit.runtime import _MODELS
 
     before = dict(_MODELS)
     bad = tmp_path / "bad.safetensors"
@@ -273,13 +274,14 @@ def test_bad_converted_cache_file_is_removed_and_fetched_again(tmp_path):
     code = f"""
         import json, tinyvit
         from conftest import small_config, load_parity
-        from tinyvit.api import load_weights
+        from tinyvit.loading import load_model
+        from tinyvit.specs import ZooSpec
         spec = tinyvit.PreprocessSpec(40, 32, "bilinear", (127.5,) * 3, (127.5,) * 3)
         source = tinyvit.Source(kind="url", layout="mmpretrain", url=URL, sha256_prefix={sha[:8]!r})
         record = tinyvit.Weights(config=small_config(load_parity()[0]), preprocess=spec, categories=None,
                                  source=source, name="tiny", tag="mmpretrain")
         try:
-            m = load_weights(record)
+            m = load_model(ZooSpec(record))
             print(json.dumps({{"path": m.weights.source.path}}))
         except tinyvit.WeightsError as e:
             print(json.dumps({{"error": str(e)}}))
@@ -325,7 +327,7 @@ def test_tampered_hub_file_is_rejected_then_fetched_again(tmp_path):
 
 FETCH = """
     import json, tinyvit
-    from tinyvit.hub import fetch_hf_hub
+    from tinyvit.fetch import fetch_hf_hub
     try:
         print(json.dumps({{"path": str(fetch_hf_hub({repo!r}, "model.safetensors"))}}))
     except tinyvit.WeightsError as e:
@@ -369,11 +371,11 @@ def test_server_slower_than_the_timeout(tmp_path):
         assert "error" in out and _no_blobs(tmp_path)
 
         url_code = """
-            import json, tinyvit, tinyvit.hub
-            tinyvit.hub.URL_TIMEOUT = 1
+            import json, tinyvit, tinyvit.fetch
+            tinyvit.fetch.URL_TIMEOUT = 1
             from pathlib import Path
             try:
-                tinyvit.hub.download_url(@URL@, Path(tinyvit.hub.cache_dir()) / "dl", "test")
+                tinyvit.fetch.download_url(@URL@, Path(tinyvit.fetch.cache_dir()) / "dl", "test")
                 print(json.dumps({"ok": True}))
             except tinyvit.WeightsError as e:
                 print(json.dumps({"error": str(e)}))

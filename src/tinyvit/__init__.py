@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-from tinyvit.errors import ImageError, TinyViTError, WeightsError
+from tinyvit.errors import ImageError, TinyViTError, UnknownModelError, WeightsError
 
 __version__ = "0.1.0"
 
@@ -22,7 +22,6 @@ _LAZY = {
     # torch-free
     "available_models": "tinyvit.manifest",
     "list_models": "tinyvit.manifest",
-    "UnknownModelError": "tinyvit.manifest",
     "ViTConfig": "tinyvit.config",
     "PreprocessSpec": "tinyvit.preprocessing",
     "Weights": "tinyvit.record",
@@ -33,18 +32,21 @@ _LAZY = {
     "get_model": "tinyvit.api",
     "load": "tinyvit.api",
     "preprocess": "tinyvit.api",
-    "predict": "tinyvit.pipeline",
-    "predict_iter": "tinyvit.pipeline",
-    "embed": "tinyvit.pipeline",
-    "embed_iter": "tinyvit.pipeline",
-    "Prediction": "tinyvit.pipeline",
-    "Embedding": "tinyvit.pipeline",
+    "predict": "tinyvit.api",
+    "predict_iter": "tinyvit.api",
+    "embed": "tinyvit.api",
+    "embed_iter": "tinyvit.api",
+    "evaluate": "tinyvit.evaluate",
+    "Evaluation": "tinyvit.evaluate",
+    "Prediction": "tinyvit.runner",
+    "Embedding": "tinyvit.runner",
     "convert": "tinyvit.conversion",
     "VisionTransformer": "tinyvit.model",
 }
 
 __all__ = [
     "Embedding",
+    "Evaluation",
     "ImageError",
     "Metrics",
     "Prediction",
@@ -62,6 +64,7 @@ __all__ = [
     "download",
     "embed",
     "embed_iter",
+    "evaluate",
     "get_model",
     "list_models",
     "load",
@@ -71,14 +74,15 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from tinyvit.api import download, get_model, load, preprocess
+    from tinyvit.api import download, embed, embed_iter, get_model, load, predict, predict_iter, preprocess
     from tinyvit.config import ViTConfig
     from tinyvit.conversion import convert
-    from tinyvit.manifest import UnknownModelError, available_models, list_models
+    from tinyvit.evaluate import Evaluation, evaluate
+    from tinyvit.manifest import available_models, list_models
     from tinyvit.model import VisionTransformer
-    from tinyvit.pipeline import Embedding, Prediction, embed, embed_iter, predict, predict_iter
     from tinyvit.preprocessing import PreprocessSpec
     from tinyvit.record import Metrics, Source, Weights
+    from tinyvit.runner import Embedding, Prediction
 
 
 # the optional integrations, as submodules imported on first access: tinyvit.ray.Classifier

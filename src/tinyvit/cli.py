@@ -1,4 +1,7 @@
-"""The ``tinyvit`` command line.
+"""The ``tinyvit`` command line: one small ``add_*`` / ``run_*`` pair per subcommand.
+
+Each ``run_*`` turns its arguments into a call of the package's Python API and prints the
+result; what is computed lives in the modules the pair calls, not here.
 
 Exit codes: 0 ok; 1 runtime error (a one-line message, no traceback unless ``--debug``) or some
 images could not be read; 2 usage error; 130 interrupted (Ctrl-C).
@@ -18,11 +21,10 @@ from pathlib import Path
 
 from tinyvit import __version__
 from tinyvit.errors import TinyViTError
+from tinyvit.options import ACCELERATORS, DTYPE_NAMES, HOSTS, ServeOptions
+from tinyvit.preprocessing import INTERPOLATIONS
 
-DTYPE_NAMES = ("float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
-INTERPOLATIONS = ("bicubic", "bilinear", "nearest", "lanczos", "box", "hamming")
-MEAN_PRESETS = {"imagenet": (123.675, 116.28, 103.53), "inception": (127.5, 127.5, 127.5)}
-STD_PRESETS = {"imagenet": (58.395, 57.12, 57.375), "inception": (127.5, 127.5, 127.5)}
+DEFAULT_MODEL = "vit-base-p32-384"
 
 
 class UsageError(Exception):
@@ -39,93 +41,73 @@ def positive_int(text: str) -> int:
     return value
 
 
-def _triple(name: str, values: list[str] | None, presets: dict) -> tuple[float, float, float] | None:
-    if values is None:
-        return None
-    if len(values) == 1 and values[0].lower() in presets:
-        return presets[values[0].lower()]
-    try:
-        numbers = tuple(float(v) for v in values)
-    except ValueError:
-        numbers = ()
-    if len(numbers) != 3:
-        raise UsageError(f"--{name} takes 3 numbers (R G B, in 0-255 pixel values) or one of {', '.join(presets)}")
-    return numbers  # type: ignore[return-value]
+# ---------------------------------------------------------------------------------------------
+# Shared options: the model, its preprocessing, Ray
 
 
-def preprocess_option(args: argparse.Namespace):
-    """The preprocessing the options state: ``--preprocess-like`` and / or explicit values (which
-    override the like-spec's fields). None when no option is given."""
-    from dataclasses import replace
-
-    from tinyvit.manifest import resolve
-    from tinyvit.preprocessing import PreprocessSpec
-
-    explicit = {
-        "crop": args.crop,
-        "resize": args.resize,
-        "interpolation": args.interpolation,
-        "mean": _triple("mean", args.mean, MEAN_PRESETS),
-        "std": _triple("std", args.std, STD_PRESETS),
-        "resize_mode": "squash" if args.squash else None,
-    }
-    explicit = {k: v for k, v in explicit.items() if v is not None}
-    if args.preprocess_like:
-        base = resolve(args.preprocess_like).preprocess
-        try:
-            return replace(base, **explicit) if explicit else base
-        except ValueError as e:
-            raise UsageError(f"preprocessing options: {e}") from None
-    if not explicit:
-        return None
-    missing = [f"--{k}" for k in ("crop", "mean", "std") if k not in explicit]
-    if missing:
-        raise UsageError(f"explicit preprocessing needs {', '.join(missing)} (or start from --preprocess-like NAME)")
-    try:
-        return PreprocessSpec(
-            resize=explicit.get("resize", explicit["crop"]),
-            crop=explicit["crop"],
-            interpolation=explicit.get("interpolation", "bicubic"),
-            mean=explicit["mean"],
-            std=explicit["std"],
-            resize_mode=explicit.get("resize_mode", "short-edge"),
+def add_model_options(p: argparse.ArgumentParser, batch: bool = True) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help="zoo NAME[:TAG] or alias, a checkpoint file or folder, or hf-hub:owner/repo (default %(default)s)",
+    )
+    g.add_argument("--device", default=None, help="e.g. cpu, cuda, cuda:1 (default: cpu)")
+    g.add_argument("--dtype", choices=tuple(DTYPE_NAMES), default=None, help="weights dtype (default float32)")
+    g.add_argument("--labels", metavar="FILE", help="class names: a file (one per line, or JSON), or imagenet-1k")
+    if batch:
+        g.add_argument(
+            "--batch-size", type=positive_int, default=8, help="images per forward pass (default %(default)s)"
         )
+        g.add_argument("--fast", action="store_true", help="decode big JPEGs at reduced scale first (not bit-exact)")
+    add_preprocess_options(p)
+
+
+def add_preprocess_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "preprocessing", "for checkpoints that do not say how their images were preprocessed, or to override it"
+    )
+    g.add_argument("--preprocess-like", metavar="NAME[:TAG]", help="preprocess as these zoo weights do")
+    g.add_argument("--crop", type=positive_int, help="side of the square center crop, pixels")
+    g.add_argument("--resize", type=positive_int, help="short edge after resizing (default: the crop)")
+    g.add_argument("--interpolation", choices=INTERPOLATIONS, help="resize filter (default bicubic)")
+    g.add_argument("--mean", nargs="+", metavar="M", help="R G B in 0-255, or imagenet / inception")
+    g.add_argument("--std", nargs="+", metavar="S", help="R G B in 0-255, or imagenet / inception")
+    g.add_argument("--squash", action="store_true", help="resize to a square ignoring the aspect (HF style)")
+
+
+def add_ray_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("Ray Data (the tinyvit[ray] extra)")
+    g.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help="run on Ray Data and write Parquet (-o DIR): a local Ray, or the cluster at ADDRESS (auto, "
+                   "host:6379, ray://host:10001); inputs may be globs or s3:// / gs:// URIs")  # fmt: skip
+    g.add_argument("--ray-actors", type=positive_int, default=1, help="model replicas (default %(default)s)")
+    g.add_argument("--num-gpus", type=float, default=0, help="GPUs per actor: 1, or 0.5 for two per GPU (default 0)")
+
+
+def preprocess_from_args(args: argparse.Namespace):
+    """The preprocessing the options state (``--preprocess-like`` and / or explicit values, which
+    override its fields), or None."""
+    from tinyvit.manifest import resolve
+    from tinyvit.preprocessing import build_spec
+
+    base = resolve(args.preprocess_like).preprocess if args.preprocess_like else None
+    try:
+        return build_spec(base, crop=args.crop, resize=args.resize, interpolation=args.interpolation,
+                          mean=args.mean, std=args.std, squash=args.squash)  # fmt: skip
     except ValueError as e:
-        raise UsageError(f"preprocessing options: {e}") from None
+        raise UsageError(f"preprocessing options: {e} (--crop, --mean, --std; or --preprocess-like NAME)") from None
 
 
-def _model(args: argparse.Namespace):
-    from tinyvit.api import cached_model
-    from tinyvit.pipeline import fast_dtype
+def model_from_args(args: argparse.Namespace):
+    from tinyvit.runtime import model_for
 
-    dtype = args.dtype
-    if dtype is None and getattr(args, "fast", False):
-        dtype = fast_dtype(args.device)
-    return cached_model(args.model, args.device, dtype, labels=args.labels, preprocess=preprocess_option(args))
+    return model_for(args.model, device=args.device, dtype=args.dtype, fast=getattr(args, "fast", False),
+                     labels=args.labels, preprocess=preprocess_from_args(args))  # fmt: skip
 
 
-def gather_inputs(args_images: list[str]) -> list[Path]:
-    """The image files the arguments name — every one checked before any weights are fetched: a
-    missing file, a folder without images or a URL fails now, in well under a second."""
-    from tinyvit.pipeline import image_files
-    from tinyvit.preprocessing import check_path
-
-    inputs: list[Path] = []
-    for item in args_images:
-        p = Path(item)
-        if p.is_dir():
-            files = image_files(p)
-            if not files:
-                raise TinyViTError(f"{item!r}: no image files in this folder")
-            inputs.extend(files)
-        else:
-            inputs.append(check_path(p, repr(item)))
-    return inputs
-
-
-def _row(r, model) -> dict:
-    d = r.to_dict(scores=False)  # all class scores: the Python API has them
-    return {"model": model.weights.spec if model.weights is not None else None, **d}
+def _images(n: int) -> str:
+    return f"{n} image" if n == 1 else f"{n} images"
 
 
 class StopOnInterrupt:
@@ -146,7 +128,80 @@ class StopOnInterrupt:
         signal.signal(signal.SIGINT, self._previous)
 
 
-def _ray_job(args: argparse.Namespace, kind: str) -> int:
+# ---------------------------------------------------------------------------------------------
+# predict
+
+
+def add_predict(sub, common) -> argparse.ArgumentParser:
+    p = sub.add_parser("predict", help="classify images (files or folders)", parents=[common])
+    p.add_argument("images", nargs="+", metavar="IMG|DIR")
+    add_model_options(p)
+    p.add_argument("--top-k", type=positive_int, default=5, help="classes shown per image (default %(default)s)")
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="print one JSON array (rows as they are ready)")
+    fmt.add_argument("--jsonl", action="store_true", help="print one JSON object per line, as each is ready")
+    add_ray_options(p)
+    p.add_argument("-o", "--output", help="with --ray: the output folder of Parquet files")
+    p.set_defaults(run=run_predict)
+    return p
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from tinyvit.images import files_from_args
+    from tinyvit.runner import Runner
+
+    if args.ray is not None:
+        return run_ray_job(args, "predict")
+    if args.output:
+        raise UsageError("-o is for --ray (Parquet); without it, results go to the standard output")
+    inputs = files_from_args(args.images)
+    model = model_from_args(args)
+    if args.top_k > model.config.num_classes:
+        note = f"--top-k {args.top_k} is more than the model's {model.config.num_classes} classes"
+        print(f"tinyvit: note: {note}; showing all {model.config.num_classes}", file=sys.stderr)
+    runner = Runner(model, task="classify", top_k=args.top_k, fast=args.fast)
+    results = runner.stream(inputs, batch_size=args.batch_size, errors="return")
+    spec = model.weights.spec if model.weights is not None else None
+    with StopOnInterrupt() as stop:
+        done, failed = _print_predictions(results, args, spec, stop)
+        results.close()  # stops the decoding threads
+    if stop.hit:
+        print(f"tinyvit: interrupted after {done} of {_images(len(inputs))} ({failed} failed)", file=sys.stderr)
+        return 130
+    if failed:
+        print(f"tinyvit: {_images(done - failed)} classified, {failed} failed", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _print_predictions(results, args: argparse.Namespace, spec: str | None, stop: StopOnInterrupt) -> tuple[int, int]:
+    """Each result as soon as it is ready (text, JSON array or JSON lines); (printed, failed)."""
+    out = sys.stdout
+    done = failed = 0
+    if args.json:
+        out.write("[")
+    for r in results:
+        row = {"model": spec, **r.to_dict(scores=False)}  # all class scores: the Python API has them
+        if args.json:
+            out.write(("\n" if done == 0 else ",\n") + json.dumps(row, allow_nan=False))
+        elif args.jsonl:
+            out.write(json.dumps(row, allow_nan=False) + "\n")
+        elif r.ok:
+            out.write(f"{r.input}\n" + "".join(f"  {p:7.4f}  {name} ({label})\n" for label, name, p in r.topk))
+        if not r.ok:
+            failed += 1
+            print(f"tinyvit: error: {r.error}", file=sys.stderr)
+        done += 1
+        out.flush()
+        if stop.hit:
+            break
+    if args.json:
+        out.write("\n]\n")
+        out.flush()
+    return done, failed
+
+
+def run_ray_job(args: argparse.Namespace, kind: str) -> int:
     """``--ray``: the inputs through Ray Data (a local Ray, or the cluster at ADDRESS), to Parquet."""
     if not args.output:
         raise UsageError("--ray writes Parquet: give the output folder with -o OUT.parquet/")
@@ -158,7 +213,7 @@ def _ray_job(args: argparse.Namespace, kind: str) -> int:
         raise TinyViTError(str(e) if "tinyvit[ray]" in str(e) else f'pip install "tinyvit[ray]" ({e})') from None
 
     options = {"device": args.device, "dtype": args.dtype, "fast": args.fast, "labels": args.labels,
-               "preprocess": preprocess_option(args)}  # fmt: skip
+               "preprocess": preprocess_from_args(args)}  # fmt: skip
     options |= {"top_k": args.top_k} if kind == "predict" else {"normalize": args.normalize}
     summary = run_job(
         args.images, args.output, args.model, kind=kind, address=None if args.ray == "local" else args.ray,
@@ -170,63 +225,35 @@ def _ray_job(args: argparse.Namespace, kind: str) -> int:
     return 1 if summary.failed else 0
 
 
-def _predict(args: argparse.Namespace) -> int:
-    from tinyvit.pipeline import predict_iter
+# ---------------------------------------------------------------------------------------------
+# embed
+
+
+def add_embed(sub, common) -> argparse.ArgumentParser:
+    p = sub.add_parser("embed", help="class-token features of images, to a .safetensors or .npy file", parents=[common])
+    p.add_argument("images", nargs="+", metavar="IMG|DIR")
+    p.add_argument("-o", "--output", required=True, help="FEATS.safetensors or FEATS.npy (--ray: a Parquet folder)")
+    p.add_argument("--normalize", action="store_true", help="scale each feature to unit L2 norm")
+    add_model_options(p)
+    add_ray_options(p)
+    p.set_defaults(run=run_embed)
+    return p
+
+
+def run_embed(args: argparse.Namespace) -> int:
+    from tinyvit.embeddings import write_embeddings
+    from tinyvit.images import files_from_args
+    from tinyvit.runner import Runner
 
     if args.ray is not None:
-        return _ray_job(args, "predict")
-    if args.output:
-        raise UsageError("-o is for --ray (Parquet); without it, results go to the standard output")
-    inputs = gather_inputs(args.images)
-    model = _model(args)
-    _note_top_k(args.top_k, model.config.num_classes)
-    out = sys.stdout
-    done = failed = 0
-    results = predict_iter(inputs, model, top_k=args.top_k, batch_size=args.batch_size, errors="return", fast=args.fast)
-    if args.json:
-        out.write("[")
-    with StopOnInterrupt() as stop:
-        for r in results:
-            if args.json:
-                out.write(("\n" if done == 0 else ",\n") + json.dumps(_row(r, model), allow_nan=False))
-            elif args.jsonl:
-                out.write(json.dumps(_row(r, model), allow_nan=False) + "\n")
-            elif r.ok:
-                out.write(f"{r.input}\n" + "".join(f"  {p:7.4f}  {name} ({label})\n" for label, name, p in r.topk))
-            if not r.ok:
-                failed += 1
-                print(f"tinyvit: error: {r.error}", file=sys.stderr)
-            done += 1
-            out.flush()
-            if stop.hit:
-                break
-        results.close()  # stops the decoding threads
-    if args.json:
-        out.write("\n]\n")
-        out.flush()
-    if stop.hit:
-        print(f"tinyvit: interrupted after {done} of {_images(len(inputs))} ({failed} failed)", file=sys.stderr)
-        return 130
-    if failed:
-        print(f"tinyvit: {_images(done - failed)} classified, {failed} failed", file=sys.stderr)
-        return 1
-    return 0
-
-
-def _embed(args: argparse.Namespace) -> int:
-    from tinyvit.pipeline import embed_iter, write_embeddings
-
-    if args.ray is not None:
-        return _ray_job(args, "embed")
-    inputs = gather_inputs(args.images)
+        return run_ray_job(args, "embed")
+    inputs = files_from_args(args.images)
     output = Path(args.output)
     if output.suffix not in (".safetensors", ".npy"):
         raise UsageError(f"-o {args.output}: the output is a .safetensors or .npy file")
-    model = _model(args)
-    rows = embed_iter(
-        inputs, model, normalize=args.normalize, batch_size=args.batch_size, errors="return", fast=args.fast,
-        progress="embed",
-    )  # fmt: skip
+    model = model_from_args(args)
+    runner = Runner(model, task="embed", normalize=args.normalize, fast=args.fast)
+    rows = runner.stream(inputs, batch_size=args.batch_size, errors="return", progress="embed")
 
     def until_interrupted(stop: StopOnInterrupt):
         for row in rows:
@@ -251,208 +278,125 @@ def _embed(args: argparse.Namespace) -> int:
     return 1 if summary.failed else 0
 
 
-def _images(n: int) -> str:
-    return f"{n} image" if n == 1 else f"{n} images"
+# ---------------------------------------------------------------------------------------------
+# eval, explain
 
 
-def _note_top_k(top_k: int, num_classes: int) -> None:
-    if top_k > num_classes:
-        note = f"--top-k {top_k} is more than the model's {num_classes} classes; showing all {num_classes}"
-        print(f"tinyvit: note: {note}", file=sys.stderr)
+def add_eval(sub, common) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "eval", help="top-1 / top-5 on an ImageFolder tree (subfolders: class ids, names or indices)", parents=[common]
+    )
+    p.add_argument("root", metavar="DIR")
+    add_model_options(p)
+    p.add_argument("--limit", type=positive_int, default=None, help="at most N images, taken from all classes in turn")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(run=run_eval)
+    return p
 
 
-def eval_samples(root: Path, categories: list[str], ids: list[str], limit: int | None = None) -> list[tuple[Path, int]]:
-    """(image, label) pairs of an ImageFolder tree whose subfolders are named by class id (WordNet
-    ids for ImageNet), class name or class index. With ``limit``, the first images of every class
-    in turn, so that all classes are sampled."""
-    from tinyvit.pipeline import image_files
-
-    if not root.exists():
-        raise TinyViTError(f"{str(root)!r}: no such folder")
-    if not root.is_dir():
-        raise TinyViTError(f"{str(root)!r}: not a folder (eval reads an ImageFolder tree: one subfolder per class)")
-    index = {name: i for i, name in enumerate(ids)} | {name: i for i, name in enumerate(categories)}
-    per_class = []
-    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-        if folder.name in index:
-            label = index[folder.name]
-        elif folder.name.isdigit():
-            label = int(folder.name)
-            if label >= len(categories):
-                raise TinyViTError(
-                    f"{str(folder)!r}: class index {label} is out of range (the model has {len(categories)} classes)"
-                )
-        else:
-            raise TinyViTError(f"{str(folder)!r}: folder name is neither a class id, a class name nor a class index")
-        per_class.append([(f, label) for f in image_files(folder)])
-    if not per_class:
-        raise TinyViTError(f"{str(root)!r}: no class subfolders")
-    samples = [s for group in per_class for s in group]
-    if not samples:
-        raise TinyViTError(f"{str(root)!r}: the class subfolders hold no image files")
-    if limit is not None:
-        interleaved = [group[i] for i in range(max(map(len, per_class))) for group in per_class if i < len(group)]
-        samples = interleaved[:limit]
-    return samples
-
-
-def _eval(args: argparse.Namespace) -> int:
-    from tinyvit.pipeline import class_names, predict_iter
-    from tinyvit.record import imagenet_classes
+def run_eval(args: argparse.Namespace) -> int:
+    from tinyvit.evaluate import evaluate
 
     root = Path(args.root)
     if not root.is_dir():  # before the weights are fetched
         raise TinyViTError(f"{args.root!r}: " + ("not a folder" if root.exists() else "no such folder"))
-    model = _model(args)
-    names = class_names(model)
-    ids = list(imagenet_classes().ids) if tuple(names) == imagenet_classes().names else names
-    samples = eval_samples(root, names, ids, args.limit)
-    top1 = top5 = failed = 0
-    results = predict_iter(
-        [p for p, _ in samples], model, top_k=5, batch_size=args.batch_size, errors="return", fast=args.fast,
-        progress="eval" if not args.json else False,
-    )  # fmt: skip
-    for r, (_, label) in zip(results, samples, strict=True):
-        if not r.ok:
-            failed += 1
-            print(f"tinyvit: error: {r.error}", file=sys.stderr)
-            continue
-        top1 += r.label == label
-        top5 += label in [i for i, _, _ in r.topk]
-    n = len(samples) - failed
-    summary = {
-        "model": model.weights.spec if model.weights is not None else args.model,
-        "weights": None if model.weights is None else model.weights.source.location,
-        "images": n,
-        "failed": failed,
-        "top1": 100.0 * top1 / n if n else None,
-        "top5": 100.0 * top5 / n if n else None,
-    }
+    result = evaluate(root, model_from_args(args), batch_size=args.batch_size, fast=args.fast, limit=args.limit,
+                      progress="eval" if not args.json else False)  # fmt: skip
+    for error in result.errors:
+        print(f"tinyvit: error: {error}", file=sys.stderr)
     if args.json:
-        print(json.dumps(summary, allow_nan=False))
+        print(json.dumps(result.to_dict(), allow_nan=False))
     else:
-        scored = f"top-1 {summary['top1']:.2f}%  top-5 {summary['top5']:.2f}%  ({n} images" if n else "(no image read"
-        print(scored + (f", {failed} failed" if failed else "") + f")  {summary['model']}")
-    return 1 if failed or not n else 0
+        n, failed = result.images, result.failed
+        scored = f"top-1 {result.top1:.2f}%  top-5 {result.top5:.2f}%  ({n} images" if n else "(no image read"
+        print(scored + (f", {failed} failed" if failed else "") + f")  {result.model}")
+    return 1 if result.failed or not result.images else 0
 
 
-def _explain(args: argparse.Namespace) -> int:
+def add_explain(sub, common) -> argparse.ArgumentParser:
+    p = sub.add_parser("explain", help="draw the class token's attention rollout over an image", parents=[common])
+    p.add_argument("image", metavar="IMG")
+    add_model_options(p, batch=False)
+    p.add_argument("-o", "--output", help="output picture: .png, .jpg, .webp… (default IMG-NAME.attention.png here)")
+    p.set_defaults(run=run_explain)
+    return p
+
+
+def run_explain(args: argparse.Namespace) -> int:
     from tinyvit.explain import FORMATS, explain
-    from tinyvit.pipeline import predict
+    from tinyvit.images import files_from_args
+    from tinyvit.runner import Runner
 
-    image = gather_inputs([args.image])[0]
+    image = files_from_args([args.image])[0]
     output = Path(args.output or f"{image.stem}.attention.png")
     if output.suffix.lower() not in FORMATS:
         raise UsageError(f"-o {output}: the picture's format comes from its extension: {', '.join(sorted(FORMATS))}")
     if not output.parent.is_dir():
         raise TinyViTError(f"-o {output}: the folder {str(output.parent)!r} does not exist")
-    model = _model(args)
-    result = predict(image, model, top_k=1)
+    model = model_from_args(args)
+    top = next(Runner(model, task="classify", top_k=1).stream([image]))
     spec = model.weights.spec if model.weights is not None else args.model
-    out = explain(image, model, output, caption=f"{result.name}  {result.score:.2f}   ({spec})")
-    print(f"{image}: {result.name} ({result.score:.3f}); attention rollout drawn in {out}")
+    out = explain(image, model, output, caption=f"{top.name}  {top.score:.2f}   ({spec})")
+    print(f"{image}: {top.name} ({top.score:.3f}); attention rollout drawn in {out}")
     return 0
 
 
 # ---------------------------------------------------------------------------------------------
-# models / download / convert
+# models, download, convert
 
 
-def model_rows() -> list[dict]:
-    from tinyvit.manifest import entries
-
-    rows = []
-    for name, e in entries().items():
-        for i, w in enumerate(e.weights):
-            m = w.metrics
-            rows.append({
-                "name": name, "tag": w.tag, "default": i == 0, "params": e.params, "gmacs": e.gmacs,
-                "top1": m.top1 if m else None, "top5": m.top5 if m else None, "metrics_source": m.source if m else "",
-                "weights": w.source.location, "layout": w.source.layout, "size_mb": round(e.params * 4 / 1e6),
-                "aliases": e.aliases_of(w.tag),
-            })  # fmt: skip
-    return rows
+def add_models(sub, common) -> argparse.ArgumentParser:
+    p = sub.add_parser("models", help="the model zoo: weights, accuracy, size, cached or not", parents=[common])
+    p.add_argument("name", nargs="?", metavar="NAME[:TAG]", help="show the weights record a name resolves to")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--markdown", action="store_true", help="print the README's model table")
+    p.set_defaults(run=run_models)
+    return p
 
 
-def _cached(name: str, tag: str) -> bool:
-    from tinyvit.hub import cache_dir
-    from tinyvit.manifest import resolve
+def run_models(args: argparse.Namespace) -> int:
+    from tinyvit.manifest import entries, markdown_table, resolve, zoo_rows
 
-    w = resolve(f"{name}:{tag}")
-    s = w.source
-    if s.kind == "hub" and s.layout == "timm":
-        from huggingface_hub import try_to_load_from_cache
-
-        return isinstance(try_to_load_from_cache(s.repo_id, s.filename, revision=s.revision), str)
-    return any((cache_dir() / "converted" / name).glob(f"{tag}-*.safetensors"))
-
-
-def markdown_table() -> str:
-    """The README's model table, generated from the manifest."""
-    lines = [
-        "| model | weights (tag) | params | GMACs | top-1 | top-5 | accuracy from | file | also known as |",
-        "|---|---|---:|---:|---:|---:|---|---|---|",
-    ]
-    for r in model_rows():
-        tag = f"`{r['tag']}`" + (" (default)" if r["default"] else "")
-        top1 = "—" if r["top1"] is None else f"{r['top1']}"
-        top5 = "—" if r["top5"] is None else f"{r['top5']}"
-        where = (
-            r["weights"].removeprefix("hf://").rsplit("/", 1)[0] if r["weights"].startswith("hf://") else "OpenMMLab"
-        )
-        aliases = ", ".join(f"`{a}`" for a in r["aliases"]) or "—"
-        lines.append(
-            f"| `{r['name']}` | {tag} | {r['params'] / 1e6:.2f} M | {r['gmacs']:.2f} | {top1} | {top5} "
-            f"| {r['metrics_source']} | {where} ({r['layout']}) | {aliases} |"
-        )
-    return "\n".join(lines)
-
-
-def _models(args: argparse.Namespace) -> int:
     if args.name:
-        from tinyvit.manifest import resolve
-
         record = resolve(args.name)
         if args.json:
             print(json.dumps(record.to_dict(), indent=2, ensure_ascii=False))
-        else:
-            print(record.describe())
-            aliases = [a for name, e in _entries().items() if name == record.name for a in e.aliases_of(record.tag)]
-            if aliases:
-                print(f"also known as:  {', '.join(aliases)}")
+            return 0
+        print(record.describe())
+        aliases = entries()[str(record.name)].aliases_of(record.tag)
+        if aliases:
+            print(f"also known as:  {', '.join(aliases)}")
         return 0
     if args.markdown:
         print(markdown_table())
         return 0
-    rows = model_rows()
+    from tinyvit.fetch import is_cached
+
+    rows = zoo_rows()
     for r in rows:
-        r["cached"] = _cached(r["name"], r["tag"])
+        r["cached"] = is_cached(resolve(f"{r['name']}:{r['tag']}"))
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    header = (
-        f"{'model:tag':<42} {'params':>8} {'GMACs':>7} {'top-1':>6} {'top-5':>6} {'size':>8}  cached  accuracy from"
-    )
-    print(header)
+    print(f"{'model:tag':<42} {'params':>8} {'GMACs':>7} {'top-1':>6} {'top-5':>6} {'size':>8}  cached  accuracy from")
     for r in rows:
         top1 = "—" if r["top1"] is None else f"{r['top1']}"
         top5 = "—" if r["top5"] is None else f"{r['top5']}"
         spec = r["name"] + ":" + r["tag"] + (" *" if r["default"] else "")
-        print(
-            f"{spec:<42} {r['params'] / 1e6:>7.2f}M {r['gmacs']:>7.2f} {top1:>6} {top5:>6} "
-            f"{r['size_mb']:>6}MB  {'yes' if r['cached'] else 'no':<6}  {r['metrics_source']}"
-        )
+        print(f"{spec:<42} {r['params'] / 1e6:>7.2f}M {r['gmacs']:>7.2f} {top1:>6} {top5:>6} "
+              f"{r['size_mb']:>6}MB  {'yes' if r['cached'] else 'no':<6}  {r['metrics_source']}")  # fmt: skip
     print("* the model's default weights (what `--model NAME` without a tag loads)")
     return 0
 
 
-def _entries():
-    from tinyvit.manifest import entries
+def add_download(sub, common) -> argparse.ArgumentParser:
+    p = sub.add_parser("download", help="fetch and verify weights into the cache, for offline use", parents=[common])
+    p.add_argument("models", nargs="+", metavar="NAME[:TAG]|hf-hub:REPO")
+    p.set_defaults(run=run_download)
+    return p
 
-    return entries()
 
-
-def _download(args: argparse.Namespace) -> int:
+def run_download(args: argparse.Namespace) -> int:
     from tinyvit.api import download
 
     for spec in args.models:
@@ -460,13 +404,26 @@ def _download(args: argparse.Namespace) -> int:
     return 0
 
 
-def _convert(args: argparse.Namespace) -> int:
+def add_convert(sub, common) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "convert", help="convert a timm / HF / mmpretrain / JAX checkpoint to tinyvit safetensors", parents=[common]
+    )
+    p.add_argument("src", help="checkpoint file (.safetensors, .pth, .bin, .npz) or folder (HF save_pretrained)")
+    p.add_argument("dst", help="output .safetensors file")
+    p.add_argument("--from", dest="layout", default="auto", choices=["auto", "timm", "hf", "mmpretrain", "npz"])
+    p.add_argument("--arch", help="zoo architecture whose head count to use, when the checkpoint does not say")
+    p.add_argument("--labels", metavar="FILE", help="class names: a file (one per line, or JSON), or imagenet-1k")
+    add_preprocess_options(p)
+    p.set_defaults(run=run_convert)
+    return p
+
+
+def run_convert(args: argparse.Namespace) -> int:
     from tinyvit.conversion import convert
     from tinyvit.files import read_header, read_record
 
-    dst = convert(
-        args.src, args.dst, layout=args.layout, arch=args.arch, labels=args.labels, preprocess=preprocess_option(args)
-    )
+    pre = preprocess_from_args(args)
+    dst = convert(args.src, args.dst, layout=args.layout, arch=args.arch, labels=args.labels, preprocess=pre)
     record = read_record(dst, read_header(dst))
     print(f"wrote {dst}")
     if record is not None:
@@ -477,146 +434,11 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def _export(args: argparse.Namespace) -> int:
-    output = Path(args.output)
-    if output.suffix != ".onnx":
-        raise UsageError(f"-o {args.output}: the output is an .onnx file")
-    try:
-        from tinyvit.export import check_onnx, default_check_sizes, export_onnx, read_onnx_metadata
-    except ImportError as e:
-        raise TinyViTError(f'tinyvit export needs the onnx extra ({e}): pip install "tinyvit[onnx]"') from None
-
-    args.fast = False
-    model = _model(args)
-    path = export_onnx(model, output, dynamic_size=args.dynamic_size, dtype=args.onnx_dtype, opset=args.opset)
-    size = path.stat().st_size / 2**20
-    shape = "B x 3 x H x W (any size)" if args.dynamic_size else f"B x 3 x {model.config.image_size}^2"
-    print(f"wrote {path} ({size:.1f} MiB): pixel_values {shape} -> logits; {args.onnx_dtype}")
-    if args.check:
-        record = json.loads(read_onnx_metadata(path)["tinyvit.export"])
-        deviations = check_onnx(model, path, default_check_sizes(record))
-        tol = 1e-4 if args.onnx_dtype == "float32" else 1e-2
-        for (h, w), err in deviations.items():
-            print(f"  ONNX Runtime vs tinyvit at {h}x{w}: max |dlogit| {err:.2g}" + ("" if err <= tol else "  (!)"))
-        if any(err > tol for err in deviations.values()):
-            print(f"tinyvit: error: ONNX Runtime differs from tinyvit by more than {tol}", file=sys.stderr)
-            return 1
-    return 0
-
-
-def _serve(args: argparse.Namespace) -> int:
-    try:
-        from tinyvit.serve import main as serve_main
-    except ImportError as e:
-        raise TinyViTError(str(e) if "tinyvit[serve]" in str(e) else f'pip install "tinyvit[serve]" ({e})') from None
-    return serve_main(args.serve_args)
-
-
 # ---------------------------------------------------------------------------------------------
+# export, serve (the onnx and serve extras)
 
 
-def _add_model_options(p: argparse.ArgumentParser, batch: bool = True) -> None:
-    g = p.add_argument_group("model")
-    g.add_argument(
-        "--model",
-        default="vit-base-p32-384",
-        help="zoo NAME[:TAG] or alias, a checkpoint file or folder, or hf-hub:owner/repo (default %(default)s)",
-    )
-    g.add_argument("--device", default=None, help="e.g. cpu, cuda, cuda:1 (default: cpu)")
-    g.add_argument("--dtype", choices=DTYPE_NAMES, default=None, help="weights dtype (default float32)")
-    g.add_argument("--labels", metavar="FILE", help="class names: a file (one per line, or JSON), or imagenet-1k")
-    if batch:
-        g.add_argument(
-            "--batch-size", type=positive_int, default=8, help="images per forward pass (default %(default)s)"
-        )
-        g.add_argument("--fast", action="store_true", help="decode big JPEGs at reduced scale first (not bit-exact)")
-    _add_preprocess_options(p)
-
-
-def _add_ray_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("Ray Data (the tinyvit[ray] extra)")
-    g.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
-                   help="run on Ray Data and write Parquet (-o DIR): a local Ray, or the cluster at ADDRESS (auto, "
-                   "host:6379, ray://host:10001); inputs may be globs or s3:// / gs:// URIs")  # fmt: skip
-    g.add_argument("--ray-actors", type=positive_int, default=1, help="model replicas (default %(default)s)")
-    g.add_argument("--num-gpus", type=float, default=0, help="GPUs per actor: 1, or 0.5 for two per GPU (default 0)")
-
-
-def _add_preprocess_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group(
-        "preprocessing", "for checkpoints that do not say how their images were preprocessed, or to override it"
-    )
-    g.add_argument("--preprocess-like", metavar="NAME[:TAG]", help="preprocess as these zoo weights do")
-    g.add_argument("--crop", type=positive_int, help="side of the square center crop, pixels")
-    g.add_argument("--resize", type=positive_int, help="short edge after resizing (default: the crop)")
-    g.add_argument("--interpolation", choices=INTERPOLATIONS, help="resize filter (default bicubic)")
-    g.add_argument("--mean", nargs="+", metavar="M", help="R G B in 0-255, or imagenet / inception")
-    g.add_argument("--std", nargs="+", metavar="S", help="R G B in 0-255, or imagenet / inception")
-    g.add_argument("--squash", action="store_true", help="resize to a square ignoring the aspect (HF style)")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
-
-    parser = argparse.ArgumentParser(prog="tinyvit", description="Exact, lightweight ViT inference.", parents=[common])
-    parser.add_argument("--version", action="version", version=f"tinyvit {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    p = sub.add_parser("predict", help="classify images (files or folders)", parents=[common])
-    p.add_argument("images", nargs="+", metavar="IMG|DIR")
-    _add_model_options(p)
-    p.add_argument("--top-k", type=positive_int, default=5, help="classes shown per image (default %(default)s)")
-    fmt = p.add_mutually_exclusive_group()
-    fmt.add_argument("--json", action="store_true", help="print one JSON array (rows as they are ready)")
-    fmt.add_argument("--jsonl", action="store_true", help="print one JSON object per line, as each is ready")
-    _add_ray_options(p)
-    p.add_argument("-o", "--output", help="with --ray: the output folder of Parquet files")
-    p.set_defaults(run=_predict)
-
-    p = sub.add_parser("embed", help="class-token features of images, to a .safetensors or .npy file", parents=[common])
-    p.add_argument("images", nargs="+", metavar="IMG|DIR")
-    p.add_argument("-o", "--output", required=True, help="FEATS.safetensors or FEATS.npy (--ray: a Parquet folder)")
-    p.add_argument("--normalize", action="store_true", help="scale each feature to unit L2 norm")
-    _add_model_options(p)
-    _add_ray_options(p)
-    p.set_defaults(run=_embed)
-
-    p = sub.add_parser(
-        "eval", help="top-1 / top-5 on an ImageFolder tree (subfolders: class ids, names or indices)", parents=[common]
-    )
-    p.add_argument("root", metavar="DIR")
-    _add_model_options(p)
-    p.add_argument("--limit", type=positive_int, default=None, help="at most N images, taken from all classes in turn")
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(run=_eval)
-
-    p = sub.add_parser("explain", help="draw the class token's attention rollout over an image", parents=[common])
-    p.add_argument("image", metavar="IMG")
-    _add_model_options(p, batch=False)
-    p.add_argument("-o", "--output", help="output picture: .png, .jpg, .webp… (default IMG-NAME.attention.png here)")
-    p.set_defaults(run=_explain)
-
-    p = sub.add_parser("models", help="the model zoo: weights, accuracy, size, cached or not", parents=[common])
-    p.add_argument("name", nargs="?", metavar="NAME[:TAG]", help="show the weights record a name resolves to")
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p.add_argument("--markdown", action="store_true", help="print the README's model table")
-    p.set_defaults(run=_models)
-
-    p = sub.add_parser("download", help="fetch and verify weights into the cache, for offline use", parents=[common])
-    p.add_argument("models", nargs="+", metavar="NAME[:TAG]|hf-hub:REPO")
-    p.set_defaults(run=_download)
-
-    p = sub.add_parser(
-        "convert", help="convert a timm / HF / mmpretrain / JAX checkpoint to tinyvit safetensors", parents=[common]
-    )
-    p.add_argument("src", help="checkpoint file (.safetensors, .pth, .bin, .npz) or folder (HF save_pretrained)")
-    p.add_argument("dst", help="output .safetensors file")
-    p.add_argument("--from", dest="layout", default="auto", choices=["auto", "timm", "hf", "mmpretrain", "npz"])
-    p.add_argument("--arch", help="zoo architecture whose head count to use, when the checkpoint does not say")
-    p.add_argument("--labels", metavar="FILE", help="class names: a file (one per line, or JSON), or imagenet-1k")
-    _add_preprocess_options(p)
-    p.set_defaults(run=_convert)
+def add_export(sub, common) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "export", help="export a model to ONNX (dynamic batch; --dynamic-size for any image size)", parents=[common]
     )
@@ -628,16 +450,91 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=positive_int, default=None, help="ONNX opset (default: the exporter's, 20)")
     p.add_argument("--no-check", dest="check", action="store_false", help="skip the ONNX Runtime vs tinyvit check")
     p.add_argument("--labels", metavar="FILE", help="class names: a file (one per line, or JSON), or imagenet-1k")
-    _add_preprocess_options(p)
-    p.set_defaults(run=_export, device=None, dtype=None)
+    add_preprocess_options(p)
+    p.set_defaults(run=run_export, device=None, dtype=None)
+    return p
 
-    p = sub.add_parser(
-        "serve", help="serve a model over HTTP with dynamic batching (LitServe)", add_help=False, parents=[common]
+
+def run_export(args: argparse.Namespace) -> int:
+    output = Path(args.output)
+    if output.suffix != ".onnx":
+        raise UsageError(f"-o {args.output}: the output is an .onnx file")
+    try:
+        from tinyvit.export import check_onnx, default_check_sizes, export_onnx, read_onnx_metadata
+    except ImportError as e:
+        raise TinyViTError(f'tinyvit export needs the onnx extra ({e}): pip install "tinyvit[onnx]"') from None
+
+    model = model_from_args(args)
+    path = export_onnx(model, output, dynamic_size=args.dynamic_size, dtype=args.onnx_dtype, opset=args.opset)
+    size = path.stat().st_size / 2**20
+    shape = "B x 3 x H x W (any size)" if args.dynamic_size else f"B x 3 x {model.config.image_size}^2"
+    print(f"wrote {path} ({size:.1f} MiB): pixel_values {shape} -> logits; {args.onnx_dtype}")
+    if not args.check:
+        return 0
+    record = json.loads(read_onnx_metadata(path)["tinyvit.export"])
+    deviations = check_onnx(model, path, default_check_sizes(record))
+    tol = 1e-4 if args.onnx_dtype == "float32" else 1e-2
+    for (h, w), err in deviations.items():
+        print(f"  ONNX Runtime vs tinyvit at {h}x{w}: max |dlogit| {err:.2g}" + ("" if err <= tol else "  (!)"))
+    if any(err > tol for err in deviations.values()):
+        print(f"tinyvit: error: ONNX Runtime differs from tinyvit by more than {tol}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def add_serve(sub, common) -> argparse.ArgumentParser:
+    d = ServeOptions()
+    p = sub.add_parser("serve", help="serve a model over HTTP with dynamic batching (LitServe)", parents=[common])
+    p.add_argument("model", help="zoo name, name:tag, tinyvit weights file or hf-hub:owner/repo")
+    p.add_argument("--host", default=d.host, choices=HOSTS, help="interface to bind (default %(default)s)")
+    p.add_argument("--port", type=int, default=d.port, help="default %(default)s")
+    p.add_argument("--max-batch-size", type=int, default=d.max_batch_size, help="default %(default)s")
+    p.add_argument(
+        "--batch-timeout", type=float, default=d.batch_timeout, help="seconds to fill a batch (default %(default)s)"
     )
-    p.add_argument("serve_args", nargs=argparse.REMAINDER, metavar="MODEL [options]", help="see tinyvit serve --help")
-    p.set_defaults(run=_serve)
+    p.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes, help="larger bodies get 413")
+    p.add_argument("--workers-per-device", type=int, default=d.workers_per_device, help="default %(default)s")
+    p.add_argument("--accelerator", default=d.accelerator, choices=ACCELERATORS)
+    p.add_argument("--devices", default=d.devices, help="how many devices (default: all)")
+    p.add_argument("--dtype", default=d.dtype, choices=("float32", "float16", "bfloat16"))
+    p.add_argument("--top-k", type=int, default=d.top_k, help="results per image (default %(default)s)")
+    p.add_argument("--timeout", type=float, default=d.timeout, help="seconds per request (default %(default)s)")
+    p.add_argument("--log-level", default=d.log_level, choices=("critical", "error", "warning", "info", "debug"))
+    p.set_defaults(run=run_serve)
+    return p
 
-    for subparser in sub.choices.values():
+
+def run_serve(args: argparse.Namespace) -> int:
+    names = ("host", "port", "max_batch_size", "batch_timeout", "max_body_bytes", "workers_per_device", "accelerator",
+             "dtype", "top_k", "timeout", "log_level")  # fmt: skip
+    try:
+        devices = args.devices if args.devices == "auto" else int(args.devices)
+        options = ServeOptions(devices=devices, **{k: getattr(args, k) for k in names})
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    try:
+        from tinyvit.serve import run
+    except ImportError as e:
+        raise TinyViTError(str(e) if "tinyvit[serve]" in str(e) else f'pip install "tinyvit[serve]" ({e})') from None
+    run(args.model, options)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+
+COMMANDS = (add_predict, add_embed, add_eval, add_explain, add_models, add_download, add_convert, add_export, add_serve)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+    parser = argparse.ArgumentParser(
+        prog="tinyvit", description="Exact, lightweight ViT inference.", parents=[common]
+    )
+    parser.add_argument("--version", action="version", version=f"tinyvit {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in COMMANDS:
+        subparser = add(sub, common)
         subparser.set_defaults(subparser=subparser)  # usage errors found later are reported by it
     return parser
 
@@ -651,13 +548,7 @@ def _one_line(e: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["serve"] or argv[:2] == ["--debug", "serve"]:  # its options are serve's own parser's
-        args = argparse.Namespace(run=_serve, serve_args=argv[argv.index("serve") + 1 :], debug="--debug" in argv[:1])
-    else:
-        args = parser.parse_args(argv)
-    debug = getattr(args, "debug", False)
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
     try:
         return args.run(args)
     except UsageError as e:
@@ -666,7 +557,7 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except (TinyViTError, OSError, ValueError, RuntimeError) as e:
-        if debug:
+        if getattr(args, "debug", False):
             raise
         print(f"tinyvit: error: {_one_line(e)}", file=sys.stderr)
         return 1

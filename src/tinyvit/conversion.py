@@ -36,13 +36,23 @@ import torch
 
 from tinyvit.config import ViTConfig
 from tinyvit.errors import WeightsError
-from tinyvit.files import check_state_dict, grid_side, read_header, read_record, read_tensors, save
+from tinyvit.files import read_header, read_record, read_tensors, save
 from tinyvit.fsutil import sha256_file
 from tinyvit.manifest import entries, entry
+from tinyvit.model import VisionTransformer
 from tinyvit.preprocessing import PreprocessSpec
 from tinyvit.record import LAYOUTS, Source, Weights, labels_from_mapping, parse_labels
 
-__all__ = ["Checkpoint", "convert", "detect_layout", "read_checkpoint", "read_weights", "to_timm"]
+__all__ = [
+    "Checkpoint",
+    "check_state_dict",
+    "convert",
+    "detect_layout",
+    "meta_model",
+    "read_checkpoint",
+    "read_weights",
+    "to_timm",
+]
 
 _BLOCK = r"(?:encoder\.layer|layers)\.(\d+)\."
 # (pattern, timm name); "{qkv}" targets are fused from their q, k, v parts afterwards.
@@ -299,6 +309,49 @@ def to_timm(tensors: dict[str, torch.Tensor], layout: str) -> tuple[dict[str, to
 
 # ---------------------------------------------------------------------------------------------
 # Architecture
+
+
+def meta_model(config: ViTConfig) -> VisionTransformer:
+    """The architecture on the meta device: shapes only, nothing allocated or initialised."""
+    with torch.device("meta"):
+        return VisionTransformer(config)
+
+
+def check_state_dict(
+    config: ViTConfig, state: dict[str, torch.Tensor], what: str, model: VisionTransformer | None = None
+) -> None:
+    """Raise WeightsError listing missing / unexpected keys and shape mismatches (against ``model``,
+    the meta model of ``config``, when the caller has built it already)."""
+    expected = {k: tuple(v.shape) for k, v in (model or meta_model(config)).state_dict().items()}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = [
+        f"{k}: file {tuple(state[k].shape)}, model {expected[k]}"
+        for k in sorted(set(expected) & set(state))
+        if tuple(state[k].shape) != expected[k]
+    ]
+    if not (missing or unexpected or mismatched):
+        return
+
+    def listing(title: str, items: list[str]) -> str:
+        shown = ", ".join(items[:8]) + (f", … ({len(items)} in all)" if len(items) > 8 else "")
+        return f"\n  {title}: {shown}"
+
+    msg = f"{what} does not match the architecture {config}:"
+    if missing:
+        msg += listing("missing keys", missing)
+    if unexpected:
+        msg += listing("unexpected keys", unexpected)
+    if mismatched:
+        msg += listing("shape mismatches", mismatched)
+    raise WeightsError(msg)
+
+
+def grid_side(num_tokens: int) -> int | None:
+    """Side of the square patch grid of a position embedding with a class slot, or None."""
+    side = math.isqrt(max(num_tokens - 1, 0))
+    return side if side * side == num_tokens - 1 and side > 0 else None
+
 
 # Heads of the standard ViT widths (ViT/DeiT Ti, S, B, L, H, g, G); the tensors do not show them.
 HEADS_BY_WIDTH = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16, 1408: 16, 1664: 16}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+__all__ = ["ImageError", "OfflineError", "TinyViTError", "UnknownModelError", "WeightsError"]
+
 
 class TinyViTError(Exception):
     """Base class of tinyvit's own errors."""
@@ -9,7 +11,16 @@ class TinyViTError(Exception):
 
 class ImageError(TinyViTError, ValueError):
     """An image could not be read or decoded: missing, unreadable, empty, truncated, not an
-    image, or too large."""
+    image, or too large. ``input`` names the image (a quoted path, ``<1234 bytes>``, …) and
+    ``reason`` says what is wrong with it; the message is ``"{input}: {reason}"``."""
+
+    def __init__(self, input: str, reason: str):
+        super().__init__(input, reason)  # both in args, so the error pickles (Ray, worker processes)
+        self.input = input
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"{self.input}: {self.reason}"
 
 
 class WeightsError(TinyViTError, ValueError):
@@ -19,3 +30,7 @@ class WeightsError(TinyViTError, ValueError):
 class OfflineError(WeightsError):
     """Weights are not in the local cache, and the Hub (or URL) cannot be reached or is switched off
     (``HF_HUB_OFFLINE``)."""
+
+
+class UnknownModelError(TinyViTError, ValueError):
+    """A model name or tag that the manifest does not list."""

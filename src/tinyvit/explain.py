@@ -18,19 +18,12 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from tinyvit.api import resolve_preprocess
 from tinyvit.errors import TinyViTError
 from tinyvit.fsutil import atomic_path
+from tinyvit.images import ImageInput, load_image, normalize, resize_and_crop
 from tinyvit.model import VisionTransformer
-from tinyvit.preprocessing import (
-    ImageInput,
-    PreprocessSpec,
-    center_crop_box,
-    load_image,
-    normalize,
-    resize_and_crop,
-    resized_size,
-)
+from tinyvit.preprocessing import PreprocessSpec
+from tinyvit.runner import Runner
 
 __all__ = ["FORMATS", "attention_rollout", "class_token_map", "explain", "render"]
 
@@ -61,10 +54,8 @@ def class_token_map(model: VisionTransformer, x: torch.Tensor) -> torch.Tensor:
     """(B, 3, H, W) → (B, h, w): the share of the class token's rolled-out attention on each patch
     (each map sums to 1 over the patches)."""
     with torch.inference_mode():
-        _, attentions = model.forward_features(x, return_attention=True)
-    grid_h = -(-x.shape[-2] // model.config.patch_size)
-    grid_w = -(-x.shape[-1] // model.config.patch_size)
-    weights = attention_rollout(attentions)[:, 0, 1:].reshape(-1, grid_h, grid_w)
+        out = model.forward_intermediates(x, attention=True)
+    weights = attention_rollout(out.attention)[:, 0, 1:].reshape(-1, *out.grid)
     return weights / weights.sum(dim=(1, 2), keepdim=True)
 
 
@@ -83,8 +74,8 @@ def render(
     """The attention map ``share`` (h, w patches of the model's view, summing to 1) drawn over the
     whole ``photo`` (RGB, as decoded), with a colour scale and ``caption``."""
     W, H = photo.size
-    rw, rh = resized_size(W, H, spec.resize, spec.resize_mode)
-    left, top, right, bottom = center_crop_box(rw, rh, spec.crop)
+    rw, rh = spec.resized_size(W, H)
+    left, top, right, bottom = spec.crop_box(rw, rh)
     sx, sy = W / rw, H / rh  # view pixels → photo pixels
     box = (round(left * sx), round(top * sy), round(right * sx), round(bottom * sy))
     bw, bh = max(box[2] - box[0], 1), max(box[3] - box[1], 1)
@@ -138,17 +129,15 @@ def explain(
         raise TinyViTError(f"{str(out)!r}: the output must end in one of {', '.join(sorted(FORMATS))}")
     if not out.parent.is_dir():
         raise TinyViTError(f"{str(out)!r}: the folder {str(out.parent)!r} does not exist")
-    spec = resolve_preprocess(model)
+    runner = Runner(model, task="classify", top_k=1)
+    spec = runner.spec
     photo = load_image(image)
+    x = normalize(resize_and_crop(photo, spec), spec)[None]
     param = next(model.parameters())
-    x = normalize(resize_and_crop(photo, spec), spec)[None].to(device=param.device, dtype=param.dtype)
-    share = class_token_map(model, x)[0].float().cpu().numpy()
+    share = class_token_map(model, x.to(device=param.device, dtype=param.dtype))[0].float().cpu().numpy()
     if caption is None:
-        with torch.inference_mode():
-            probs = model(x).float().softmax(-1)[0]
-        names = model.weights.categories if model.weights is not None else None
-        i = int(probs.argmax())
-        caption = f"{names[i] if names else f'class {i}'}  {float(probs[i]):.2f}"
+        top = runner.forward(x)[0]
+        caption = f"{top.name}  {top.score:.2f}"
     picture = render(photo, share, spec, caption)
     try:
         with atomic_path(out, suffix=out.suffix) as tmp:

@@ -3,24 +3,15 @@
 The graph takes ``pixel_values`` (B, 3, H, W) float32 — the normalised tensor that
 :func:`tinyvit.preprocess` makes — and gives ``logits`` (B, num_classes) float32 (``features``,
 the class-token feature, for a model without a head). The batch size is always dynamic. With
-``dynamic_size=True`` so are H and W: the zero padding to whole patches and the bicubic resize of
-the position embedding run inside the graph (ONNX ``Pad`` and ``Resize``, mode cubic, a = -0.75,
-half_pixel, no antialias: torch's ``interpolate(mode="bicubic", align_corners=False)``), so any
-size gives tinyvit's logits. Without it the graph is frozen at the trained size and ONNX Runtime
-rejects other sizes.
-
-How sizes are made dynamic: the model's own ``forward`` has two shape-dependent Python branches
-(pad only when needed; resize the position embedding only for another grid) which
-``torch.export`` would turn into guards and freeze. The export therefore traces
-:class:`_OnnxViT`, an export-only view of the model that reuses its submodules and parameters
-but pads and resizes unconditionally. Both are exact no-ops where the eager model skips them: a
-zero-width pad adds nothing, and a bicubic resize to the same size has the weights (0, 1, 0, 0) at
-every pixel (half-pixel source coordinate = destination coordinate), so it returns its input bit
-for bit, in torch and in ONNX Runtime. The eager model is not touched.
+``dynamic_size=True`` so are H and W. The exporter traces the model's own ``forward``, which
+handles any input size without branching on it (see ``model.py``), so the graph computes what the
+eager model computes at every size; without ``dynamic_size`` the graph is frozen at the trained
+size and ONNX Runtime rejects other sizes. This module adds only what exporting needs: the dtype,
+the opset and exporter, the metadata, and the check against ONNX Runtime.
 
 ``float16`` stores the weights and computes in half precision: half the file, logits within ~2e-3 of
 float32 (ONNX Runtime's CPU provider runs it, at about float32 speed; it is meant for GPUs). Input
-and output stay float32, and the position embedding is resized in float32 as the eager model does.
+and output stay float32.
 
 The metadata (``metadata_props``) carries the export record, the architecture and, when the model
 knows them, its class names, preprocessing and weights record; :func:`read_onnx_metadata` reads it
@@ -43,13 +34,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from tinyvit import __version__
 from tinyvit.errors import TinyViTError
 from tinyvit.fsutil import atomic_path
 from tinyvit.model import VisionTransformer
+from tinyvit.options import canonical_dtype
 
 __all__ = ["EXPORT_KEY", "check_onnx", "default_check_sizes", "export_onnx", "read_onnx_metadata"]
 
@@ -57,8 +48,7 @@ EXPORT_KEY = "tinyvit.export"  # metadata key of the export record (JSON)
 CONFIG_KEY = "tinyvit.config"  # the architecture, ViTConfig.to_dict() as JSON
 RESERVED_KEYS = (EXPORT_KEY, CONFIG_KEY, "tinyvit.version")
 INPUT_NAME = "pixel_values"
-DTYPES = {"float32": torch.float32, "float16": torch.float16}
-DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "half": "float16", "float": "float32"}
+DTYPES = {"float32": torch.float32, "float16": torch.float16}  # what an export may hold
 MIN_OPSET = 14  # scaled_dot_product_attention needs 14 (pytorch#96944)
 MIN_DYNAMO_OPSET = 18  # the dynamo exporter writes opset >= 18; lower ones use the TorchScript exporter
 MAX_PROTO_BYTES = 2**31 - 1  # one protobuf message, hence one .onnx file without external data
@@ -75,43 +65,20 @@ def _require(module: str) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------
-# The export-only view of the model
+# What the graph computes
 
 
-class _OnnxViT(nn.Module):
-    """What the ONNX graph computes: the model's own submodules and parameters, float32 in and out.
+class _Float32IO(nn.Module):
+    """The model with float32 input and output whatever its weights' dtype (the graph's contract)."""
 
-    ``dynamic_size=False`` calls the model's ``forward`` unchanged (the trained size only).
-    ``dynamic_size=True`` repeats ``forward_features`` without its shape-dependent branches.
-    """
-
-    def __init__(self, model: VisionTransformer, dynamic_size: bool):
+    def __init__(self, model: VisionTransformer):
         super().__init__()
         self.model = model
-        self.dynamic_size = dynamic_size
+        self.dtype = next(model.parameters()).dtype
         self.training = False  # only this wrapper's flag: the model's own is left as it is
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        m = self.model
-        x = pixel_values.to(m.pos_embed.dtype)
-        if not self.dynamic_size:
-            return m(x).float()
-        p, g = m.config.patch_size, m.config.grid_size
-        # PatchEmbed: zero padding at the bottom and right to whole patches, always (width 0 is a no-op)
-        x = F.pad(x, (0, -x.shape[-1] % p, 0, -x.shape[-2] % p))
-        x = m.patch_embed.proj(x)  # (B, D, h, w)
-        h, w = x.shape[-2], x.shape[-1]
-        x = x.flatten(2).transpose(1, 2)  # (B, N, D)
-        # position_embedding: always resized, in float32 (to the trained grid it is the identity)
-        cls_pos, grid_pos = m.pos_embed[:, :1], m.pos_embed[:, 1:]
-        grid_pos = grid_pos.reshape(1, g, g, -1).permute(0, 3, 1, 2)  # (1, D, g, g)
-        grid_pos = F.interpolate(grid_pos.float(), size=(h, w), mode="bicubic", align_corners=False)
-        grid_pos = grid_pos.flatten(2).transpose(1, 2).to(m.pos_embed.dtype)  # (1, h*w, D)
-        pos = torch.cat((cls_pos, grid_pos), dim=1)
-        x = torch.cat((m.cls_token.expand(x.shape[0], -1, -1), x), dim=1) + pos  # (B, T, D)
-        for block in m.blocks:
-            x, _ = block(x)
-        return m.forward_head(m.norm(x)).float()
+        return self.model(pixel_values.to(self.dtype)).float()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -129,8 +96,8 @@ def export_onnx(
 ) -> Path:
     """Write ``model`` as an ONNX file at ``path`` (atomically) and return the path.
 
-    - ``dynamic_size``: any input height and width (the position embedding is resized in the
-      graph); otherwise only the model's trained size. The batch size is always dynamic.
+    - ``dynamic_size``: any input height and width; otherwise only the model's trained size. The
+      batch size is always dynamic.
     - ``dtype``: ``"float32"`` or ``"float16"`` (weights and compute; input and output stay float32).
     - ``metadata``: extra ``metadata_props`` (str → str), added to tinyvit's own keys: the export
       record (``tinyvit.export``), the architecture (``tinyvit.config``), the version and, when the
@@ -143,36 +110,15 @@ def export_onnx(
     The model itself is not changed (a float16 export works on a converted copy). Nothing is
     written when anything fails. Check the file with :func:`check_onnx`.
     """
-    path = Path(path)
-    dtype_name = _dtype_name(dtype)
-    if not path.parent.is_dir():
-        raise TinyViTError(f"cannot write {str(path)!r}: the folder {str(path.parent)!r} does not exist")
-    if opset is not None and (not isinstance(opset, int) or isinstance(opset, bool) or opset < MIN_OPSET):
-        raise TinyViTError(f"opset must be an int >= {MIN_OPSET} (attention needs it), got {opset!r}")
+    path, dtype_name = Path(path), _dtype_name(dtype)
+    _check_target(path, opset)
     props = _metadata(model, metadata)
-    for module in ("onnx", "onnxscript") if opset is None or opset >= MIN_DYNAMO_OPSET else ("onnx",):
-        _require(module)
-
-    export_model = _converted(model, DTYPES[dtype_name])
-    wrapper = _OnnxViT(export_model, dynamic_size)
+    proto, exporter = _trace(_converted(model, DTYPES[dtype_name]), dynamic_size, opset)
     size = model.config.image_size
-    example = torch.randn(2, model.config.in_chans, size, size, generator=torch.Generator().manual_seed(0))
-    output_name = "logits" if model.config.num_classes else "features"
-    with _quiet_exporter():
-        try:
-            if opset is None or opset >= MIN_DYNAMO_OPSET:
-                proto, exporter = _export_dynamo(wrapper, example, output_name, dynamic_size, opset), "dynamo"
-            else:
-                proto, exporter = _export_torchscript(wrapper, example, output_name, dynamic_size, opset), "torchscript"
-        except TinyViTError:
-            raise
-        except Exception as e:  # the exporters raise many types; one message, the cause chained
-            raise TinyViTError(f"ONNX export of the model failed: {type(e).__name__}: {e}") from e
-
     record = {
         "format": 1,
         "input": INPUT_NAME,
-        "output": output_name,
+        "output": _output_name(model),
         "layout": "NCHW",
         "input_dtype": "float32",
         "dtype": dtype_name,
@@ -184,8 +130,7 @@ def export_onnx(
         "opset": _opset_of(proto),
         "torch": torch.__version__.split("+")[0],
     }
-    props = {EXPORT_KEY: json.dumps(record, separators=(",", ":")), **props}
-    _finish(proto, props, record)
+    _finish(proto, {EXPORT_KEY: json.dumps(record, separators=(",", ":")), **props}, record)
     if proto.ByteSize() > MAX_PROTO_BYTES:
         raise TinyViTError(
             f"the model is too large for a single ONNX file ({proto.ByteSize() / 2**30:.1f} GiB > 2 GiB); "
@@ -200,8 +145,42 @@ def export_onnx(
     return path
 
 
+def _check_target(path: Path, opset: int | None) -> None:
+    """Before anything is traced: the folder exists, the opset is one attention can be written in,
+    and the exporter's packages are installed."""
+    if not path.parent.is_dir():
+        raise TinyViTError(f"cannot write {str(path)!r}: the folder {str(path.parent)!r} does not exist")
+    if opset is not None and (not isinstance(opset, int) or isinstance(opset, bool) or opset < MIN_OPSET):
+        raise TinyViTError(f"opset must be an int >= {MIN_OPSET} (attention needs it), got {opset!r}")
+    for module in ("onnx", "onnxscript") if opset is None or opset >= MIN_DYNAMO_OPSET else ("onnx",):
+        _require(module)
+
+
+def _output_name(model: VisionTransformer) -> str:
+    return "logits" if model.config.num_classes else "features"
+
+
+def _trace(model: VisionTransformer, dynamic_size: bool, opset: int | None) -> tuple[Any, str]:
+    """The ONNX graph of ``model.forward`` (float32 in and out) and the exporter that made it."""
+    wrapper = _Float32IO(model)
+    size = model.config.image_size
+    example = torch.randn(2, model.config.in_chans, size, size, generator=torch.Generator().manual_seed(0))
+    with _quiet_exporter():
+        try:
+            if opset is None or opset >= MIN_DYNAMO_OPSET:
+                return _export_dynamo(wrapper, example, _output_name(model), dynamic_size, opset), "dynamo"
+            return _export_torchscript(wrapper, example, _output_name(model), dynamic_size, opset), "torchscript"
+        except TinyViTError:
+            raise
+        except Exception as e:  # the exporters raise many types; one message, the cause chained
+            raise TinyViTError(f"ONNX export of the model failed: {type(e).__name__}: {e}") from e
+
+
 def _dtype_name(dtype: str) -> str:
-    name = DTYPE_ALIASES.get(dtype, dtype) if isinstance(dtype, str) else dtype
+    try:
+        name = canonical_dtype(dtype)
+    except TinyViTError:
+        name = None
     if name not in DTYPES:
         raise TinyViTError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     return name

@@ -1,10 +1,9 @@
 """tinyvit weight files: safetensors in timm's layout whose header carries the weights record
-(``tinyvit.weights``: :meth:`Weights.to_json`), and the one place models are built from tensors."""
+(``tinyvit.weights``: :meth:`Weights.to_json`). Reading and writing the format, nothing else."""
 
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -14,77 +13,16 @@ import torch
 from tinyvit.config import ViTConfig
 from tinyvit.errors import WeightsError
 from tinyvit.fsutil import atomic_path
-from tinyvit.model import VisionTransformer
 from tinyvit.preprocessing import PreprocessSpec
 from tinyvit.record import NAMED_LABEL_SETS, Source, Weights
 
-__all__ = ["build_model", "check_state_dict", "grid_side", "read_header", "read_record", "read_tensors", "save"]
+__all__ = ["META_RECORD", "read_header", "read_record", "read_tensors", "save"]
 
 META_RECORD = "tinyvit.weights"
 # the header keys of files written by tinyvit 0.1, still read
 _LEGACY_CONFIG, _LEGACY_PREPROCESS, _LEGACY_SOURCE, _LEGACY_LABELS = (
     "tinyvit.config", "tinyvit.preprocess", "tinyvit.source", "tinyvit.labels",
 )  # fmt: skip
-
-
-def meta_model(config: ViTConfig) -> VisionTransformer:
-    """The architecture on the meta device: shapes only, nothing allocated or initialised."""
-    with torch.device("meta"):
-        return VisionTransformer(config)
-
-
-def check_state_dict(
-    config: ViTConfig, state: dict[str, torch.Tensor], what: str, model: VisionTransformer | None = None
-) -> None:
-    """Raise WeightsError listing missing / unexpected keys and shape mismatches."""
-    expected = {k: tuple(v.shape) for k, v in (model or meta_model(config)).state_dict().items()}
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    mismatched = [
-        f"{k}: file {tuple(state[k].shape)}, model {expected[k]}"
-        for k in sorted(set(expected) & set(state))
-        if tuple(state[k].shape) != expected[k]
-    ]
-    if not (missing or unexpected or mismatched):
-        return
-
-    def listing(title: str, items: list[str]) -> str:
-        shown = ", ".join(items[:8]) + (f", … ({len(items)} in all)" if len(items) > 8 else "")
-        return f"\n  {title}: {shown}"
-
-    msg = f"{what} does not match the architecture {config}:"
-    if missing:
-        msg += listing("missing keys", missing)
-    if unexpected:
-        msg += listing("unexpected keys", unexpected)
-    if mismatched:
-        msg += listing("shape mismatches", mismatched)
-    raise WeightsError(msg)
-
-
-def build_model(
-    record: Weights,
-    state: dict[str, torch.Tensor],
-    *,
-    what: str,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype | None = None,
-) -> VisionTransformer:
-    """The model in eval mode with ``state`` as its parameters and ``record`` as ``model.weights``.
-
-    Built on the meta device (no random initialisation), then the tensors are assigned, not
-    copied: safetensors tensors stay memory-mapped unless a device or dtype change needs a copy.
-    """
-    model = meta_model(record.config)
-    check_state_dict(record.config, state, what, model)
-    dtype = dtype or torch.float32
-    for name, t in state.items():
-        if not t.is_floating_point():
-            raise WeightsError(f"{what}: tensor {name} has non-float dtype {t.dtype}")
-    state = {k: v.to(device=device, dtype=dtype) for k, v in state.items()}
-    model.load_state_dict(state, strict=True, assign=True)
-    model.weights = record
-    return model.eval()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -168,8 +106,3 @@ def save(dst: str | os.PathLike, state: dict[str, torch.Tensor], record: Weights
         )
     return dst
 
-
-def grid_side(num_tokens: int) -> int | None:
-    """Side of the square patch grid of a position embedding with a class slot, or None."""
-    side = math.isqrt(max(num_tokens - 1, 0))
-    return side if side * side == num_tokens - 1 and side > 0 else None

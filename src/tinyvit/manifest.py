@@ -17,7 +17,7 @@ from importlib import resources
 from pathlib import Path
 
 from tinyvit.config import ViTConfig
-from tinyvit.errors import TinyViTError
+from tinyvit.errors import UnknownModelError
 from tinyvit.preprocessing import PreprocessSpec
 from tinyvit.record import LAYOUTS, NAMED_LABEL_SETS, Metrics, Source, Weights
 
@@ -29,15 +29,13 @@ __all__ = [
     "entry",
     "list_models",
     "manifest_path",
+    "markdown_table",
+    "zoo_rows",
     "parse_manifest",
     "resolve",
 ]
 
 _HEX = set("0123456789abcdef")
-
-
-class UnknownModelError(TinyViTError, ValueError):
-    """A model name or tag that the manifest does not list."""
 
 
 @dataclass(frozen=True)
@@ -245,3 +243,44 @@ def list_models(*, tags: bool = False, aliases: bool = False) -> list[str]:
     if aliases:
         names += [alias for e in entries().values() for alias, _ in e.aliases]
     return names
+
+
+# ---------------------------------------------------------------------------------------------
+# The zoo as a table (``tinyvit models``, the README)
+
+
+def zoo_rows() -> list[dict]:
+    """One row per weight of the zoo, defaults first within each model: name, tag, size, accuracy,
+    where the file is, and the aliases that resolve to it."""
+    rows = []
+    for name, e in entries().items():
+        for i, w in enumerate(e.weights):
+            m = w.metrics
+            rows.append({
+                "name": name, "tag": w.tag, "default": i == 0, "params": e.params, "gmacs": e.gmacs,
+                "top1": m.top1 if m else None, "top5": m.top5 if m else None, "metrics_source": m.source if m else "",
+                "weights": w.source.location, "layout": w.source.layout, "size_mb": round(e.params * 4 / 1e6),
+                "aliases": e.aliases_of(w.tag),
+            })  # fmt: skip
+    return rows
+
+
+def markdown_table() -> str:
+    """The README's model table, generated from the manifest."""
+    lines = [
+        "| model | weights (tag) | params | GMACs | top-1 | top-5 | accuracy from | file | also known as |",
+        "|---|---|---:|---:|---:|---:|---|---|---|",
+    ]
+    for r in zoo_rows():
+        tag = f"`{r['tag']}`" + (" (default)" if r["default"] else "")
+        top1 = "—" if r["top1"] is None else f"{r['top1']}"
+        top5 = "—" if r["top5"] is None else f"{r['top5']}"
+        where = (
+            r["weights"].removeprefix("hf://").rsplit("/", 1)[0] if r["weights"].startswith("hf://") else "OpenMMLab"
+        )
+        aliases = ", ".join(f"`{a}`" for a in r["aliases"]) or "—"
+        lines.append(
+            f"| `{r['name']}` | {tag} | {r['params'] / 1e6:.2f} M | {r['gmacs']:.2f} | {top1} | {top5} "
+            f"| {r['metrics_source']} | {where} ({r['layout']}) | {aliases} |"
+        )
+    return "\n".join(lines)

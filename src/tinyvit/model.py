@@ -1,25 +1,51 @@
-"""The Vision Transformer, in one file.
+"""The Vision Transformer, in one file (only torch needed).
 
 Pre-norm ViT with a class token and a learned absolute position embedding (Dosovitskiy et al.,
 2021). Parameter names are exactly timm's, so timm's safetensors load with ``strict=True`` and no
-renaming; other checkpoint layouts are converted to these names in ``convert.py``.
+renaming; other checkpoint layouts are converted to these names in ``conversion.py``.
 
-Shapes: B batch, C channels, D embed dim, N patches, T = N + 1 tokens (class token first),
-H heads, Dh = D / H.
+One forward pass serves every input size, eagerly and when exported: the image is always
+zero-padded to whole patches and the position embedding always resampled to the patch grid of
+the input (:func:`resample_pos_embed`). Both are exact no-ops at the trained size, so there is no
+branch on the shape, and ``torch.export`` traces the same code that runs eagerly.
+
+Shapes: B batch, C channels, D embed dim, (h, w) patch grid, N = h * w patches, T = N + 1 tokens
+(class token first), H heads, Dh = D / H.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from tinyvit.config import ViTConfig
-from tinyvit.record import Weights
 
-__all__ = ["ViTConfig", "VisionTransformer", "count_macs"]
+if TYPE_CHECKING:
+    from tinyvit.record import Weights
+
+__all__ = ["Intermediates", "ViTConfig", "VisionTransformer", "count_macs", "resample_pos_embed"]
+
+
+def resample_pos_embed(
+    pos_embed: torch.Tensor, grid: tuple[int, int], new_grid: tuple[int, int], num_prefix: int = 1
+) -> torch.Tensor:
+    """(1, P + g_h * g_w, D) → (1, P + h * w, D): the grid part resized bicubically (in float32, no
+    antialiasing, half-pixel centres: mmpretrain's rule), the ``P = num_prefix`` leading slots kept.
+
+    At the same grid the bicubic weights are (0, 1, 0, 0) at every position, so the result equals
+    the input bit for bit: callers need not branch on the size.
+    """
+    prefix, grid_pos = pos_embed[:, :num_prefix], pos_embed[:, num_prefix:]
+    grid_pos = grid_pos.reshape(1, grid[0], grid[1], -1).permute(0, 3, 1, 2)  # (1, D, g_h, g_w)
+    grid_pos = F.interpolate(grid_pos.float(), size=new_grid, mode="bicubic", align_corners=False)
+    grid_pos = grid_pos.flatten(2).transpose(1, 2).to(pos_embed.dtype)  # (1, h * w, D)
+    return torch.cat((prefix, grid_pos), dim=1)
 
 
 class PatchEmbed(nn.Module):
@@ -32,14 +58,13 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv2d(config.in_chans, config.embed_dim, kernel_size=p, stride=p)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        # Sizes that are not a multiple of the patch are zero-padded at the bottom and right
-        # (mmpretrain's "corner" padding), so any input size gives mmpretrain's result.
-        pad_h, pad_w = -x.shape[-2] % self.patch_size, -x.shape[-1] % self.patch_size
-        if pad_h or pad_w:
-            x = F.pad(x, (0, pad_w, 0, pad_h))
+        # Zero padding at the bottom and right to whole patches (mmpretrain's "corner" padding), so
+        # any input size gives mmpretrain's result; zero-width at a multiple of the patch.
+        p = self.patch_size
+        x = F.pad(x, (0, -x.shape[-1] % p, 0, -x.shape[-2] % p))
         x = self.proj(x)  # (B, D, h, w)
         grid = (x.shape[-2], x.shape[-1])
-        return x.flatten(2).transpose(1, 2), grid  # (B, N, D), N = h * w
+        return x.flatten(2).transpose(1, 2), grid  # (B, N, D)
 
 
 class Attention(nn.Module):
@@ -50,15 +75,14 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(config.embed_dim, 3 * config.embed_dim)  # rows: q, then k, then v
         self.proj = nn.Linear(config.embed_dim, config.embed_dim)
 
-    def forward(self, x: torch.Tensor, return_attention: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, x: torch.Tensor, need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         B, T, D = x.shape
         qkv = self.qkv(x).reshape(B, T, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (B, H, T, Dh)
         attn = None
-        if return_attention:
+        if need_weights:
             # SDPA never materialises the probabilities, so compute them explicitly when asked.
-            attn = (q * self.head_dim**-0.5) @ k.transpose(-2, -1)  # (B, H, T, T)
-            attn = attn.softmax(dim=-1)
+            attn = ((q * self.head_dim**-0.5) @ k.transpose(-2, -1)).softmax(dim=-1)  # (B, H, T, T)
             x = attn @ v
         else:
             x = F.scaled_dot_product_attention(q, k, v)  # (B, H, T, Dh)
@@ -85,23 +109,31 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(config.embed_dim, eps=config.layer_norm_eps)
         self.mlp = Mlp(config)
 
-    def forward(self, x: torch.Tensor, return_attention: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        y, attn = self.attn(self.norm1(x), return_attention)
+    def forward(self, x: torch.Tensor, need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        y, attn = self.attn(self.norm1(x), need_weights)
         x = x + y
         x = x + self.mlp(self.norm2(x))
         return x, attn
 
 
-class VisionTransformer(nn.Module):
-    """The ViT. ``weights`` is the record of the weights it carries (architecture,
-    preprocessing, class names, source); None for a bare architecture."""
+@dataclass
+class Intermediates:
+    """What :meth:`VisionTransformer.forward_intermediates` gives."""
 
-    def __init__(self, config: ViTConfig, weights: Weights | None = None):
+    tokens: torch.Tensor  # (B, T, D): all tokens after the final norm (what forward_features gives)
+    grid: tuple[int, int]  # (h, w): the patch grid of the input
+    hidden: list[torch.Tensor]  # per kept block: its output tokens (B, T, D), before the final norm
+    attention: list[torch.Tensor]  # per kept block, when asked: attention probabilities (B, H, T, T)
+
+
+class VisionTransformer(nn.Module):
+    """The ViT. ``weights`` is the record of the weights it carries (architecture, preprocessing,
+    class names, source), attached by the loader; None for a bare architecture."""
+
+    def __init__(self, config: ViTConfig):
         super().__init__()
-        if weights is not None and weights.config != config:
-            raise ValueError(f"the weights record is for {weights.config}, not {config}")
         self.config = config
-        self.weights: Weights | None = weights
+        self.weights: Weights | None = None
         D = config.embed_dim
         self.patch_embed = PatchEmbed(config)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, D))
@@ -123,39 +155,35 @@ class VisionTransformer(nn.Module):
                 m.reset_parameters()
         return self
 
-    def position_embedding(self, grid: tuple[int, int]) -> torch.Tensor:
-        """(1, T, D) position embedding for a patch grid (h, w).
-
-        For another grid than the trained one the grid part is resized bicubically (in float32)
-        and the class slot kept, as mmpretrain does, so other input sizes give its results.
-        """
-        g = self.config.grid_size
-        if grid == (g, g):
-            return self.pos_embed
-        cls_pos, grid_pos = self.pos_embed[:, :1], self.pos_embed[:, 1:]
-        grid_pos = grid_pos.reshape(1, g, g, -1).permute(0, 3, 1, 2)  # (1, D, g, g)
-        grid_pos = F.interpolate(grid_pos.float(), size=grid, mode="bicubic", align_corners=False)
-        grid_pos = grid_pos.flatten(2).transpose(1, 2).to(self.pos_embed.dtype)  # (1, h*w, D)
-        return torch.cat((cls_pos, grid_pos), dim=1)
-
-    def forward_features(
-        self, x: torch.Tensor, *, return_attention: bool = False
-    ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
-        """Images (B, C, H, W) → all tokens after the final norm (B, T, D).
-
-        With ``return_attention=True`` also returns each block's attention probabilities,
-        a list of ``depth`` tensors (B, H, T, T).
-        """
+    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Images (B, C, H, W) → the tokens that enter the first block (B, T, D), and the grid."""
         x, grid = self.patch_embed(x)  # (B, N, D)
         x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1)  # (B, T, D)
-        x = x + self.position_embedding(grid)
-        attentions = []
-        for block in self.blocks:
-            x, attn = block(x, return_attention)
-            if return_attention:
-                attentions.append(attn)
-        x = self.norm(x)
-        return (x, attentions) if return_attention else x
+        g = self.config.grid_size
+        return x + resample_pos_embed(self.pos_embed, (g, g), grid, num_prefix=1), grid
+
+    def forward_intermediates(
+        self, x: torch.Tensor, *, blocks: Sequence[int] | None = None, attention: bool = False
+    ) -> Intermediates:
+        """Images (B, C, H, W) → the final tokens and what the blocks computed on the way.
+
+        ``blocks``: the blocks whose outputs (and, with ``attention=True``, attention
+        probabilities) to keep, by index (negative: from the end); None keeps every block's.
+        """
+        keep = set(range(self.config.depth)) if blocks is None else {i % self.config.depth for i in blocks}
+        x, grid = self.embed(x)
+        hidden, attentions = [], []
+        for i, block in enumerate(self.blocks):
+            x, attn = block(x, need_weights=attention and i in keep)
+            if i in keep:
+                hidden.append(x)
+                if attention:
+                    attentions.append(attn)
+        return Intermediates(self.norm(x), grid, hidden, attentions)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (B, C, H, W) → all tokens after the final norm (B, T, D)."""
+        return self.forward_intermediates(x, blocks=()).tokens
 
     def forward_head(self, tokens: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Tokens (B, T, D) → logits (B, num_classes), or the class-token feature (B, D)."""

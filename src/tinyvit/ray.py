@@ -43,14 +43,14 @@ Arrow-backed columns (pandas batches), so their types and nulls survive into Par
 
 from __future__ import annotations
 
-import glob
+import contextlib
 import importlib.util
 import inspect
 import math
 import os
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,11 +69,12 @@ if _missing:  # pragma: no cover - depends on the environment
 import pyarrow as pa  # noqa: E402  (ray[data] installs it)
 import torch  # noqa: E402
 
-from tinyvit.api import cached_model, model_for, parse_dtype, resolve_preprocess  # noqa: E402
-from tinyvit.manifest import resolve  # noqa: E402
+from tinyvit.images import IMAGE_SUFFIXES, describe_input, files_from_args  # noqa: E402
 from tinyvit.model import VisionTransformer  # noqa: E402
-from tinyvit.pipeline import IMAGE_SUFFIXES, embed_iter, fast_dtype, image_files, predict_iter  # noqa: E402
-from tinyvit.preprocessing import PreprocessSpec, check_path, describe_input  # noqa: E402
+from tinyvit.preprocessing import PreprocessSpec  # noqa: E402
+from tinyvit.runner import Runner  # noqa: E402
+from tinyvit.runtime import model_for  # noqa: E402
+from tinyvit.specs import parse_spec  # noqa: E402
 
 __all__ = ["Classifier", "Embedder", "JobSummary", "RayExtraMissing", "run_job"]
 
@@ -130,15 +131,8 @@ class _Runner:
             raise TinyViTError(f"column must be one of {', '.join(INPUT_COLUMNS)}, got {column!r}")
         if device is None and _assigned("GPU") > 0 and torch.cuda.is_available():
             device = "cuda"  # Ray has set CUDA_VISIBLE_DEVICES to this actor's GPU(s)
-        if fast and dtype is None and not isinstance(model, torch.nn.Module):
-            dtype = fast_dtype(device)
-        if isinstance(model, torch.nn.Module):
-            if labels is not None or preprocess is not None:
-                raise TinyViTError("labels= and preprocess= apply to a model given by name or path, not a loaded model")
-            self.model = model_for(model, device, dtype)
-        else:
-            self.model = cached_model(model, device, parse_dtype(dtype), labels=labels, preprocess=preprocess)
-        self.fast = fast
+        self.model = model_for(model, device=device, dtype=dtype, fast=fast, labels=labels, preprocess=preprocess)
+        self.runner = Runner(self.model, fast=fast, **self._task())
         self.column = column
         self.keep_input = keep_input
         self.names = {c: prefix + c for c in self._outputs}
@@ -151,7 +145,7 @@ class _Runner:
             self.workers = max(1, int(cpus) - torch.get_num_threads())  # the CPUs torch leaves
 
     # -- subclasses
-    def _results(self, items: list[Any]) -> list[Any]:
+    def _task(self) -> dict[str, Any]:
         raise NotImplementedError
 
     def _columns(self, results: list[Any | None]) -> dict[str, pa.Array]:
@@ -188,8 +182,12 @@ class _Runner:
         results: list[Any | None] = [None] * len(values)
         errors: list[str | None] = [f"no image: the {column!r} value is null"] * len(values)
         if todo:
-            for i, r in zip(todo, self._results([values[i] for i in todo]), strict=True):
-                results[i], errors[i] = (r, None) if r.ok else (None, self._name(r.error, values[i], paths, i))
+            names = [_name(values[i], paths[i] if paths is not None else None) for i in todo]
+            ran = self.runner.stream(
+                [values[i] for i in todo], names=names, batch_size=len(todo), errors="return", workers=self.workers
+            )
+            for i, r in zip(todo, ran, strict=True):
+                results[i], errors[i] = (r, None) if r.ok else (None, r.error)
         new = self._columns(results)
         new["error"] = pa.array(errors, pa.string())
         new = {self.names[k]: v for k, v in new.items()}
@@ -203,14 +201,12 @@ class _Runner:
         out.update(new)
         return out
 
-    @staticmethod
-    def _name(error: str, value: Any, paths: list | None, i: int) -> str:
-        """An error about bytes or an array names the file (the ``path`` column) instead: the
-        message :func:`tinyvit.predict` gives for that path."""
-        prefix = describe_input(value)
-        if paths is not None and not _missing_value(paths[i]) and error.startswith(prefix):
-            return repr(str(paths[i])) + error[len(prefix) :]
-        return error
+
+
+def _name(value: Any, path: Any) -> str:
+    """How errors name an image: bytes or an array by its file (the ``path`` column) where the
+    dataset has one, as :func:`tinyvit.predict` names that file."""
+    return repr(str(path)) if path is not None and not _missing_value(path) else describe_input(value)
 
 
 class Classifier(_Runner):
@@ -255,13 +251,8 @@ class Classifier(_Runner):
         self.top_k = top_k
         self._setup(model, device, dtype, fast, labels, preprocess, column, keep_input, prefix)
 
-    def _results(self, items: list[Any]) -> list[Any]:
-        return list(
-            predict_iter(
-                items, self.model, top_k=self.top_k, batch_size=len(items), errors="return", fast=self.fast,
-                workers=self.workers,
-            )
-        )  # fmt: skip
+    def _task(self) -> dict[str, Any]:
+        return {"task": "classify", "top_k": self.top_k}
 
     def _columns(self, results: list[Any | None]) -> dict[str, pa.Array]:
         return {
@@ -302,13 +293,8 @@ class Embedder(_Runner):
         self.normalize = normalize
         self._setup(model, device, dtype, fast, labels, preprocess, column, keep_input, prefix)
 
-    def _results(self, items: list[Any]) -> list[Any]:
-        return list(
-            embed_iter(
-                items, self.model, normalize=self.normalize, batch_size=len(items), errors="return", fast=self.fast,
-                workers=self.workers,
-            )
-        )  # fmt: skip
+    def _task(self) -> dict[str, Any]:
+        return {"task": "embed", "normalize": self.normalize}
 
     def _columns(self, results: list[Any | None]) -> dict[str, pa.Array]:
         vectors = [None if r is None else r.vector.numpy() for r in results]
@@ -346,24 +332,7 @@ def job_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> tuple
         if not all(uris):
             raise TinyViTError("give either local paths or URIs (s3://, gs://, file://…), not both")
         return texts, True
-    files: list[str] = []
-    for text in texts:
-        if glob.has_magic(text) and not Path(text).exists():
-            matches = sorted(glob.glob(text, recursive=True))
-            if not matches:
-                raise TinyViTError(f"{text!r}: no file matches this pattern")
-        else:
-            matches = [text]
-        for m in matches:
-            p = Path(m)
-            if p.is_dir():
-                found = image_files(p)
-                if not found:
-                    raise TinyViTError(f"{m!r}: no image files in this folder")
-                files.extend(os.path.abspath(f) for f in found)
-            else:
-                files.append(os.path.abspath(check_path(p, repr(m))))
-    return files, False
+    return [os.path.abspath(f) for f in files_from_args(texts, globs=True)], False
 
 
 def _connect(address: str | None) -> bool:
@@ -384,17 +353,31 @@ def _connect(address: str | None) -> bool:
     return True
 
 
+@contextlib.contextmanager
+def _session(address: str | None) -> Iterator[Any]:
+    """Ray, connected to ``address`` (or a local cluster) for the block; a failed Ray job becomes
+    one :class:`TinyViTError`. Disconnects after, unless the caller's session was already up."""
+    connected = _connect(address)
+    ray = _ray()
+    try:
+        yield ray
+    except ray.exceptions.RayError as e:
+        cause = getattr(e, "cause", None)
+        raise TinyViTError(f"the Ray job failed: {_one_line(cause if cause is not None else e)}") from e
+    finally:
+        if connected:
+            ray.shutdown()
+
+
 def _check_model(model: str | os.PathLike, address: str | None, options: dict[str, Any]) -> None:
     """Before any cluster starts, a bad model fails in one line. For a job on this machine the
     model is loaded here once (a bad name, a missing file, a checkpoint that does not say its
     preprocessing; the actors then find the weights in the cache); for a cluster, where the nodes
     fetch the weights themselves, a zoo name is resolved."""
     if address is None:
-        net = cached_model(model, labels=options.get("labels"), preprocess=options.get("preprocess"))
-        resolve_preprocess(net)
-    elif isinstance(model, str) and not model.startswith("hf-hub:") and not _is_uri(model) and not Path(model).exists():
-        if os.sep not in model and not model.endswith((".safetensors", ".pth", ".pt", ".bin", ".npz")):
-            resolve(model)  # an unknown name says which names are close
+        Runner(model_for(model, labels=options.get("labels"), preprocess=options.get("preprocess")))
+    else:
+        parse_spec(model)  # an unknown zoo name fails now, naming the close ones
 
 
 def _failed_rows(table: pa.Table, column: str) -> pa.Table:
@@ -456,6 +439,39 @@ def run_job(
     Returns the :class:`JobSummary` (rows, failed rows and their errors), read back from the
     Parquet written.
     """
+    cls = _job_class(kind, model, options, actors=actors, batch_size=batch_size)
+    out = _check_output(output, overwrite)
+    files, uris = job_inputs(inputs)
+    if isinstance(model, (str, os.PathLike)):
+        _check_model(model, address, options)
+
+    start = time.perf_counter()
+    with _session(address) as ray:
+        if uris and address is None:
+            _check_cpus(ray, actors, num_cpus)
+        ds = _dataset(ray, files, uris).map_batches(
+            cls, fn_constructor_kwargs={"model": model, **options}, batch_size=batch_size,
+            compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=num_gpus or None, num_cpus=num_cpus,
+        )  # fmt: skip
+        # a local folder was checked above (missing or empty); another filesystem's is checked by Ray
+        mode = "overwrite" if overwrite else ("error" if _is_uri(out) else "append")
+        ds.write_parquet(out, mode=ray.data.SaveMode(mode))
+        rows, failed, errors = _read_back(out, options.get("prefix", "") + "error", max_errors)
+    if not uris and rows != len(files):
+        raise TinyViTError(f"{out}: {rows} rows written for {len(files)} inputs")
+    return JobSummary(out, rows, failed, errors, time.perf_counter() - start)
+
+
+def _dataset(ray: Any, files: list[str], uris: bool) -> Any:
+    """URIs: the files' bytes, read by Ray (image extensions only); local files: their paths."""
+    if uris:
+        exts = sorted(s.lstrip(".") for s in IMAGE_SUFFIXES)
+        return ray.data.read_binary_files(files, include_paths=True, file_extensions=exts)
+    return ray.data.from_items([{"path": f} for f in files])
+
+
+def _job_class(kind: str, model: Any, options: dict[str, Any], *, actors: int, batch_size: int) -> type:
+    """The callable class of a job, its arguments checked before anything starts."""
     if kind not in ("predict", "embed"):
         raise TinyViTError(f"kind must be 'predict' or 'embed', got {kind!r}")
     for name, value in (("actors", actors), ("batch_size", batch_size)):
@@ -466,51 +482,29 @@ def run_job(
         inspect.signature(cls).bind(model, **options)
     except TypeError as e:
         raise TinyViTError(f"{kind}: {e}") from None
+    return cls
+
+
+def _check_output(output: str | os.PathLike, overwrite: bool) -> str:
+    """The output folder: a local one must be a folder, empty unless ``overwrite``."""
     out = os.fspath(output)
     if not _is_uri(out) and Path(out).exists():
         if not Path(out).is_dir():
             raise TinyViTError(f"{out!r} is a file; the output is a folder of Parquet files")
         if any(Path(out).iterdir()) and not overwrite:
             raise TinyViTError(f"{out!r} is not empty; choose another folder or overwrite it")
-    files, uris = job_inputs(inputs)
-    if isinstance(model, (str, os.PathLike)):
-        _check_model(model, address, options)
+    return out
 
-    start = time.perf_counter()
-    connected = _connect(address)
-    ray = _ray()
-    try:
-        cpus = ray.cluster_resources().get("CPU", 0)
-        if uris and address is None and actors * (num_cpus if num_cpus is not None else 1) >= cpus:
-            # the actors would hold every CPU, and the tasks that read the files would wait forever
-            raise TinyViTError(
-                f"{actors} actor(s) x {num_cpus or 1} CPU(s) take all {cpus:g} CPUs of this machine, and reading the "
-                "files needs one: use fewer actors or CPUs per actor"
-            )
-        if uris:
-            exts = sorted(s.lstrip(".") for s in IMAGE_SUFFIXES)
-            ds = ray.data.read_binary_files(files, include_paths=True, file_extensions=exts)
-        else:
-            ds = ray.data.from_items([{"path": f} for f in files])
-        ds = ds.map_batches(
-            cls, fn_constructor_kwargs={"model": model, **options}, batch_size=batch_size,
-            compute=ray.data.ActorPoolStrategy(size=actors),
-            num_gpus=num_gpus or None, num_cpus=num_cpus,
-        )  # fmt: skip
-        # a local folder was checked above (missing or empty); another filesystem's is checked by Ray
-        mode = "overwrite" if overwrite else ("error" if _is_uri(out) else "append")
-        ds.write_parquet(out, mode=ray.data.SaveMode(mode))
-        error_column = options.get("prefix", "") + "error"
-        rows, failed, errors = _read_back(out, error_column, max_errors)
-    except ray.exceptions.RayError as e:
-        cause = getattr(e, "cause", None)
-        raise TinyViTError(f"the Ray job failed: {_one_line(cause if cause is not None else e)}") from e
-    finally:
-        if connected:
-            ray.shutdown()
-    if not uris and rows != len(files):
-        raise TinyViTError(f"{out}: {rows} rows written for {len(files)} inputs")
-    return JobSummary(out, rows, failed, errors, time.perf_counter() - start)
+
+def _check_cpus(ray: Any, actors: int, num_cpus: float | None) -> None:
+    """On this machine, the actors must leave a CPU for the tasks that read the files, or those
+    would wait forever."""
+    cpus = ray.cluster_resources().get("CPU", 0)
+    if actors * (num_cpus if num_cpus is not None else 1) >= cpus:
+        raise TinyViTError(
+            f"{actors} actor(s) x {num_cpus or 1} CPU(s) take all {cpus:g} CPUs of this machine, and reading the "
+            "files needs one: use fewer actors or CPUs per actor"
+        )
 
 
 def _one_line(e: BaseException) -> str:

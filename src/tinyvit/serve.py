@@ -16,31 +16,31 @@ tinyvit gives it the model, the preprocessing and the labels, through the same c
 Requests that arrive together are batched, up to ``max_batch_size`` per forward pass, waiting at
 most ``batch_timeout`` seconds for a batch to fill. Bodies are read and checked in the HTTP
 process; decoding and preprocessing run per request in the inference worker (``decode_request``),
-where an unreadable image becomes that request's 400 without failing the rest of its batch.
+where an unreadable image becomes that request's 400 without failing the rest of its batch. The
+worker runs the images through the same :class:`~tinyvit.runner.Runner` as ``predict``; this
+module only translates between HTTP and it.
 
-    python -m tinyvit.serve vit-base-p32-384 --port 8000 --max-batch-size 8
+    tinyvit serve vit-base-p32-384 --port 8000 --max-batch-size 8   (or python -m tinyvit.serve …)
 """
 
 # No ``from __future__ import annotations`` here: LitServe reads ``decode_request``'s annotation
 # at runtime to build the endpoint, so it must be a real object, not a string.
 
-import argparse
 import base64
 import binascii
 import json
-import logging
 import os
 import signal
 import socket
 import sys
 import threading
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Annotated, Any
 
-from tinyvit.api import load, resolve_preprocess
-from tinyvit.errors import ImageError, TinyViTError
-from tinyvit.pipeline import class_names
-from tinyvit.preprocessing import preprocess_one
+from tinyvit.errors import TinyViTError
+from tinyvit.options import ServeOptions
+from tinyvit.runner import ItemError, Runner
+from tinyvit.runtime import model_for
 
 
 class ServeExtraMissing(TinyViTError, ImportError):
@@ -54,87 +54,9 @@ try:
 except ImportError as _e:  # pragma: no cover - depends on the environment
     raise ServeExtraMissing(f'tinyvit serve needs LitServe ({_e}): pip install "tinyvit[serve]"') from _e
 
-__all__ = ["ServeExtraMissing", "ServeOptions", "TinyViTAPI", "build_server", "main", "run"]
+__all__ = ["ServeExtraMissing", "ServeOptions", "TinyViTAPI", "build_server", "run"]
 
-logger = logging.getLogger(__name__)
-
-HOSTS = ("127.0.0.1", "0.0.0.0", "::")  # what LitServe can bind
 _LIMIT_STATE = "tinyvit_max_body_bytes"  # FastAPI app.state attribute holding the body limit
-
-
-@dataclass(frozen=True)
-class ServeOptions:
-    """How ``tinyvit serve`` runs: where it listens, how it batches, what it accepts.
-
-    ``batch_timeout``: seconds a worker waits for a batch to fill before running what it has.
-    ``accelerator``: ``"auto"`` (CUDA or MPS when torch can use them, else CPU), ``"cpu"``,
-    ``"cuda"`` or ``"mps"``; ``devices``: how many (``"auto"``: all); ``workers_per_device``:
-    inference processes per device, each with its own copy of the model. ``dtype``: ``None``
-    (float32), ``"float16"`` or ``"bfloat16"``. ``top_k``: results per image unless a request asks
-    otherwise. ``timeout``: seconds a request may wait for its answer (then 504).
-    """
-
-    host: str = "127.0.0.1"
-    port: int = 8000
-    max_batch_size: int = 8
-    batch_timeout: float = 0.01
-    max_body_bytes: int = 32 * 2**20
-    workers_per_device: int = 1
-    accelerator: str = "auto"
-    devices: int | str = "auto"
-    dtype: str | None = None
-    top_k: int = 5
-    timeout: float = 30.0
-    log_level: str = "warning"
-
-    def __post_init__(self) -> None:
-        def positive_int(name: str, low: int = 1) -> None:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise ValueError(f"ServeOptions.{name} must be an int >= {low}, got {value!r}")
-
-        if self.host not in HOSTS:
-            raise ValueError(
-                f"ServeOptions.host must be one of {', '.join(HOSTS)} (what LitServe binds), got {self.host!r}"
-            )
-        if not isinstance(self.port, int) or not 1024 <= self.port <= 65535:
-            raise ValueError(f"ServeOptions.port must be from 1024 to 65535 (LitServe's range), got {self.port!r}")
-        for name in ("max_batch_size", "max_body_bytes", "workers_per_device", "top_k"):
-            positive_int(name)
-        if not self.timeout > 0 or not 0 <= self.batch_timeout < self.timeout:
-            raise ValueError("ServeOptions: need timeout > 0 and 0 <= batch_timeout < timeout")
-        if self.accelerator not in ("auto", "cpu", "cuda", "mps"):
-            raise ValueError(f"ServeOptions.accelerator must be auto, cpu, cuda or mps, got {self.accelerator!r}")
-        if self.devices != "auto":
-            positive_int("devices")
-        if self.dtype not in (None, "float32", "float16", "bfloat16"):
-            raise ValueError(f"ServeOptions.dtype must be None, float32, float16 or bfloat16, got {self.dtype!r}")
-
-
-# ---------------------------------------------------------------------------------------------
-# The one place serve reaches into tinyvit: load, preprocess, label, describe.
-
-
-@dataclass
-class _Pipeline:
-    model: Any  # tinyvit.VisionTransformer, eval mode
-    preprocess: Any  # image bytes -> (3, H, W) float32 tensor; raises ImageError
-    labels: list[str]  # one per output class
-    record: dict  # the weights record, JSON-ready (GET /info)
-    about: str  # the same for people, a few lines (the startup banner)
-
-
-def _pipeline(spec: str, device: str | None = None, dtype: str | None = None) -> _Pipeline:
-    """The model with its own preprocessing and class names, exactly as :func:`tinyvit.predict`
-    uses them: ``load`` → the record's preprocessing → ``preprocess_one`` per image, and
-    ``class_names`` for the labels."""
-    model = load(spec, device=device, dtype=dtype)
-    pre = resolve_preprocess(model)
-    record = model.weights
-    about = record.describe() if record is not None else spec
-    return _Pipeline(
-        model, lambda data: preprocess_one(data, pre), class_names(model), record.to_dict() if record else {}, about
-    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -204,18 +126,10 @@ def _parse_json(body: bytes) -> dict:
 
 
 @dataclass
-class _Rejected:
-    """A request that failed on its own (unreadable image): answered with ``status`` and
-    ``detail`` while the rest of its batch goes on."""
-
-    status: int
-    detail: str
-
-
-@dataclass
 class _Item:
-    tensor: Any  # (3, H, W) float32 after decode_request; (num_classes,) probabilities after predict
+    decoded: Any  # (3, H, W) float32 tensor, or the ItemError saying why the image cannot be run
     top_k: int
+    result: Any = None  # the Prediction, after predict
 
 
 class TinyViTAPI(ls.LitAPI):
@@ -227,48 +141,35 @@ class TinyViTAPI(ls.LitAPI):
         super().__init__(max_batch_size=options.max_batch_size, batch_timeout=options.batch_timeout)
         self.model_spec = str(model_spec)
         self.options = options
-        self.pipeline: _Pipeline | None = None
+        self.runner: Runner | None = None
 
     def setup(self, device):
         import torch
 
         if str(device).startswith("cpu") and self.options.workers_per_device > 1:  # share the cores, not contend
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // self.options.workers_per_device))
-        self.pipeline = _pipeline(self.model_spec, device=device, dtype=self.options.dtype)
+        model = model_for(self.model_spec, device=device, dtype=self.options.dtype)
+        self.runner = Runner(model, task="classify", top_k=self.options.top_k)
 
     def decode_request(self, request: Annotated[dict, Depends(read_payload)]):
         # LitServe hands the payload from ``read_payload`` over unchanged (its annotation is not
-        # ``Request``), so raw bodies arrive as bytes. Errors are returned, never raised: an
-        # exception here would fail every request of the batch.
-        top_k = request["top_k"] or self.options.top_k
-        try:
-            return _Item(self.pipeline.preprocess(request["image"]), top_k)
-        except ImageError as e:
-            return _Rejected(400, str(e))
-        except Exception as e:  # a bug, not a bad image: this request gets the 500, the batch goes on
-            logger.exception("preprocessing failed")
-            return _Rejected(500, f"preprocessing failed: {type(e).__name__}")
+        # ``Request``), so raw bodies arrive as bytes. The runner returns a bad image's error
+        # instead of raising it: an exception here would fail every request of the batch.
+        return _Item(self.runner.decode(request["image"]), request["top_k"] or self.options.top_k)
 
     def predict(self, x):
-        import torch
-
         items = x if isinstance(x, list) else [x]
-        ok = [item for item in items if isinstance(item, _Item)]
-        if ok:
-            param = next(self.pipeline.model.parameters())
-            batch = torch.stack([item.tensor for item in ok]).to(device=param.device, dtype=param.dtype)
-            with torch.inference_mode():
-                probs = self.pipeline.model(batch).float().softmax(dim=-1).cpu()
-            for item, p in zip(ok, probs, strict=True):
-                item.tensor = p
+        top_k = max(item.top_k for item in items)
+        results = self.runner.run_batch([item.decoded for item in items], [""] * len(items), top_k=top_k)
+        for item, result in zip(items, results, strict=True):
+            item.result = result
         return items if isinstance(x, list) else items[0]
 
     def encode_response(self, output):
-        if isinstance(output, _Rejected):
-            return JSONResponse(status_code=output.status, content={"detail": output.detail})
-        labels = self.pipeline.labels
-        top_p, top_i = output.tensor.topk(min(output.top_k, len(labels)))
-        return [{"label": labels[i], "score": p} for i, p in zip(top_i.tolist(), top_p.tolist(), strict=True)]
+        if isinstance(output.decoded, ItemError):
+            status = 500 if output.decoded.internal else 400
+            return JSONResponse(status_code=status, content={"detail": str(output.decoded)})
+        return [{"label": name, "score": p} for _, name, p in output.result.topk[: output.top_k]]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -294,7 +195,7 @@ def build_server(model_spec: str | os.PathLike, *, options: ServeOptions | None 
     """
     options = options or ServeOptions()
     spec = os.fspath(model_spec)
-    pipeline = _pipeline(spec)
+    record = model_for(spec).weights
     accelerator = _accelerator(options.accelerator)
     server = ls.LitServer(
         TinyViTAPI(spec, options),
@@ -302,10 +203,10 @@ def build_server(model_spec: str | os.PathLike, *, options: ServeOptions | None 
         devices=1 if accelerator == "cpu" else options.devices,
         workers_per_device=options.workers_per_device,
         timeout=options.timeout,
-        model_metadata=pipeline.record,
+        model_metadata=record.to_dict() if record is not None else {},
     )
     setattr(server.app.state, _LIMIT_STATE, options.max_body_bytes)
-    server.tinyvit_about = pipeline.about
+    server.tinyvit_about = record.describe() if record is not None else spec
     return server
 
 
@@ -363,50 +264,7 @@ def run(model_spec: str | os.PathLike, options: ServeOptions | None = None) -> N
             signal.signal(signal.SIGTERM, previous)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """``tinyvit serve``'s arguments, defaults from :class:`ServeOptions`."""
-    d = ServeOptions()
-    parser.add_argument("model", help="zoo name, name:tag, tinyvit weights file or hf-hub:owner/repo")
-    parser.add_argument("--host", default=d.host, choices=HOSTS, help="interface to bind (default %(default)s)")
-    parser.add_argument("--port", type=int, default=d.port, help="default %(default)s")
-    parser.add_argument("--max-batch-size", type=int, default=d.max_batch_size, help="default %(default)s")
-    parser.add_argument(
-        "--batch-timeout", type=float, default=d.batch_timeout, help="seconds to fill a batch (default %(default)s)"
-    )
-    parser.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes, help="larger bodies get 413")
-    parser.add_argument("--workers-per-device", type=int, default=d.workers_per_device, help="default %(default)s")
-    parser.add_argument("--accelerator", default=d.accelerator, choices=("auto", "cpu", "cuda", "mps"))
-    parser.add_argument("--devices", default=d.devices, help="how many devices (default: all)")
-    parser.add_argument("--dtype", default=d.dtype, choices=("float32", "float16", "bfloat16"))
-    parser.add_argument("--top-k", type=int, default=d.top_k, help="results per image (default %(default)s)")
-    parser.add_argument("--timeout", type=float, default=d.timeout, help="seconds per request (default %(default)s)")
-    parser.add_argument("--log-level", default=d.log_level, choices=("critical", "error", "warning", "info", "debug"))
+if __name__ == "__main__":  # `tinyvit serve`, through the imported module, so that workers unpickle its classes
+    from tinyvit.cli import main as _main
 
-
-def options_from_args(args: argparse.Namespace) -> ServeOptions:
-    devices = args.devices if args.devices == "auto" else int(args.devices)
-    keys = [f.name for f in fields(ServeOptions) if f.name != "devices"]
-    return ServeOptions(devices=devices, **{k: getattr(args, k) for k in keys})
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m tinyvit.serve MODEL [options]``; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="tinyvit serve", description="Serve an image classifier over HTTP.")
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        options = options_from_args(args)
-    except ValueError as e:
-        parser.error(str(e))
-    try:
-        run(args.model, options)
-    except TinyViTError as e:
-        print(f"tinyvit serve: error: {e}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":  # run the imported module's main, so that workers unpickle tinyvit.serve's classes
-    from tinyvit.serve import main as _main
-
-    sys.exit(_main())
+    sys.exit(_main(["serve", *sys.argv[1:]]))

@@ -1,0 +1,319 @@
+"""Fetching and caching weights: zoo files, Hub repositories, checkpoints at URLs. Nothing else.
+(No torch at import: ``tinyvit models`` asks :func:`is_cached` without it.)
+
+:func:`fetch` turns a parsed spec (``specs.py``) into a local file or folder, downloading,
+verifying and — where the published file is in another layout — converting it once into
+tinyvit's cache; :func:`is_cached` says whether that would need the network.
+
+Hub files go through ``huggingface_hub.hf_hub_download``: its cache, ``HF_HOME``,
+``HF_HUB_OFFLINE``, ``HF_ENDPOINT`` and progress bar. URL files (mmpretrain's ``.pth``) are
+downloaded with a progress bar from huggingface_hub's own tqdm (``HF_HUB_DISABLE_PROGRESS_BARS``
+turns both off) into a temporary file whose SHA-256 is computed on the way.
+
+Verification: a file is hashed (SHA-256, in chunks) before it is first used and compared with the
+manifest's pinned value, or — for an unpinned Hub file — with the Hub's LFS ETag, which is the
+content's SHA-256. A mismatching file is deleted from the cache and never loaded. A small record
+of each verified file (size, mtime) spares re-hashing it on every load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+import warnings
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from tinyvit.errors import OfflineError, WeightsError
+from tinyvit.fsutil import sha256_file, write_bytes_atomic
+from tinyvit.record import Weights
+from tinyvit.specs import HubSpec, ModelSpec, PathSpec, UrlSpec, ZooSpec
+
+__all__ = ["Fetched", "cache_dir", "download", "fetch", "fetch_hf_hub", "is_cached", "offline", "verify"]
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+URL_TIMEOUT = 60.0  # seconds without data before a URL download is abandoned
+
+
+def cache_dir() -> Path:
+    """tinyvit's own cache: converted URL downloads and verification records."""
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HOME) / "tinyvit"
+
+
+def offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+# ---------------------------------------------------------------------------------------------
+# Verification
+
+
+def _record_path(path: Path) -> Path:
+    return cache_dir() / "verified" / (re.sub(r"[^A-Za-z0-9._-]", "_", str(path.resolve())) + ".json")
+
+
+def verify(path: Path, expected: str, what: str, *, remove: list[Path]) -> None:
+    """Check ``path``'s SHA-256 against ``expected``; on mismatch delete ``remove`` and raise."""
+    real = path.resolve()
+    stat = real.stat()
+    stamp = {"sha256": expected, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    record = _record_path(path)
+    try:
+        if json.loads(record.read_text()) == stamp:
+            return
+    except (OSError, ValueError):
+        pass  # no record yet (or an unreadable one): hash the file
+    actual = sha256_file(real)
+    if actual != expected:
+        for p in remove:
+            p.unlink(missing_ok=True)
+        record.unlink(missing_ok=True)
+        raise WeightsError(
+            f"{what}: SHA-256 mismatch (expected {expected}, got {actual}); the file was removed from the "
+            "cache and not loaded — load again to download it afresh"
+        )
+    try:
+        write_bytes_atomic(record, json.dumps(stamp).encode())
+    except OSError as e:  # a read-only cache: the file is fine, it will just be hashed again next time
+        warnings.warn(f"tinyvit: cannot record the verification of {path} ({e})", stacklevel=2)
+
+
+# ---------------------------------------------------------------------------------------------
+# Hub
+
+
+def _hub_error(e: Exception, what: str) -> WeightsError:
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    if isinstance(e, LocalEntryNotFoundError) or offline():
+        from huggingface_hub import constants
+
+        hint = (
+            "offline (HF_HUB_OFFLINE is set)" if offline() else f"the Hub ({constants.ENDPOINT}) could not be reached"
+        )
+        return OfflineError(f"{what}: {hint}, and the file is not in the cache")
+    if isinstance(e, RepositoryNotFoundError):
+        return WeightsError(f"{what}: repository not found on the Hub (or it is private)")
+    if isinstance(e, RevisionNotFoundError):
+        return WeightsError(f"{what}: revision not found on the Hub")
+    if isinstance(e, EntryNotFoundError):
+        return WeightsError(f"{what}: file not found in the repository")
+    return WeightsError(f"{what}: download failed ({type(e).__name__}: {e})")
+
+
+def fetch_hf_hub(
+    repo_id: str, filename: str, *, revision: str | None = None, sha256: str | None = None, optional: bool = False
+) -> Path | None:
+    """A verified local copy of a Hub file (downloaded once, then read from the cache).
+    ``optional``: None when the repository has no such file, instead of an error."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+    what = f"hf://{repo_id}/{filename}" + (f"@{revision}" if revision else "")
+    try:
+        path = Path(hf_hub_download(repo_id, filename, revision=revision, library_name="tinyvit"))
+    except EntryNotFoundError as e:
+        if optional and not isinstance(e, LocalEntryNotFoundError):
+            return None
+        raise _hub_error(e, what) from e
+    except Exception as e:  # huggingface_hub and its HTTP client raise many types; all become one clear error
+        raise _hub_error(e, what) from e
+    blob = path.resolve()
+    # Unpinned: the Hub's ETag for an LFS file, which names the cached blob, is its SHA-256.
+    expected = sha256 or (blob.name if _SHA256.fullmatch(blob.name) else None)
+    if expected is not None:
+        verify(path, expected, what, remove=[blob, path])
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# URL
+
+
+def download_url(url: str, folder: Path, what: str) -> tuple[Path, str]:
+    """Download into a new file of this process's own in ``folder``; returns it and its SHA-256.
+    On failure nothing is left behind. The caller removes the file when done with it."""
+    from huggingface_hub.utils import tqdm
+
+    folder.mkdir(parents=True, exist_ok=True)
+    suffix = Path(urllib.parse.urlparse(url).path).suffix  # the converter reads the file by its kind
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".download-", suffix=suffix)
+    digest = hashlib.sha256()
+    try:
+        request = urllib.request.Request(url, headers={"User-Agent": "tinyvit"})
+        with os.fdopen(fd, "wb") as f, urllib.request.urlopen(request, timeout=URL_TIMEOUT) as r:
+            total = int(r.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=url.rsplit("/", 1)[-1], leave=False) as bar:
+                while chunk := r.read(1 << 20):
+                    f.write(chunk)
+                    digest.update(chunk)
+                    bar.update(len(chunk))
+            if total is not None and f.tell() != total:
+                raise WeightsError(f"{what}: connection closed after {f.tell()} of {total} bytes")
+    except BaseException as e:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, (urllib.error.URLError, OSError, ValueError)) and not isinstance(e, WeightsError):
+            raise WeightsError(f"{what}: download failed ({e})") from e
+        raise
+    return Path(tmp), digest.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# Specs → local files
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """A spec's weights on this machine. ``record``: the zoo's record for zoo weights (the file is
+    in tinyvit's layout), else None (the checkpoint's own files say what they are). ``origin``:
+    what to set in the record's :class:`~tinyvit.record.Source` (where it came from)."""
+
+    path: Path  # a file, or a folder (a Hub snapshot)
+    record: Weights | None = None
+    origin: dict[str, Any] = field(default_factory=dict)
+
+
+def fetch(spec: ModelSpec) -> Fetched:
+    """The local file or folder holding ``spec``'s weights: fetched, verified and converted as
+    needed (each only once; later calls read the cache)."""
+    if isinstance(spec, ZooSpec):
+        path = _zoo_file(spec.record)
+        return Fetched(path, replace(spec.record, source=replace(spec.record.source, path=str(path))))
+    if isinstance(spec, HubSpec):
+        folder = _hub_snapshot(spec)
+        blob = (folder / "model.safetensors").resolve().name
+        origin = {
+            "kind": "hub", "repo_id": spec.repo_id, "filename": "model.safetensors", "revision": folder.name,
+            "sha256": blob if _SHA256.fullmatch(blob) else None, "path": str(folder / "model.safetensors"),
+        }  # fmt: skip
+        return Fetched(folder, origin=origin)
+    if isinstance(spec, UrlSpec):
+        return Fetched(_url_file(spec))
+    if isinstance(spec, PathSpec):
+        return Fetched(spec.path)
+    raise TypeError(f"not a model spec: {spec!r}")
+
+
+def download(spec: ModelSpec) -> Path:
+    """Fetch (and verify, and convert where needed) weights into the cache, for offline use;
+    returns the local file (a Hub repository: its snapshot folder)."""
+    if isinstance(spec, PathSpec):
+        raise WeightsError(f"{str(spec)!r} is a local path; there is nothing to download")
+    try:
+        return fetch(spec).path
+    except WeightsError as e:
+        if isinstance(spec, ZooSpec):
+            raise type(e)(f"{spec}: {e}") from e
+        raise
+
+
+def is_cached(record: Weights) -> bool:
+    """Whether zoo weights are on this machine already (loading them needs no network)."""
+    s = record.source
+    if s.kind == "hub" and s.layout == "timm":
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(s.repo_id, s.filename, revision=s.revision), str)
+    return any((cache_dir() / "converted" / str(record.name)).glob(f"{record.tag}-*.safetensors"))
+
+
+def _zoo_file(record: Weights) -> Path:
+    """A local, verified timm-layout safetensors file for zoo weights: fetched (and converted once
+    into tinyvit's cache where the published file is in another layout)."""
+    src = record.source
+    if src.kind == "hub":
+        path = fetch_hf_hub(str(src.repo_id), str(src.filename), revision=src.revision, sha256=src.sha256)
+        assert path is not None
+        if src.layout == "timm":
+            return path
+        blob = path.resolve().name  # the verified content's SHA-256 for LFS files: a new upload converts anew
+        dst = _converted_path(record, blob)
+        if not dst.is_file():
+            _convert_into_cache(path, dst, record, blob if _SHA256.fullmatch(blob) else None)
+        return dst
+    dst = _converted_path(record, src.sha256 or src.sha256_prefix or "")
+    if dst.is_file():
+        return dst
+    what = f"{record.spec} ({src.url})"
+    if not (src.sha256 or src.sha256_prefix):
+        raise WeightsError(f"{what}: the manifest pins no SHA-256 for it; an unverified download is not used")
+    # Each process downloads and converts into files of its own and renames the result into
+    # place, so concurrent loads of the same model all succeed and leave one file.
+    raw, actual = _download_checked(str(src.url), dst.parent, what, src.sha256 or src.sha256_prefix)
+    try:
+        _convert_into_cache(raw, dst, record, actual)
+    finally:
+        raw.unlink(missing_ok=True)
+    return dst
+
+
+def _download_checked(url: str, folder: Path, what: str, expected: str | None) -> tuple[Path, str]:
+    """A URL's file in ``folder`` and its SHA-256, which must start with ``expected`` (when given)."""
+    if offline():
+        raise OfflineError(f"{what}: offline (HF_HUB_OFFLINE is set), and the converted file is not in the cache")
+    raw, actual = download_url(url, folder, what)
+    if expected is not None and not actual.startswith(expected):
+        raw.unlink(missing_ok=True)
+        raise WeightsError(f"{what}: SHA-256 mismatch (expected {expected}…, got {actual}); nothing was kept")
+    return raw, actual
+
+
+def _converted_path(record: Weights, key: str) -> Path:
+    return cache_dir() / "converted" / str(record.name) / f"{record.tag}-{key}.safetensors"
+
+
+def _convert_into_cache(raw: Path, dst: Path, record: Weights, sha256: str | None) -> None:
+    """Rename a zoo file's tensors to timm's; the manifest's record (with the file's SHA-256) goes
+    into the header."""
+    from tinyvit.conversion import read_weights  # torch: imported only when something is converted
+    from tinyvit.files import save
+
+    state, _ = read_weights(raw, layout=record.source.layout, arch=record.config)
+    save(dst, state, replace(record, source=replace(record.source, sha256=record.source.sha256 or sha256)))
+
+
+def _hub_snapshot(spec: HubSpec) -> Path:
+    """The local snapshot folder of a Hub repository holding its ``model.safetensors`` and, where
+    the repository has them, ``config.json`` and ``preprocessor_config.json``."""
+    weights = fetch_hf_hub(spec.repo_id, "model.safetensors", revision=spec.revision)
+    assert weights is not None
+    for name in ("config.json", "preprocessor_config.json"):
+        fetch_hf_hub(spec.repo_id, name, revision=spec.revision, optional=True)
+    return weights.parent
+
+
+def _url_file(spec: UrlSpec) -> Path:
+    """A checkpoint at a URL, downloaded and converted once into tinyvit's cache (keyed by the
+    URL); its record's source names the URL and the SHA-256 of what was downloaded."""
+    key = hashlib.sha256(spec.url.encode()).hexdigest()[:16]
+    name = Path(urllib.parse.urlparse(spec.url).path).name or "checkpoint"
+    dst = cache_dir() / "converted" / "url" / key / (Path(name).stem + ".safetensors")
+    if dst.is_file():
+        return dst
+    from tinyvit.conversion import read_weights  # torch: imported only when something is converted
+    from tinyvit.files import save
+
+    raw, actual = _download_checked(spec.url, dst.parent, repr(spec.url), spec.sha256_prefix)
+    try:
+        state, record = read_weights(raw)
+        source = replace(record.source, kind="url", url=spec.url, sha256=actual, filename=name, path=None)
+        save(dst, state, replace(record, source=source))
+    finally:
+        raw.unlink(missing_ok=True)
+    return dst
