@@ -1,10 +1,11 @@
 """Checkpoints in other layouts → timm's parameter names plus a weights record.
 
-Conversion is key mapping and architecture inference, nothing else: :func:`read_weights` reads a
-checkpoint, renames its tensors to tinyvit's (= timm's) names, works out the architecture from
-the tensors (and the checkpoint's own config where it has one), and gathers what the checkpoint
-says about its class names and its preprocessing into a :class:`Weights` record. ``tinyvit.load``
-builds a model from that in memory; :func:`convert` writes it as a tinyvit safetensors file.
+Conversion is key mapping and architecture inference, nothing else: :func:`read_weights` takes
+what ``files.read_checkpoint`` read, renames the tensors to tinyvit's (= timm's) names, works out
+the architecture from the tensors (and the checkpoint's own config where it has one), and gathers
+what the checkpoint says about its class names and its preprocessing into a :class:`Weights`
+record. ``loading.py`` builds a model from that in memory (checking the tensors against the
+architecture); :func:`convert` checks them and writes a tinyvit safetensors file.
 
 ======================  ====================================================================
 timm                    ``cls_token``, ``blocks.0.attn.qkv.weight``, … (tinyvit's own names);
@@ -21,38 +22,25 @@ npz                     Google's JAX ``.npz`` (``Transformer/encoderblock_0/...`
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import pickle
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import torch
 
 from tinyvit.config import ViTConfig
 from tinyvit.errors import WeightsError
-from tinyvit.files import read_header, read_record, read_tensors, save
+from tinyvit.files import Checkpoint, read_checkpoint, save
 from tinyvit.fsutil import sha256_file
 from tinyvit.manifest import entries, entry
-from tinyvit.model import VisionTransformer
+from tinyvit.model import check_state_dict
 from tinyvit.preprocessing import PreprocessSpec
 from tinyvit.record import LAYOUTS, Source, Weights, labels_from_mapping, parse_labels
 
-__all__ = [
-    "Checkpoint",
-    "check_state_dict",
-    "convert",
-    "detect_layout",
-    "meta_model",
-    "read_checkpoint",
-    "read_weights",
-    "to_timm",
-]
+__all__ = ["convert", "detect_layout", "read_weights", "to_timm"]
 
 _BLOCK = r"(?:encoder\.layer|layers)\.(\d+)\."
 # (pattern, timm name); "{qkv}" targets are fused from their q, k, v parts afterwards.
@@ -89,115 +77,6 @@ _QKV_PART = {"query": "q", "key": "k", "value": "v", "q": "q", "k": "k", "v": "v
 
 # ---------------------------------------------------------------------------------------------
 # Reading
-
-
-@dataclass
-class Checkpoint:
-    """Tensors read from a source, plus what the source says about itself."""
-
-    tensors: dict[str, torch.Tensor]
-    path: Path
-    record: Weights | None = None  # a tinyvit file's header
-    hf_config: dict | None = None  # transformers' config.json
-    hf_preprocessor: dict | None = None  # transformers' preprocessor_config.json
-    timm_config: dict | None = None  # timm's Hub config.json (architecture, pretrained_cfg, label_names)
-    classes: tuple[str, ...] | None = None  # an mmpretrain checkpoint's meta.dataset_meta.classes
-
-
-def _torch_load(path: Path) -> tuple[dict, tuple[str, ...] | None]:
-    """A .pth / .bin state dict, unwrapped, and the class names its training meta records."""
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise WeightsError(
-            f"{str(path)!r}: refused to unpickle it with weights_only=True (it holds objects other "
-            f"than tensors and plain containers, which could run code): {e}"
-        ) from e
-    except (RuntimeError, OSError, EOFError, ValueError) as e:
-        raise WeightsError(f"{str(path)!r}: not a readable PyTorch checkpoint ({e})") from e
-    classes = _meta_classes(obj.get("meta") if isinstance(obj, dict) else None)
-    # Training checkpoints wrap the weights: mmpretrain {'meta', 'state_dict'}, others {'model'}.
-    for key in ("state_dict", "model"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-            break
-    if not isinstance(obj, dict) or not obj:
-        raise WeightsError(f"{str(path)!r}: holds no state dict (got {type(obj).__name__})")
-    if all(str(k).startswith("module.") for k in obj):  # saved from a DistributedDataParallel wrapper
-        obj = {k.removeprefix("module."): v for k, v in obj.items()}
-    not_tensors = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
-    if not_tensors:
-        raise WeightsError(f"{str(path)!r}: entries that are not tensors: {', '.join(map(str, not_tensors[:5]))}")
-    return obj, classes
-
-
-def _meta_classes(meta: Any) -> tuple[str, ...] | None:
-    """mmpretrain 1.x: meta['dataset_meta']['classes']; mmcls 0.x: meta['CLASSES']."""
-    if not isinstance(meta, dict):
-        return None
-    dataset_meta = meta.get("dataset_meta")
-    classes = dataset_meta.get("classes") if isinstance(dataset_meta, dict) else meta.get("CLASSES")
-    if isinstance(classes, (list, tuple)) and classes and all(isinstance(c, str) for c in classes):
-        return tuple(classes)
-    return None
-
-
-def _read_json(path: Path) -> dict | None:
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise WeightsError(f"{str(path)!r}: unreadable JSON ({e})") from e
-    return data if isinstance(data, dict) else None
-
-
-def _read_configs(ckpt: Checkpoint, folder: Path) -> None:
-    """The configs published beside the weights (a Hub repository's or save_pretrained's files)."""
-    config = _read_json(folder / "config.json")
-    if config is not None and "model_type" in config:
-        ckpt.hf_config = config
-    elif config is not None and ("architecture" in config or "pretrained_cfg" in config):
-        ckpt.timm_config = config
-    ckpt.hf_preprocessor = _read_json(folder / "preprocessor_config.json")
-
-
-def read_checkpoint(src: str | os.PathLike) -> Checkpoint:
-    """Read a checkpoint: a safetensors / .pth / .bin / .npz file, or a folder holding one (an HF
-    ``save_pretrained`` folder, a timm Hub snapshot), with the configs published beside it."""
-    path = Path(src)
-    if not path.exists():
-        raise WeightsError(f"{str(path)!r}: no such file or folder")
-    if path.is_dir():
-        for name in ("model.safetensors", "pytorch_model.bin"):
-            if (path / name).is_file():
-                ckpt = read_checkpoint(path / name)
-                ckpt.path = path
-                return ckpt
-        if (path / "model.safetensors.index.json").is_file():
-            index = json.loads((path / "model.safetensors.index.json").read_text(encoding="utf-8"))
-            tensors: dict = {}
-            for shard in sorted(set(index["weight_map"].values())):
-                tensors.update(read_tensors(path / shard))
-            ckpt = Checkpoint(tensors, path)
-            _read_configs(ckpt, path)
-            return ckpt
-        raise WeightsError(f"{str(path)!r}: folder holds no model.safetensors or pytorch_model.bin")
-    if path.suffix == ".npz":
-        try:
-            with np.load(path, allow_pickle=False) as npz:
-                arrays = {k: torch.from_numpy(np.ascontiguousarray(npz[k])) for k in npz.files}
-        except (OSError, ValueError, EOFError) as e:
-            raise WeightsError(f"{str(path)!r}: not a readable .npz file ({e})") from e
-        return Checkpoint(arrays, path)
-    if path.suffix == ".safetensors":
-        ckpt = Checkpoint(read_tensors(path), path, record=read_record(path, read_header(path)))
-    else:
-        tensors, classes = _torch_load(path)
-        ckpt = Checkpoint(tensors, path, classes=classes)
-    if ckpt.record is None:
-        _read_configs(ckpt, path.parent)
-    return ckpt
 
 
 # ---------------------------------------------------------------------------------------------
@@ -309,42 +188,6 @@ def to_timm(tensors: dict[str, torch.Tensor], layout: str) -> tuple[dict[str, to
 
 # ---------------------------------------------------------------------------------------------
 # Architecture
-
-
-def meta_model(config: ViTConfig) -> VisionTransformer:
-    """The architecture on the meta device: shapes only, nothing allocated or initialised."""
-    with torch.device("meta"):
-        return VisionTransformer(config)
-
-
-def check_state_dict(
-    config: ViTConfig, state: dict[str, torch.Tensor], what: str, model: VisionTransformer | None = None
-) -> None:
-    """Raise WeightsError listing missing / unexpected keys and shape mismatches (against ``model``,
-    the meta model of ``config``, when the caller has built it already)."""
-    expected = {k: tuple(v.shape) for k, v in (model or meta_model(config)).state_dict().items()}
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    mismatched = [
-        f"{k}: file {tuple(state[k].shape)}, model {expected[k]}"
-        for k in sorted(set(expected) & set(state))
-        if tuple(state[k].shape) != expected[k]
-    ]
-    if not (missing or unexpected or mismatched):
-        return
-
-    def listing(title: str, items: list[str]) -> str:
-        shown = ", ".join(items[:8]) + (f", … ({len(items)} in all)" if len(items) > 8 else "")
-        return f"\n  {title}: {shown}"
-
-    msg = f"{what} does not match the architecture {config}:"
-    if missing:
-        msg += listing("missing keys", missing)
-    if unexpected:
-        msg += listing("unexpected keys", unexpected)
-    if mismatched:
-        msg += listing("shape mismatches", mismatched)
-    raise WeightsError(msg)
 
 
 def grid_side(num_tokens: int) -> int | None:
@@ -552,8 +395,9 @@ def read_weights(
     labels: str | os.PathLike | Sequence[str] | None = None,
     preprocess: PreprocessSpec | None = None,
 ) -> tuple[dict[str, torch.Tensor], Weights]:
-    """A checkpoint's tensors under tinyvit's names and its weights record, checked against each
-    other (missing / unexpected keys, shape mismatches, class-name count).
+    """A checkpoint's tensors under tinyvit's names and its weights record (the class names
+    checked against the head; the tensors are checked against the architecture where a model is
+    built, and by :func:`convert`).
 
     The architecture comes from ``arch`` (a :class:`ViTConfig`, or a zoo name whose head count and
     norm eps are taken, with the class count and image size of the tensors), else from the file's
@@ -566,7 +410,6 @@ def read_weights(
         layout = ckpt.record.source.layout if ckpt.record is not None else detect_layout(ckpt.tensors)
     state, npz_heads = to_timm(ckpt.tensors, layout if ckpt.record is None else "timm")
     config = infer_config(ckpt, state, layout, npz_heads=npz_heads, arch=arch)
-    check_state_dict(config, state, f"{what} ({layout} layout)")
     zoo = zoo_weights(config, layout)
     categories = parse_labels(labels) if labels is not None else _categories(ckpt, layout, config, zoo)
     if categories is not None and len(categories) != config.num_classes:
@@ -611,6 +454,7 @@ def convert(
     if dst.suffix != ".safetensors":
         raise WeightsError(f"{str(dst)!r}: the output is a safetensors file; name it *.safetensors")
     state, record = read_weights(src, layout=layout, arch=arch, labels=labels, preprocess=preprocess)
+    check_state_dict(record.config, state, f"{str(src)!r} ({record.source.layout} layout)")
     source = record.source
     if source.kind == "file" and source.sha256 is None:
         weights_file = _weights_file(Path(src))

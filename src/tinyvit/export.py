@@ -192,10 +192,8 @@ def _converted(model: VisionTransformer, dtype: torch.dtype) -> VisionTransforme
     state = model.state_dict()
     if all(t.dtype == dtype and t.device.type == "cpu" for t in state.values()):
         return model
-    with torch.device("meta"):
-        copy = VisionTransformer(model.config)
-    copy.load_state_dict({k: v.detach().to("cpu", dtype) for k, v in state.items()}, assign=True)
-    return copy.eval()
+    state = {k: v.detach() for k, v in state.items()}
+    return VisionTransformer.from_state_dict(model.config, state, device=torch.device("cpu"), dtype=dtype)
 
 
 def _export_dynamo(wrapper: nn.Module, example: torch.Tensor, output: str, dynamic_size: bool, opset: int | None):

@@ -1,13 +1,23 @@
-"""tinyvit weight files: safetensors in timm's layout whose header carries the weights record
-(``tinyvit.weights``: :meth:`Weights.to_json`). Reading and writing the format, nothing else."""
+"""Checkpoint files: reading every format a checkpoint comes in, and writing tinyvit's own.
+
+:func:`read_checkpoint` reads a safetensors / ``.pth`` / ``.bin`` / ``.npz`` file, or a folder
+holding one (an HF ``save_pretrained`` folder, a Hub snapshot, sharded safetensors), with what is
+published beside it (``config.json``, ``preprocessor_config.json``) and what the file says about
+itself (a tinyvit header's record, a training checkpoint's class names) — as read, under the
+file's own names: making sense of them is ``conversion.py``'s job. :func:`save` writes a tinyvit
+file: safetensors in timm's layout whose header carries the weights record (``tinyvit.weights``).
+"""
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import replace
+import pickle
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
 from tinyvit.config import ViTConfig
@@ -16,7 +26,7 @@ from tinyvit.fsutil import atomic_path
 from tinyvit.preprocessing import PreprocessSpec
 from tinyvit.record import NAMED_LABEL_SETS, Source, Weights
 
-__all__ = ["META_RECORD", "read_header", "read_record", "read_tensors", "save"]
+__all__ = ["META_RECORD", "Checkpoint", "read_checkpoint", "read_header", "read_record", "read_tensors", "save"]
 
 META_RECORD = "tinyvit.weights"
 # the header keys of files written by tinyvit 0.1, still read
@@ -80,6 +90,119 @@ def _legacy_record(header: dict[str, str]) -> Weights:
         categories=NAMED_LABEL_SETS[labels]().names if labels in NAMED_LABEL_SETS else None,
         source=Source(kind="file", layout=source.get("layout", "timm"), sha256=source.get("sha256")),
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints of every format
+
+
+@dataclass
+class Checkpoint:
+    """Tensors read from a source, plus what the source says about itself."""
+
+    tensors: dict[str, torch.Tensor]
+    path: Path
+    record: Weights | None = None  # a tinyvit file's header
+    hf_config: dict | None = None  # transformers' config.json
+    hf_preprocessor: dict | None = None  # transformers' preprocessor_config.json
+    timm_config: dict | None = None  # timm's Hub config.json (architecture, pretrained_cfg, label_names)
+    classes: tuple[str, ...] | None = None  # an mmpretrain checkpoint's meta.dataset_meta.classes
+
+
+def _torch_load(path: Path) -> tuple[dict, tuple[str, ...] | None]:
+    """A .pth / .bin state dict, unwrapped, and the class names its training meta records."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise WeightsError(
+            f"{str(path)!r}: refused to unpickle it with weights_only=True (it holds objects other "
+            f"than tensors and plain containers, which could run code): {e}"
+        ) from e
+    except (RuntimeError, OSError, EOFError, ValueError) as e:
+        raise WeightsError(f"{str(path)!r}: not a readable PyTorch checkpoint ({e})") from e
+    classes = _meta_classes(obj.get("meta") if isinstance(obj, dict) else None)
+    # Training checkpoints wrap the weights: mmpretrain {'meta', 'state_dict'}, others {'model'}.
+    for key in ("state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not obj:
+        raise WeightsError(f"{str(path)!r}: holds no state dict (got {type(obj).__name__})")
+    if all(str(k).startswith("module.") for k in obj):  # saved from a DistributedDataParallel wrapper
+        obj = {k.removeprefix("module."): v for k, v in obj.items()}
+    not_tensors = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+    if not_tensors:
+        raise WeightsError(f"{str(path)!r}: entries that are not tensors: {', '.join(map(str, not_tensors[:5]))}")
+    return obj, classes
+
+
+def _meta_classes(meta: Any) -> tuple[str, ...] | None:
+    """mmpretrain 1.x: meta['dataset_meta']['classes']; mmcls 0.x: meta['CLASSES']."""
+    if not isinstance(meta, dict):
+        return None
+    dataset_meta = meta.get("dataset_meta")
+    classes = dataset_meta.get("classes") if isinstance(dataset_meta, dict) else meta.get("CLASSES")
+    if isinstance(classes, (list, tuple)) and classes and all(isinstance(c, str) for c in classes):
+        return tuple(classes)
+    return None
+
+
+def _read_json(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise WeightsError(f"{str(path)!r}: unreadable JSON ({e})") from e
+    return data if isinstance(data, dict) else None
+
+
+def _read_configs(ckpt: Checkpoint, folder: Path) -> None:
+    """The configs published beside the weights (a Hub repository's or save_pretrained's files)."""
+    config = _read_json(folder / "config.json")
+    if config is not None and "model_type" in config:
+        ckpt.hf_config = config
+    elif config is not None and ("architecture" in config or "pretrained_cfg" in config):
+        ckpt.timm_config = config
+    ckpt.hf_preprocessor = _read_json(folder / "preprocessor_config.json")
+
+
+def read_checkpoint(src: str | os.PathLike) -> Checkpoint:
+    """Read a checkpoint: a safetensors / .pth / .bin / .npz file, or a folder holding one (an HF
+    ``save_pretrained`` folder, a timm Hub snapshot), with the configs published beside it."""
+    path = Path(src)
+    if not path.exists():
+        raise WeightsError(f"{str(path)!r}: no such file or folder")
+    if path.is_dir():
+        for name in ("model.safetensors", "pytorch_model.bin"):
+            if (path / name).is_file():
+                ckpt = read_checkpoint(path / name)
+                ckpt.path = path
+                return ckpt
+        if (path / "model.safetensors.index.json").is_file():
+            index = json.loads((path / "model.safetensors.index.json").read_text(encoding="utf-8"))
+            tensors: dict = {}
+            for shard in sorted(set(index["weight_map"].values())):
+                tensors.update(read_tensors(path / shard))
+            ckpt = Checkpoint(tensors, path)
+            _read_configs(ckpt, path)
+            return ckpt
+        raise WeightsError(f"{str(path)!r}: folder holds no model.safetensors or pytorch_model.bin")
+    if path.suffix == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                arrays = {k: torch.from_numpy(np.ascontiguousarray(npz[k])) for k in npz.files}
+        except (OSError, ValueError, EOFError) as e:
+            raise WeightsError(f"{str(path)!r}: not a readable .npz file ({e})") from e
+        return Checkpoint(arrays, path)
+    if path.suffix == ".safetensors":
+        ckpt = Checkpoint(read_tensors(path), path, record=read_record(path, read_header(path)))
+    else:
+        tensors, classes = _torch_load(path)
+        ckpt = Checkpoint(tensors, path, classes=classes)
+    if ckpt.record is None:
+        _read_configs(ckpt, path.parent)
+    return ckpt
 
 
 # ---------------------------------------------------------------------------------------------

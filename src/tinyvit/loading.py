@@ -14,7 +14,7 @@ from dataclasses import replace
 
 import torch
 
-from tinyvit.conversion import check_state_dict, meta_model, read_weights
+from tinyvit.conversion import read_weights
 from tinyvit.errors import OfflineError, TinyViTError, WeightsError
 from tinyvit.fetch import Fetched, cache_dir, fetch
 from tinyvit.files import read_tensors
@@ -50,7 +50,8 @@ def load_model(
         ) from e
     try:
         state, record = _read(fetched, labels, preprocess)
-        return build_model(record, state, what=repr(str(fetched.path)), device=device, dtype=dtype)
+        what = f"{str(fetched.path)!r} ({record.source.layout} layout)"
+        return build_model(record, state, what=what, device=device, dtype=dtype)
     except WeightsError as e:
         if not isinstance(spec, ZooSpec):
             raise
@@ -84,17 +85,11 @@ def build_model(
     """The model in eval mode with ``state`` as its parameters and ``record`` as ``model.weights``.
 
     Built on the meta device (no random initialisation), then the tensors are assigned, not
-    copied: safetensors tensors stay memory-mapped unless a device or dtype change needs a copy.
+    copied (:meth:`VisionTransformer.from_state_dict`).
     """
-    model = meta_model(record.config)
-    check_state_dict(record.config, state, what, model)
-    for name, t in state.items():
-        if not t.is_floating_point():
-            raise WeightsError(f"{what}: tensor {name} has non-float dtype {t.dtype}")
-    dtype = dtype or torch.float32
-    model.load_state_dict({k: v.to(device=device, dtype=dtype) for k, v in state.items()}, strict=True, assign=True)
+    model = VisionTransformer.from_state_dict(record.config, state, what=what, device=device, dtype=dtype)
     model.weights = record
-    return model.eval()
+    return model
 
 
 def bare_model(name: str) -> VisionTransformer:

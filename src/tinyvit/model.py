@@ -25,11 +25,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from tinyvit.config import ViTConfig
+from tinyvit.errors import WeightsError
 
 if TYPE_CHECKING:
     from tinyvit.record import Weights
 
-__all__ = ["Intermediates", "ViTConfig", "VisionTransformer", "count_macs", "resample_pos_embed"]
+__all__ = ["Intermediates", "ViTConfig", "VisionTransformer", "check_state_dict", "count_macs", "resample_pos_embed"]
 
 
 def resample_pos_embed(
@@ -142,6 +143,27 @@ class VisionTransformer(nn.Module):
         self.norm = nn.LayerNorm(D, eps=config.layer_norm_eps)
         self.head = nn.Linear(D, config.num_classes) if config.num_classes else nn.Identity()
 
+    @classmethod
+    def from_state_dict(
+        cls,
+        config: ViTConfig,
+        state: dict[str, torch.Tensor],
+        *,
+        what: str = "the state dict",
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> VisionTransformer:
+        """The model in eval mode with ``state`` (timm's names) as its parameters, built on the meta
+        device (no random initialisation) and the tensors assigned, not copied: memory-mapped
+        tensors stay so unless a device or dtype change needs a copy. A state dict that does not fit
+        ``config`` raises :class:`WeightsError` naming ``what`` and every mismatch."""
+        with torch.device("meta"):
+            model = cls(config)
+        check_state_dict(config, state, what, model)
+        dtype = dtype or torch.float32
+        model.load_state_dict({k: v.to(device=device, dtype=dtype) for k, v in state.items()}, strict=True, assign=True)
+        return model.eval()
+
     @torch.no_grad()
     def init_weights(self) -> VisionTransformer:
         """Random initialisation (timm's scheme); not needed when weights are loaded."""
@@ -196,6 +218,42 @@ class VisionTransformer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+
+def check_state_dict(
+    config: ViTConfig, state: dict[str, torch.Tensor], what: str, model: VisionTransformer | None = None
+) -> None:
+    """Raise WeightsError listing missing / unexpected keys, shape mismatches and non-float tensors
+    (against ``model``, the meta model of ``config``, when the caller has built it already)."""
+    if model is None:
+        with torch.device("meta"):
+            model = VisionTransformer(config)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = [
+        f"{k}: file {tuple(state[k].shape)}, model {expected[k]}"
+        for k in sorted(set(expected) & set(state))
+        if tuple(state[k].shape) != expected[k]
+    ]
+    if not (missing or unexpected or mismatched):
+        for name, t in state.items():
+            if not t.is_floating_point():
+                raise WeightsError(f"{what}: tensor {name} has non-float dtype {t.dtype}")
+        return
+
+    def listing(title: str, items: list[str]) -> str:
+        shown = ", ".join(items[:8]) + (f", … ({len(items)} in all)" if len(items) > 8 else "")
+        return f"\n  {title}: {shown}"
+
+    msg = f"{what} does not match the architecture {config}:"
+    if missing:
+        msg += listing("missing keys", missing)
+    if unexpected:
+        msg += listing("unexpected keys", unexpected)
+    if mismatched:
+        msg += listing("shape mismatches", mismatched)
+    raise WeightsError(msg)
 
 
 def count_macs(config: ViTConfig, image_size: int | None = None) -> int:
