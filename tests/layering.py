@@ -14,7 +14,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("what things are (no torch, no Pillow)", ("errors", "fsutil", "config", "preprocessing", "options", "record",
                                                "manifest", "specs")),  # fmt: skip
     ("tensors, pixels and files", ("model", "images", "files")),
-    ("conversion", ("conversion",)),
+    ("conversion", ("layouts", "architecture", "conversion")),
     ("fetch and cache", ("fetch",)),
     ("loading", ("loading",)),
     ("runtime choices", ("runtime",)),

@@ -16,8 +16,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 import tinyvit
-from tinyvit.conversion import detect_layout
-from tinyvit.manifest import entries
+from tinyvit.layouts import detect_layout
+from tinyvit.manifest import resolve
 from tinyvit.record import imagenet_classes
 
 META, EXPECTED = load_parity()
@@ -50,7 +50,7 @@ def test_header_carries_the_weights_record(tmp_path):
     with safe_open(dst, "pt") as f:
         meta = f.metadata()
     record = tinyvit.Weights.from_json(meta["tinyvit.weights"])
-    assert record.config == entries()["vit-base-p32-384"].arch
+    assert record.config == resolve("vit-base-p32-384").config  # the zoo's timm-layout weights
     assert record.preprocess.interpolation == "bicubic"  # timm layout: timm's pipeline
     assert record.categories == imagenet_classes().names  # the zoo architecture's head
     assert record.source.layout == "timm" and record.source.kind == "file"

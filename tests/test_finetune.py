@@ -10,6 +10,7 @@ here with refdata.fill) and the same committed photographs.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -165,14 +166,16 @@ def test_hf_finetune_record_comes_from_its_configs(hf_repo):
 
 @pytest.mark.parametrize("photo", sorted(PHOTOS))
 def test_squash_preprocessing_is_pixel_exact_with_the_pil_vit_image_processor(hf_repo, photo, tmp_path):
-    x = tinyvit.preprocess(PHOTOS[photo], tinyvit.load(hf_repo))  # 64 px, bicubic
+    own = tinyvit.load(hf_repo).weights.preprocess
+    assert own.backend == "torch"  # transformers >= 5.25's default (tests/test_families.py checks its pixels)
+    x = tinyvit.preprocess(PHOTOS[photo], dataclasses.replace(own, backend="pil"))  # 64 px, bicubic, PIL backend
     ref = torch.from_numpy(PIXELS[f"hf64/{photo}/pixel_values"])
     assert x.shape == ref.shape and (x - ref).abs().max().item() <= 1e-6
     # the second processor config: 224 px, bilinear
     (tmp_path / "preprocessor_config.json").write_text(FT["hf"]["processor_224"]["files"]["preprocessor_config.json"])
     from tinyvit.conversion import preprocess_from_hf
 
-    spec = preprocess_from_hf(json.loads((tmp_path / "preprocessor_config.json").read_text()), "test")
+    spec = preprocess_from_hf(json.loads((tmp_path / "preprocessor_config.json").read_text()), "test", backend="pil")
     x224 = spec(PHOTOS[photo])
     u8 = torch.from_numpy(PIXELS[f"hf224/{photo}/resized_uint8"])
     mean, std = torch.tensor(spec.mean).view(3, 1, 1), torch.tensor(spec.std).view(3, 1, 1)

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ import torch
 
 import tinyvit
 from tinyvit.manifest import entries, manifest_path, parse_manifest, resolve
-from tinyvit.record import imagenet_classes
+from tinyvit.record import SIZE_RULES, imagenet_classes
 
 ROOT = Path(__file__).resolve().parents[1]
 RAW = json.loads((ROOT / "weights_manifest.json").read_text())
@@ -47,7 +48,9 @@ def test_every_record_is_complete_and_honest():
         assert default.kind == "hub" and default.layout == "timm"  # default: timm's safetensors
         for w in e.weights:
             s = w.source
-            assert w.config == e.arch and w.name == e.name
+            rules = (w.config.dynamic_img_pad, w.config.pos_embed_resize)
+            assert replace(w.config, dynamic_img_pad=True, pos_embed_resize="bicubic") == e.arch
+            assert rules == SIZE_RULES[s.layout] and w.name == e.name  # other sizes: as their library does
             assert w.preprocess.crop == e.arch.image_size
             assert w.metrics.source and w.license
             assert w.categories == imagenet_classes().names

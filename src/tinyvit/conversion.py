@@ -24,290 +24,42 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 
+from tinyvit.architecture import infer_config, refuse_unsupported
 from tinyvit.config import ViTConfig
 from tinyvit.errors import WeightsError
-from tinyvit.files import Checkpoint, read_checkpoint, save
+from tinyvit.files import WEIGHTS_FILES, Checkpoint, read_checkpoint, save
 from tinyvit.fsutil import sha256_file
-from tinyvit.manifest import entries, entry
+from tinyvit.layouts import detect_layout, to_timm
+from tinyvit.manifest import entries
 from tinyvit.model import check_state_dict
 from tinyvit.preprocessing import PreprocessSpec
-from tinyvit.record import LAYOUTS, Source, Weights, labels_from_mapping, parse_labels
+from tinyvit.record import Source, Weights, labels_from_mapping, parse_labels
 
 __all__ = ["convert", "detect_layout", "read_weights", "to_timm"]
 
-_BLOCK = r"(?:encoder\.layer|layers)\.(\d+)\."
-# (pattern, timm name); "{qkv}" targets are fused from their q, k, v parts afterwards.
-_RENAMES: dict[str, list[tuple[str, str]]] = {
-    "hf": [
-        (r"(?:vit\.)?embeddings\.cls_token", "cls_token"),
-        (r"(?:vit\.)?embeddings\.position_embeddings", "pos_embed"),
-        (r"(?:vit\.)?embeddings\.patch_embeddings\.projection\.(weight|bias)", r"patch_embed.proj.\1"),
-        (rf"(?:vit\.)?{_BLOCK}layernorm_before\.(weight|bias)", r"blocks.\1.norm1.\2"),
-        (rf"(?:vit\.)?{_BLOCK}layernorm_after\.(weight|bias)", r"blocks.\1.norm2.\2"),
-        (rf"(?:vit\.)?{_BLOCK}attention\.attention\.(query|key|value)\.(weight|bias)", r"blocks.\1.attn.qkv.\3{\2}"),
-        (rf"(?:vit\.)?{_BLOCK}attention\.(q|k|v)_proj\.(weight|bias)", r"blocks.\1.attn.qkv.\3{\2}"),
-        (rf"(?:vit\.)?{_BLOCK}attention\.(?:output\.dense|o_proj)\.(weight|bias)", r"blocks.\1.attn.proj.\2"),
-        (rf"(?:vit\.)?{_BLOCK}(?:intermediate\.dense|mlp\.fc1)\.(weight|bias)", r"blocks.\1.mlp.fc1.\2"),
-        (rf"(?:vit\.)?{_BLOCK}(?:output\.dense|mlp\.fc2)\.(weight|bias)", r"blocks.\1.mlp.fc2.\2"),
-        (r"(?:vit\.)?layernorm\.(weight|bias)", r"norm.\1"),
-        (r"classifier\.(weight|bias)", r"head.\1"),
-    ],
-    "mmpretrain": [
-        (r"backbone\.cls_token", "cls_token"),
-        (r"backbone\.pos_embed", "pos_embed"),
-        (r"backbone\.patch_embed\.projection\.(weight|bias)", r"patch_embed.proj.\1"),
-        (r"backbone\.layers\.(\d+)\.ln1\.(weight|bias)", r"blocks.\1.norm1.\2"),
-        (r"backbone\.layers\.(\d+)\.attn\.(qkv|proj)\.(weight|bias)", r"blocks.\1.attn.\2.\3"),
-        (r"backbone\.layers\.(\d+)\.ln2\.(weight|bias)", r"blocks.\1.norm2.\2"),
-        (r"backbone\.layers\.(\d+)\.ffn\.layers\.0\.0\.(weight|bias)", r"blocks.\1.mlp.fc1.\2"),
-        (r"backbone\.layers\.(\d+)\.ffn\.layers\.1\.(weight|bias)", r"blocks.\1.mlp.fc2.\2"),
-        (r"backbone\.ln1\.(weight|bias)", r"norm.\1"),
-        (r"head\.layers\.head\.(weight|bias)", r"head.\1"),
-    ],
-}
-_QKV_PART = {"query": "q", "key": "k", "value": "v", "q": "q", "k": "k", "v": "v"}
-
-
 # ---------------------------------------------------------------------------------------------
-# Reading
-
-
-# ---------------------------------------------------------------------------------------------
-# Layouts
-
-
-def detect_layout(keys) -> str:
-    keys = set(keys)
-    if any(k.endswith("embedding/kernel") for k in keys):
-        return "npz"
-    if "backbone.cls_token" in keys or any(k.startswith("backbone.layers.") for k in keys):
-        return "mmpretrain"
-    if {"embeddings.cls_token", "vit.embeddings.cls_token"} & keys:
-        return "hf"
-    if "cls_token" in keys and "pos_embed" in keys:
-        return "timm"
-    shown = ", ".join(sorted(keys)[:6])
-    raise WeightsError(
-        f"cannot tell the checkpoint layout from its keys ({shown}, …); pass layout= one of {', '.join(LAYOUTS)}"
-    )
-
-
-def _rename(tensors: dict[str, torch.Tensor], rules: list[tuple[str, str]]) -> dict[str, torch.Tensor]:
-    """Rename by the first matching rule; unmatched keys are kept (and reported as unexpected)."""
-    out: dict[str, torch.Tensor] = {}
-    parts: dict[str, dict[str, torch.Tensor]] = {}
-    compiled = [(re.compile(p), r) for p, r in rules]
-    for key, t in tensors.items():
-        for pattern, repl in compiled:
-            if m := pattern.fullmatch(key):
-                new = m.expand(repl)
-                if new.endswith("}"):  # a q/k/v part: fused below
-                    target, part = new[:-1].split("{")
-                    parts.setdefault(target, {})[_QKV_PART[part]] = t
-                else:
-                    out[new] = t
-                break
-        else:
-            out[key] = t
-    for target, qkv in parts.items():
-        if set(qkv) != {"q", "k", "v"}:
-            raise WeightsError(f"incomplete query/key/value tensors for {target}: found only {sorted(qkv)}")
-        out[target] = torch.cat([qkv["q"], qkv["k"], qkv["v"]], dim=0)
-    return out
-
-
-def _from_npz(w: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], int]:
-    """Google's JAX layout → timm names; also returns the number of heads its kernels reveal."""
-    if "pre_logits/kernel" in w:
-        raise WeightsError("this .npz has a pre-logits (representation) layer, which tinyvit's ViT does not have")
-    used: set[str] = set()
-
-    def get(name: str) -> torch.Tensor:
-        if name not in w:
-            raise WeightsError(f".npz is missing {name!r}")
-        used.add(name)
-        return w[name]
-
-    def dense(name: str) -> torch.Tensor:  # (in, out) kernel → (out, in) weight
-        return get(name).T.contiguous()
-
-    out = {
-        "patch_embed.proj.weight": get("embedding/kernel").permute(3, 2, 0, 1).contiguous(),  # HWIO → OIHW
-        "patch_embed.proj.bias": get("embedding/bias"),
-        "cls_token": get("cls"),
-        "pos_embed": get("Transformer/posembed_input/pos_embedding"),
-        "norm.weight": get("Transformer/encoder_norm/scale"),
-        "norm.bias": get("Transformer/encoder_norm/bias"),
-    }
-    if "head/kernel" in w:
-        out["head.weight"], out["head.bias"] = dense("head/kernel"), get("head/bias")
-    num_heads = 0
-    i = 0
-    while f"Transformer/encoderblock_{i}/LayerNorm_0/scale" in w:
-        b, a = f"Transformer/encoderblock_{i}/", f"Transformer/encoderblock_{i}/MultiHeadDotProductAttention_1/"
-        q = get(a + "query/kernel")  # (D, heads, Dh)
-        num_heads = q.shape[1]
-        out[f"blocks.{i}.norm1.weight"] = get(b + "LayerNorm_0/scale")
-        out[f"blocks.{i}.norm1.bias"] = get(b + "LayerNorm_0/bias")
-        out[f"blocks.{i}.attn.qkv.weight"] = torch.cat(
-            [get(a + f"{n}/kernel").flatten(1).T for n in ("query", "key", "value")]
-        ).contiguous()
-        out[f"blocks.{i}.attn.qkv.bias"] = torch.cat(
-            [get(a + f"{n}/bias").flatten() for n in ("query", "key", "value")]
-        )
-        out[f"blocks.{i}.attn.proj.weight"] = get(a + "out/kernel").flatten(0, 1).T.contiguous()  # (H, Dh, D)
-        out[f"blocks.{i}.attn.proj.bias"] = get(a + "out/bias")
-        out[f"blocks.{i}.norm2.weight"] = get(b + "LayerNorm_2/scale")
-        out[f"blocks.{i}.norm2.bias"] = get(b + "LayerNorm_2/bias")
-        out[f"blocks.{i}.mlp.fc1.weight"] = dense(b + "MlpBlock_3/Dense_0/kernel")
-        out[f"blocks.{i}.mlp.fc1.bias"] = get(b + "MlpBlock_3/Dense_0/bias")
-        out[f"blocks.{i}.mlp.fc2.weight"] = dense(b + "MlpBlock_3/Dense_1/kernel")
-        out[f"blocks.{i}.mlp.fc2.bias"] = get(b + "MlpBlock_3/Dense_1/bias")
-        i += 1
-    out.update({k: v for k, v in w.items() if k not in used})  # leftovers: reported as unexpected
-    return out, num_heads
-
-
-def to_timm(tensors: dict[str, torch.Tensor], layout: str) -> tuple[dict[str, torch.Tensor], int | None]:
-    """Rename a state dict of ``layout`` to timm's names; also the head count where it shows."""
-    if layout == "timm":
-        return dict(tensors), None
-    if layout == "npz":
-        return _from_npz(tensors)
-    if layout in _RENAMES:
-        return _rename(tensors, _RENAMES[layout]), None
-    raise WeightsError(f"unknown layout {layout!r}; choose one of auto, {', '.join(LAYOUTS)}")
-
-
-# ---------------------------------------------------------------------------------------------
-# Architecture
-
-
-def grid_side(num_tokens: int) -> int | None:
-    """Side of the square patch grid of a position embedding with a class slot, or None."""
-    side = math.isqrt(max(num_tokens - 1, 0))
-    return side if side * side == num_tokens - 1 and side > 0 else None
-
-
-# Heads of the standard ViT widths (ViT/DeiT Ti, S, B, L, H, g, G); the tensors do not show them.
-HEADS_BY_WIDTH = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16, 1408: 16, 1664: 16}
-
-
-def shape_summary(state: dict[str, torch.Tensor], what: str) -> dict:
-    """Architecture fields that the tensor shapes determine (all but the number of heads)."""
-    try:
-        d, c, p, _ = state["patch_embed.proj.weight"].shape
-        side = grid_side(state["pos_embed"].shape[1])
-        depth = 0
-        while f"blocks.{depth}.norm1.weight" in state:
-            depth += 1
-        mlp = state["blocks.0.mlp.fc1.weight"].shape[0]
-    except (KeyError, ValueError) as e:
-        raise WeightsError(f"{what}: cannot read the architecture from the tensors (missing {e})") from e
-    if side is None:
-        raise WeightsError(
-            f"{what}: a position embedding of {state['pos_embed'].shape[1]} tokens is not a class slot plus a "
-            "square grid (models without a class token are not supported)"
-        )
-    head = state.get("head.weight")
-    return {
-        "image_size": side * p,
-        "patch_size": p,
-        "embed_dim": d,
-        "depth": depth,
-        "mlp_dim": mlp,
-        "num_classes": 0 if head is None else head.shape[0],
-        "in_chans": c,
-    }
-
-
-def _config_from_shapes(state: dict[str, torch.Tensor], what: str, num_heads: int | None, eps: float) -> ViTConfig:
-    s = shape_summary(state, what)
-    heads = num_heads or HEADS_BY_WIDTH.get(s["embed_dim"])
-    if heads is None:
-        raise WeightsError(
-            f"{what}: the number of attention heads of a {s['embed_dim']}-wide ViT is not standard and the "
-            "checkpoint does not say it; pass arch= a ViTConfig (or --arch NAME for a zoo architecture)"
-        )
-    return ViTConfig(
-        image_size=s["image_size"], patch_size=s["patch_size"], embed_dim=s["embed_dim"], depth=s["depth"],
-        num_heads=heads, mlp_ratio=s["mlp_dim"] / s["embed_dim"], num_classes=s["num_classes"],
-        in_chans=s["in_chans"], layer_norm_eps=eps,
-    )  # fmt: skip
-
-
-def _config_from_hf(cfg: dict, what: str) -> ViTConfig:
-    if cfg.get("model_type") != "vit":
-        raise WeightsError(f"{what}: config.json has model_type {cfg.get('model_type')!r}, not 'vit'")
-    if cfg.get("hidden_act", "gelu") != "gelu" or not cfg.get("qkv_bias", True):
-        raise WeightsError(f"{what}: only exact-GELU ViTs with a qkv bias are supported")
-    classifier = "ViTForImageClassification" in cfg.get("architectures", ["ViTForImageClassification"])
-    hidden = cfg.get("hidden_size", 768)
-    size, patch = cfg.get("image_size", 224), cfg.get("patch_size", 16)
-    return ViTConfig(
-        image_size=size if isinstance(size, int) else size[0],
-        patch_size=patch if isinstance(patch, int) else patch[0],
-        embed_dim=hidden,
-        depth=cfg.get("num_hidden_layers", 12),
-        num_heads=cfg.get("num_attention_heads", 12),
-        mlp_ratio=cfg.get("intermediate_size", 3072) / hidden,
-        num_classes=len(cfg.get("id2label", {i: i for i in range(2)})) if classifier else 0,
-        in_chans=cfg.get("num_channels", 3),
-        layer_norm_eps=cfg.get("layer_norm_eps", 1e-12),  # HF's default, as HF computes it
-    )
-
-
-def _check_timm_config(cfg: dict, what: str) -> int | None:
-    """Refuse timm variants this ViT does not implement; the head count where the config gives it."""
-    args = cfg.get("model_args") or {}
-    pool = args.get("global_pool", cfg.get("global_pool", "token"))
-    if pool not in ("token", None, ""):
-        raise WeightsError(f"{what}: timm global_pool={pool!r}; only class-token ViTs are supported")
-    for flag in ("class_token", "no_embed_class", "qk_norm", "reg_tokens", "init_values", "fc_norm"):
-        value = args.get(flag)
-        if value not in (None, False, 0) and not (flag == "class_token" and value is True):
-            raise WeightsError(f"{what}: timm model_args {flag}={value!r} is not supported by tinyvit's ViT")
-    return args.get("num_heads")
-
-
-def _zoo_arch(arch: str, shapes: dict) -> ViTConfig:
-    """A zoo architecture, with the class count and image size the tensors show (a fine-tune)."""
-    base = entry(arch).arch
-    return replace(base, num_classes=shapes["num_classes"], image_size=shapes["image_size"])
-
-
-def infer_config(ckpt: Checkpoint, state: dict[str, torch.Tensor], layout: str, *, npz_heads: int | None,
-                 arch: str | ViTConfig | None) -> ViTConfig:  # fmt: skip
-    what = repr(str(ckpt.path))
-    if isinstance(arch, ViTConfig):
-        return arch
-    if arch is not None:
-        return _zoo_arch(arch, shape_summary(state, what))
-    if ckpt.record is not None:
-        return ckpt.record.config
-    if layout == "hf" and ckpt.hf_config is not None:
-        return _config_from_hf(ckpt.hf_config, what)
-    if layout == "npz":
-        return _config_from_shapes(state, what, npz_heads, eps=1e-6)
-    heads = _check_timm_config(ckpt.timm_config, what) if layout == "timm" and ckpt.timm_config else None
-    eps = 1e-12 if layout == "hf" else 1e-6  # HF's default; timm's and mmpretrain's
-    return _config_from_shapes(state, what, heads, eps)
+# The zoo's weights of an architecture
 
 
 def zoo_weights(config: ViTConfig, layout: str) -> Weights | None:
     """The zoo weights with exactly this architecture published in this layout (a checkpoint in a
     library's layout was evaluated with that library's pipeline), if any."""
+    plain = _without_size_rules(config)
     for e in entries().values():
-        if e.arch == config:
+        if _without_size_rules(e.arch) == plain:
             return next((w for w in e.weights if w.source.layout == layout), e.weights[0])
     return None
+
+
+def _without_size_rules(config: ViTConfig) -> ViTConfig:
+    """The architecture alone: how other input sizes are handled follows the weights' library."""
+    return replace(config, dynamic_img_pad=True, pos_embed_resize="bicubic")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -317,29 +69,68 @@ def zoo_weights(config: ViTConfig, layout: str) -> Weights | None:
 _HF_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
 
 
-def preprocess_from_hf(cfg: dict, what: str) -> PreprocessSpec:
-    """transformers' ViTImageProcessor config: squash to size × size, rescale, normalize."""
-    kind = str(cfg.get("image_processor_type", "ViTImageProcessor"))
-    if not kind.startswith("ViTImageProcessor"):
-        raise WeightsError(f"{what}: preprocessor_config.json is a {kind}; only ViTImageProcessor is supported")
+# transformers' processors for ViTs: what they do, in PreprocessSpec's terms
+_HF_PROCESSORS = ("ViTImageProcessor", "CLIPImageProcessor", "BitImageProcessor", "SiglipImageProcessor")
+
+
+def preprocess_from_hf(cfg: dict, what: str, backend: str = "torch") -> PreprocessSpec:
+    """transformers' image processor config (ViT, CLIP, Bit — DINOv2's —, SigLIP): resize to a
+    square or the shortest edge, center crop (offset rounded down), rescale, normalize. ``backend``:
+    ``"torch"`` for transformers' default since 5.25 (torchvision installed), ``"pil"`` for its PIL
+    backend (earlier versions, or ``…ImageProcessorPil``)."""
+    kind = str(cfg.get("image_processor_type", "ViTImageProcessor")).removesuffix("Pil").removesuffix("Fast")
+    if kind not in _HF_PROCESSORS:
+        raise WeightsError(f"{what}: preprocessor_config.json is a {kind}; tinyvit reads {', '.join(_HF_PROCESSORS)}")
     size = cfg.get("size", {"height": 224, "width": 224})
     if isinstance(size, int):
-        size = {"height": size, "width": size}
-    if not cfg.get("do_resize", True) or size.get("height") != size.get("width") or not size.get("height"):
-        raise WeightsError(f"{what}: preprocessor_config.json must resize to a square (got size={size})")
-    resample = cfg.get("resample", 2)
+        size = {"height": size, "width": size} if kind in ("ViTImageProcessor", "SiglipImageProcessor") else {
+            "shortest_edge": size}  # fmt: skip
+    crops = cfg.get("do_center_crop", kind in ("CLIPImageProcessor", "BitImageProcessor"))
+    crop = cfg.get("crop_size") if crops else None
+    if isinstance(crop, int):
+        crop = {"height": crop, "width": crop}
+    short = size.get("shortest_edge")
+    square = size.get("height") if size.get("height") == size.get("width") else None
+    if not cfg.get("do_resize", True) or not (short or square) or (crop and crop.get("height") != crop.get("width")):
+        raise WeightsError(f"{what}: preprocessor_config.json must resize to a square or a short edge (size={size})")
+    resample = cfg.get("resample", 2 if kind == "ViTImageProcessor" else 3)
     interpolation = _HF_RESAMPLE.get(resample) if isinstance(resample, int) else str(resample).lower()
     factor = cfg.get("rescale_factor", 1 / 255) if cfg.get("do_rescale", True) else 1.0
     mean = cfg.get("image_mean", [0.5] * 3) if cfg.get("do_normalize", True) else [0.0] * 3
     std = cfg.get("image_std", [0.5] * 3) if cfg.get("do_normalize", True) else [1.0] * 3
+    resize = short or square
     # (x * factor - m) / s == (x - m / factor) / (s / factor): mean and std in pixel values
     try:
         return PreprocessSpec(
-            resize=size["height"], crop=size["height"], interpolation=str(interpolation),
-            mean=tuple(m / factor for m in mean), std=tuple(s / factor for s in std), resize_mode="squash",
+            resize=resize, crop=crop["height"] if crop else resize, interpolation=str(interpolation),
+            mean=tuple(m / factor for m in mean), std=tuple(s / factor for s in std),
+            resize_mode="short-edge" if short else "squash", crop_offset="floor", backend=backend,
         )  # fmt: skip
     except ValueError as e:
         raise WeightsError(f"{what}: unsupported preprocessor_config.json ({e})") from e
+
+
+_OPEN_CLIP_MODES = {"shortest": "short-edge", "squash": "squash", "longest": "longest"}
+
+
+def preprocess_from_open_clip(cfg: dict, what: str) -> PreprocessSpec:
+    """open_clip's ``preprocess_cfg`` (and ``vision_cfg.image_size``) → its ``image_transform``
+    for evaluation: resize (``resize_mode``), center crop or pad, normalize."""
+    pre = cfg.get("preprocess_cfg") or {}
+    size = ((cfg.get("model_cfg") or {}).get("vision_cfg") or {}).get("image_size", 224)
+    size = size[0] if isinstance(size, (list, tuple)) else size
+    mode = pre.get("resize_mode", "shortest")
+    if mode not in _OPEN_CLIP_MODES:
+        raise WeightsError(f"{what}: open_clip resize_mode {mode!r} is not supported ({', '.join(_OPEN_CLIP_MODES)})")
+    mean = pre.get("mean", (0.48145466, 0.4578275, 0.40821073))
+    std = pre.get("std", (0.26862954, 0.26130258, 0.27577711))
+    try:
+        return PreprocessSpec(
+            resize=size, crop=size, interpolation=pre.get("interpolation", "bicubic"),
+            mean=tuple(255 * m for m in mean), std=tuple(255 * s for s in std), resize_mode=_OPEN_CLIP_MODES[mode],
+        )  # fmt: skip
+    except ValueError as e:
+        raise WeightsError(f"{what}: unsupported open_clip preprocess_cfg ({e})") from e
 
 
 def preprocess_from_timm(cfg: dict, what: str) -> PreprocessSpec:
@@ -384,6 +175,8 @@ def _preprocess(ckpt: Checkpoint, layout: str, zoo: Weights | None) -> Preproces
         return preprocess_from_hf(ckpt.hf_preprocessor, what)
     if layout == "timm" and ckpt.timm_config is not None and ckpt.timm_config.get("pretrained_cfg"):
         return preprocess_from_timm(ckpt.timm_config, what)
+    if layout == "open_clip" and ckpt.open_clip_config is not None:
+        return preprocess_from_open_clip(ckpt.open_clip_config, what)
     return zoo.preprocess if zoo is not None and zoo.source.layout == layout else None
 
 
@@ -391,7 +184,7 @@ def read_weights(
     src: str | os.PathLike,
     *,
     layout: str = "auto",
-    arch: str | ViTConfig | None = None,
+    arch: str | ViTConfig | dict | None = None,
     labels: str | os.PathLike | Sequence[str] | None = None,
     preprocess: PreprocessSpec | None = None,
 ) -> tuple[dict[str, torch.Tensor], Weights]:
@@ -406,6 +199,8 @@ def read_weights(
     """
     ckpt = read_checkpoint(src)
     what = repr(str(ckpt.path))
+    if ckpt.record is None:
+        refuse_unsupported(ckpt.tensors, what, (ckpt.timm_config or {}).get("architecture"))
     if layout == "auto":
         layout = ckpt.record.source.layout if ckpt.record is not None else detect_layout(ckpt.tensors)
     state, npz_heads = to_timm(ckpt.tensors, layout if ckpt.record is None else "timm")
@@ -425,8 +220,21 @@ def read_weights(
         categories=categories if config.num_classes else None,
         preprocess=preprocess or _preprocess(ckpt, layout, zoo),
         source=source,
+        output=_output(ckpt, layout, config, categories, labels is not None),
     )
     return state, record
+
+
+def _output(ckpt: Checkpoint, layout: str, config: ViTConfig, categories, labelled: bool) -> str:
+    """What the model gives: class logits, or an image embedding (no head; a bias-free projection
+    head as CLIP's; a timm CLIP image tower, whose head projects and names no classes)."""
+    if ckpt.record is not None and not labelled:
+        return ckpt.record.output
+    if labelled or (categories is not None and config.num_classes):
+        return "classes"
+    if not config.num_classes or not config.head_bias or (layout == "timm" and config.pre_norm):
+        return "embedding"
+    return "classes"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -438,7 +246,7 @@ def convert(
     dst: str | os.PathLike,
     *,
     layout: str = "auto",
-    arch: str | ViTConfig | None = None,
+    arch: str | ViTConfig | dict | None = None,
     labels: str | os.PathLike | Sequence[str] | None = None,
     preprocess: PreprocessSpec | None = None,
 ) -> Path:
@@ -466,4 +274,4 @@ def convert(
 def _weights_file(src: Path) -> Path | None:
     if src.is_file():
         return src
-    return next((src / n for n in ("model.safetensors", "pytorch_model.bin") if (src / n).is_file()), None)
+    return next((src / n for n in WEIGHTS_FILES if (src / n).is_file()), None)

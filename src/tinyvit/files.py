@@ -106,6 +106,7 @@ class Checkpoint:
     hf_config: dict | None = None  # transformers' config.json
     hf_preprocessor: dict | None = None  # transformers' preprocessor_config.json
     timm_config: dict | None = None  # timm's Hub config.json (architecture, pretrained_cfg, label_names)
+    open_clip_config: dict | None = None  # open_clip's open_clip_config.json (model_cfg, preprocess_cfg)
     classes: tuple[str, ...] | None = None  # an mmpretrain checkpoint's meta.dataset_meta.classes
 
 
@@ -165,6 +166,11 @@ def _read_configs(ckpt: Checkpoint, folder: Path) -> None:
     elif config is not None and ("architecture" in config or "pretrained_cfg" in config):
         ckpt.timm_config = config
     ckpt.hf_preprocessor = _read_json(folder / "preprocessor_config.json")
+    ckpt.open_clip_config = _read_json(folder / "open_clip_config.json")
+
+
+# the weights file of a folder, in order of preference: safetensors, then the pickled ones
+WEIGHTS_FILES = ("model.safetensors", "open_clip_model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
 
 
 def read_checkpoint(src: str | os.PathLike) -> Checkpoint:
@@ -174,7 +180,7 @@ def read_checkpoint(src: str | os.PathLike) -> Checkpoint:
     if not path.exists():
         raise WeightsError(f"{str(path)!r}: no such file or folder")
     if path.is_dir():
-        for name in ("model.safetensors", "pytorch_model.bin"):
+        for name in WEIGHTS_FILES:
             if (path / name).is_file():
                 ckpt = read_checkpoint(path / name)
                 ckpt.path = path
@@ -187,7 +193,7 @@ def read_checkpoint(src: str | os.PathLike) -> Checkpoint:
             ckpt = Checkpoint(tensors, path)
             _read_configs(ckpt, path)
             return ckpt
-        raise WeightsError(f"{str(path)!r}: folder holds no model.safetensors or pytorch_model.bin")
+        raise WeightsError(f"{str(path)!r}: folder holds no weights file ({', '.join(WEIGHTS_FILES)})")
     if path.suffix == ".npz":
         try:
             with np.load(path, allow_pickle=False) as npz:

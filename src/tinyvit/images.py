@@ -21,6 +21,7 @@ from __future__ import annotations
 import glob
 import io
 import os
+import platform
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -311,12 +312,39 @@ def _exif_orientation(img: Image.Image) -> int:
 
 
 def resize_and_crop(img: Image.Image, spec: PreprocessSpec, *, size: tuple[int, int] | None = None) -> Image.Image:
-    """The spec's resize then center crop, on the uint8 image. ``size`` is the displayed size the
-    resize target is computed from (the original size when the image was draft-decoded)."""
+    """The spec's resize then center crop (or, ``"longest"``, pad), on the uint8 image. ``size`` is
+    the displayed size the resize target is computed from (the original size when the image was
+    draft-decoded)."""
     target = spec.resized_size(*(size or img.size))
     if img.size != target:
-        img = img.resize(target, _RESAMPLE[spec.interpolation])
+        img = _torch_resize(img, target, spec.interpolation) if spec.backend == "torch" else img.resize(
+            target, _RESAMPLE[spec.interpolation]
+        )
+    if spec.resize_mode == "longest":  # open_clip: centred on black, the odd pixel right / below
+        canvas = Image.new("RGB", (spec.crop, spec.crop))
+        canvas.paste(img, ((spec.crop - target[0]) // 2, (spec.crop - target[1]) // 2))
+        return canvas
     return img.crop(spec.crop_box(*target))
+
+
+def _torch_resize(img: Image.Image, target: tuple[int, int], interpolation: str) -> Image.Image:
+    """Resize as transformers' torchvision backend does (torchvision's ``resize`` of a uint8 CHW
+    tensor): torch's antialiased interpolation, on the uint8 tensor itself where torch's CPU kernel
+    takes it (bicubic; bilinear on AVX2 / AVX-512 / ARM), else in float32, rounded back to uint8."""
+    torch = _torch()
+    x = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).contiguous()[None]  # a copy: writable
+    w, h = target
+    antialias = interpolation != "nearest"
+    native = interpolation in ("nearest", "bicubic") or (
+        torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512") or platform.machine() in ("aarch64", "arm64")
+    )
+    kwargs = {"align_corners": False, "antialias": True} if antialias else {}
+    if native:
+        y = torch.nn.functional.interpolate(x, size=(h, w), mode=interpolation, **kwargs)
+    else:
+        y = torch.nn.functional.interpolate(x.float(), size=(h, w), mode=interpolation, **kwargs)
+        y = y.round_().to(torch.uint8)
+    return Image.fromarray(y[0].permute(1, 2, 0).numpy())
 
 
 def normalize(img: Image.Image, spec: PreprocessSpec) -> torch.Tensor:

@@ -12,14 +12,14 @@ from __future__ import annotations
 import difflib
 import functools
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 
 from tinyvit.config import ViTConfig
 from tinyvit.errors import UnknownModelError
 from tinyvit.preprocessing import PreprocessSpec
-from tinyvit.record import LAYOUTS, NAMED_LABEL_SETS, Metrics, Source, Weights
+from tinyvit.record import LAYOUTS, NAMED_LABEL_SETS, SIZE_RULES, Metrics, Source, Weights
 
 __all__ = [
     "ModelEntry",
@@ -121,8 +121,9 @@ def _parse_weights(model: str, m: dict, arch: ViTConfig, categories: tuple[str, 
             kind=kind, layout=d["layout"], repo_id=d.get("repo_id"), filename=d.get("filename"),
             revision=d.get("revision"), url=d.get("url"), sha256=d["sha256"], sha256_prefix=d.get("sha256_prefix"),
         )  # fmt: skip
+        pad, resize = SIZE_RULES[d["layout"]]  # other input sizes: as the weights' own library handles them
         return Weights(
-            config=arch,
+            config=replace(arch, dynamic_img_pad=pad, pos_embed_resize=resize),
             preprocess=PreprocessSpec.from_dict(d["preprocess"]),
             categories=categories,
             source=source,

@@ -1,16 +1,24 @@
 """The Vision Transformer, in one file (only torch needed).
 
-Pre-norm ViT with a class token and a learned absolute position embedding (Dosovitskiy et al.,
-2021). Parameter names are exactly timm's, so timm's safetensors load with ``strict=True`` and no
-renaming; other checkpoint layouts are converted to these names in ``conversion.py``.
+A pre-norm ViT (Dosovitskiy et al., 2021) with the options of the ViTs people run today, as
+config flags that change the graph (timm's ``VisionTransformer`` is the reference, and parameter
+names are exactly timm's, so timm's safetensors load with ``strict=True``; other layouts are
+converted to these names in ``conversion.py``):
 
-One forward pass serves every input size, eagerly and when exported: the image is always
-zero-padded to whole patches and the position embedding always resampled to the patch grid of
-the input (:func:`resample_pos_embed`). Both are exact no-ops at the trained size, so there is no
-branch on the shape, and ``torch.export`` traces the same code that runs eagerly.
+* prefix tokens: a class token, DeiT's distillation token, DINOv2's registers; a position
+  embedding with or without their slots (``no_embed_class``);
+* LayerScale (DeiT III, DINOv2), a norm before the blocks (CLIP), GELU / QuickGELU / tanh-GELU;
+* pooling: the class token, the mean of the patch tokens (with ``fc_norm``), or attention pooling
+  with a learned query (SigLIP's MAP head); a classifier or a projection head (CLIP, no bias).
 
-Shapes: B batch, C channels, D embed dim, (h, w) patch grid, N = h * w patches, T = N + 1 tokens
-(class token first), H heads, Dh = D / H.
+One forward pass serves every input size, eagerly and when exported: the image is padded to
+whole patches (or its remainder dropped, as the weights' home library does) and the position
+embedding always resampled to the input's patch grid (:func:`resample_pos_embed`). Both are exact
+no-ops at the trained size, so there is no branch on the shape, and ``torch.export`` traces the
+same code that runs eagerly.
+
+Shapes: B batch, C channels, D embed dim, (h, w) patch grid, N = h * w patches, P prefix tokens,
+T = P + N tokens (prefix first), H heads, Dh = D / H.
 """
 
 from __future__ import annotations
@@ -34,19 +42,36 @@ __all__ = ["Intermediates", "ViTConfig", "VisionTransformer", "check_state_dict"
 
 
 def resample_pos_embed(
-    pos_embed: torch.Tensor, grid: tuple[int, int], new_grid: tuple[int, int], num_prefix: int = 1
+    pos_embed: torch.Tensor,
+    grid: tuple[int, int],
+    new_grid: tuple[int, int],
+    num_prefix: int = 1,
+    mode: str = "bicubic",
+    square_image: bool = True,
 ) -> torch.Tensor:
-    """(1, P + g_h * g_w, D) → (1, P + h * w, D): the grid part resized bicubically (in float32, no
-    antialiasing, half-pixel centres: mmpretrain's rule), the ``P = num_prefix`` leading slots kept.
+    """(1, P + g_h * g_w, D) → (1, P + h * w, D): the grid part resampled to the new grid (in
+    float32), the ``P = num_prefix`` leading slots kept. ``mode`` (``ViTConfig.pos_embed_resize``):
 
-    At the same grid the bicubic weights are (0, 1, 0, 0) at every position, so the result equals
-    the input bit for bit: callers need not branch on the size.
+    * ``"bicubic"``: bicubic to the new size, half-pixel centres, no antialiasing (mmpretrain,
+      transformers); ``"bicubic_aa"``: the same, antialiased (timm). At the same grid both are the
+      identity, bit for bit (weights (0, 1, 0, 0) at every position), so callers need not branch;
+    * ``"dinov2"``: DINOv2's own rule, bicubic with the scale factor ``(n + 0.1) / g`` (which, not
+      the size, places the samples; not the identity at the same grid). DINOv2 skips it for a
+      square image at the trained grid (``square_image``): the one rule that branches on the size,
+      as DINOv2's code does.
     """
+    if mode == "dinov2" and square_image and tuple(new_grid) == tuple(grid):
+        return pos_embed
     prefix, grid_pos = pos_embed[:, :num_prefix], pos_embed[:, num_prefix:]
-    grid_pos = grid_pos.reshape(1, grid[0], grid[1], -1).permute(0, 3, 1, 2)  # (1, D, g_h, g_w)
-    grid_pos = F.interpolate(grid_pos.float(), size=new_grid, mode="bicubic", align_corners=False)
-    grid_pos = grid_pos.flatten(2).transpose(1, 2).to(pos_embed.dtype)  # (1, h * w, D)
-    return torch.cat((prefix, grid_pos), dim=1)
+    grid_pos = grid_pos.reshape(1, grid[0], grid[1], -1).permute(0, 3, 1, 2).float()  # (1, D, g_h, g_w)
+    if mode == "dinov2":
+        scale = ((new_grid[0] + 0.1) / grid[0], (new_grid[1] + 0.1) / grid[1])
+        resized = F.interpolate(grid_pos, scale_factor=scale, mode="bicubic", align_corners=False)
+    else:
+        resized = F.interpolate(grid_pos, size=new_grid, mode="bicubic", align_corners=False,
+                                antialias=mode == "bicubic_aa")  # fmt: skip
+    resized = resized.flatten(2).transpose(1, 2).to(pos_embed.dtype)  # (1, h * w, D)
+    return torch.cat((prefix, resized), dim=1)
 
 
 class PatchEmbed(nn.Module):
@@ -56,13 +81,16 @@ class PatchEmbed(nn.Module):
         super().__init__()
         p = config.patch_size
         self.patch_size = p
-        self.proj = nn.Conv2d(config.in_chans, config.embed_dim, kernel_size=p, stride=p)
+        self.pad = config.dynamic_img_pad
+        self.proj = nn.Conv2d(config.in_chans, config.embed_dim, kernel_size=p, stride=p, bias=not config.pre_norm)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        # Zero padding at the bottom and right to whole patches (mmpretrain's "corner" padding), so
-        # any input size gives mmpretrain's result; zero-width at a multiple of the patch.
+        # Sizes that are not a multiple of the patch: zero padding at the bottom and right to whole
+        # patches (mmpretrain's "corner" padding), or the remainder left out by the convolution
+        # (timm, transformers, DINOv2). Zero-width at a multiple of the patch.
         p = self.patch_size
-        x = F.pad(x, (0, -x.shape[-1] % p, 0, -x.shape[-2] % p))
+        if self.pad:
+            x = F.pad(x, (0, -x.shape[-1] % p, 0, -x.shape[-2] % p))
         x = self.proj(x)  # (B, D, h, w)
         grid = (x.shape[-2], x.shape[-1])
         return x.flatten(2).transpose(1, 2), grid  # (B, N, D)
@@ -73,7 +101,7 @@ class Attention(nn.Module):
         super().__init__()
         self.num_heads = config.num_heads
         self.head_dim = config.embed_dim // config.num_heads
-        self.qkv = nn.Linear(config.embed_dim, 3 * config.embed_dim)  # rows: q, then k, then v
+        self.qkv = nn.Linear(config.embed_dim, 3 * config.embed_dim, bias=config.qkv_bias)  # rows: q, k, v
         self.proj = nn.Linear(config.embed_dim, config.embed_dim)
 
     def forward(self, x: torch.Tensor, need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -91,30 +119,79 @@ class Attention(nn.Module):
         return self.proj(x), attn
 
 
+class QuickGELU(nn.Module):
+    """x * sigmoid(1.702 x): the activation OpenAI's CLIP was trained with."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+def activation(name: str) -> nn.Module:
+    if name == "quick_gelu":
+        return QuickGELU()
+    return nn.GELU(approximate="tanh" if name == "gelu_tanh" else "none")
+
+
 class Mlp(nn.Module):
     def __init__(self, config: ViTConfig):
         super().__init__()
         self.fc1 = nn.Linear(config.embed_dim, config.mlp_dim)
-        self.act = nn.GELU()  # exact (erf) GELU, as the weights were trained
+        self.act = activation(config.act_layer)
         self.fc2 = nn.Linear(config.mlp_dim, config.embed_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.act(self.fc1(x)))
 
 
+class LayerScale(nn.Module):
+    def __init__(self, config: ViTConfig):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((config.embed_dim,), float(config.init_values or 0.0)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma
+
+
 class Block(nn.Module):
     def __init__(self, config: ViTConfig):
         super().__init__()
+        scaled = config.init_values is not None
         self.norm1 = nn.LayerNorm(config.embed_dim, eps=config.layer_norm_eps)
         self.attn = Attention(config)
+        self.ls1 = LayerScale(config) if scaled else nn.Identity()
         self.norm2 = nn.LayerNorm(config.embed_dim, eps=config.layer_norm_eps)
         self.mlp = Mlp(config)
+        self.ls2 = LayerScale(config) if scaled else nn.Identity()
 
     def forward(self, x: torch.Tensor, need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         y, attn = self.attn(self.norm1(x), need_weights)
-        x = x + y
-        x = x + self.mlp(self.norm2(x))
+        x = x + self.ls1(y)
+        x = x + self.ls2(self.mlp(self.norm2(x)))
         return x, attn
+
+
+class AttentionPool(nn.Module):
+    """SigLIP's MAP head (timm's ``AttentionPoolLatent``): one learned query attends over the
+    tokens, then a residual MLP: y = attn(latent, x); y + mlp(norm(y))."""
+
+    def __init__(self, config: ViTConfig):
+        super().__init__()
+        D = config.embed_dim
+        self.num_heads = config.num_heads
+        self.latent = nn.Parameter(torch.zeros(1, 1, D))
+        self.q = nn.Linear(D, D, bias=config.qkv_bias)
+        self.kv = nn.Linear(D, 2 * D, bias=config.qkv_bias)  # rows: k, then v
+        self.proj = nn.Linear(D, D)
+        self.norm = nn.LayerNorm(D, eps=config.layer_norm_eps)
+        self.mlp = Mlp(config)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, D = x.shape
+        H = self.num_heads
+        q = self.q(self.latent.expand(B, -1, -1)).reshape(B, 1, H, D // H).transpose(1, 2)  # (B, H, 1, Dh)
+        k, v = self.kv(x).reshape(B, N, 2, H, D // H).permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, N, Dh)
+        y = self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, 1, D))
+        return (y + self.mlp(self.norm(y)))[:, 0]  # (B, D)
 
 
 @dataclass
@@ -133,15 +210,23 @@ class VisionTransformer(nn.Module):
 
     def __init__(self, config: ViTConfig):
         super().__init__()
-        self.config = config
+        c = config
+        self.config = c
         self.weights: Weights | None = None
-        D = config.embed_dim
-        self.patch_embed = PatchEmbed(config)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, D))
-        self.pos_embed = nn.Parameter(torch.zeros(1, config.grid_size**2 + 1, D))  # cls slot first
-        self.blocks = nn.ModuleList(Block(config) for _ in range(config.depth))
-        self.norm = nn.LayerNorm(D, eps=config.layer_norm_eps)
-        self.head = nn.Linear(D, config.num_classes) if config.num_classes else nn.Identity()
+        D = c.embed_dim
+        self.patch_embed = PatchEmbed(c)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, D)) if c.class_token else None
+        self.dist_token = nn.Parameter(torch.zeros(1, 1, D)) if c.dist_token else None
+        self.reg_token = nn.Parameter(torch.zeros(1, c.reg_tokens, D)) if c.reg_tokens else None
+        slots = c.grid_size**2 + (0 if c.no_embed_class else c.num_prefix_tokens)
+        self.pos_embed = nn.Parameter(torch.zeros(1, slots, D))  # prefix slots first, then the grid row by row
+        self.norm_pre = nn.LayerNorm(D, eps=c.layer_norm_eps) if c.pre_norm else nn.Identity()
+        self.blocks = nn.ModuleList(Block(c) for _ in range(c.depth))
+        self.norm = nn.Identity() if c.fc_norm else nn.LayerNorm(D, eps=c.layer_norm_eps)
+        self.attn_pool = AttentionPool(c) if c.global_pool == "map" else None
+        self.fc_norm = nn.LayerNorm(D, eps=c.layer_norm_eps) if c.fc_norm else nn.Identity()
+        self.head = nn.Linear(D, c.num_classes, bias=c.head_bias) if c.num_classes else nn.Identity()
+        self.head_dist = nn.Linear(D, c.num_classes) if c.dist_token and c.num_classes else None
 
     @classmethod
     def from_state_dict(
@@ -168,21 +253,38 @@ class VisionTransformer(nn.Module):
     def init_weights(self) -> VisionTransformer:
         """Random initialisation (timm's scheme); not needed when weights are loaded."""
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        nn.init.normal_(self.cls_token, std=1e-6)
+        for token in (self.cls_token, self.dist_token, self.reg_token):
+            if token is not None:
+                nn.init.normal_(token, std=1e-6)
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=0.02)
-                nn.init.zeros_(m.bias)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
             elif isinstance(m, (nn.LayerNorm, nn.Conv2d)):
                 m.reset_parameters()
+            elif isinstance(m, LayerScale):
+                nn.init.constant_(m.gamma, float(self.config.init_values or 0.0))
+            elif isinstance(m, AttentionPool):
+                nn.init.trunc_normal_(m.latent, std=self.config.embed_dim**-0.5)
         return self
 
     def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """Images (B, C, H, W) → the tokens that enter the first block (B, T, D), and the grid."""
+        c = self.config
+        square = c.pos_embed_resize != "dinov2" or x.shape[-2] == x.shape[-1]  # only DINOv2's rule asks
         x, grid = self.patch_embed(x)  # (B, N, D)
-        x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1)  # (B, T, D)
-        g = self.config.grid_size
-        return x + resample_pos_embed(self.pos_embed, (g, g), grid, num_prefix=1), grid
+        pos = resample_pos_embed(
+            self.pos_embed, (c.grid_size, c.grid_size), grid, 0 if c.no_embed_class else c.num_prefix_tokens,
+            c.pos_embed_resize, square,
+        )  # fmt: skip
+        tokens = (self.cls_token, self.dist_token, self.reg_token)
+        prefix = [t.expand(x.shape[0], -1, -1) for t in tokens if t is not None]
+        if c.no_embed_class:  # the prefix tokens have no position: add, then prepend them
+            x = torch.cat([*prefix, x + pos], dim=1)
+        else:
+            x = torch.cat([*prefix, x], dim=1) + pos  # (B, T, D)
+        return self.norm_pre(x), grid
 
     def forward_intermediates(
         self, x: torch.Tensor, *, blocks: Sequence[int] | None = None, attention: bool = False
@@ -204,16 +306,31 @@ class VisionTransformer(nn.Module):
         return Intermediates(self.norm(x), grid, hidden, attentions)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Images (B, C, H, W) → all tokens after the final norm (B, T, D)."""
+        """Images (B, C, H, W) → all tokens after the final norm (B, T, D), prefix tokens first."""
         return self.forward_intermediates(x, blocks=()).tokens
 
+    def pool(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Tokens (B, T, D) → one feature per image (B, D), by ``config.global_pool``."""
+        P = self.config.num_prefix_tokens
+        if self.attn_pool is not None:
+            return self.attn_pool(tokens[:, P:])
+        if self.config.global_pool == "avg":
+            return tokens[:, P:].mean(dim=1)
+        return tokens[:, 0]
+
     def forward_head(self, tokens: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Tokens (B, T, D) → logits (B, num_classes), or the class-token feature (B, D)."""
-        x = tokens[:, 0]
+        """Tokens (B, T, D) → the head's output (B, num_classes), or the pooled feature before the
+        head (B, D). With a distillation token: the mean of the class and distillation tokens'."""
+        if self.config.dist_token:
+            cls, dist = tokens[:, 0], tokens[:, 1]
+            if pre_logits or self.head_dist is None:
+                return (cls + dist) / 2
+            return (self.head(cls) + self.head_dist(dist)) / 2
+        x = self.fc_norm(self.pool(tokens))
         return x if pre_logits else self.head(x)
 
     def extract_feat(self, x: torch.Tensor) -> torch.Tensor:
-        """Images → class-token feature (B, D): mmpretrain's ``extract_feat``."""
+        """Images → the pooled feature before the head (B, D) (mmpretrain's name; timm's pre-logits)."""
         return self.forward_head(self.forward_features(x), pre_logits=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -260,7 +377,9 @@ def count_macs(config: ViTConfig, image_size: int | None = None) -> int:
     """Multiply-accumulates of one forward pass at ``image_size`` (default: the config's)."""
     size = image_size or config.image_size
     n = math.ceil(size / config.patch_size) ** 2
-    t, d, m = n + 1, config.embed_dim, config.mlp_dim
+    t, d, m = n + config.num_prefix_tokens, config.embed_dim, config.mlp_dim
     patch = n * d * config.in_chans * config.patch_size**2
     block = t * d * (3 * d + d + 2 * m) + 2 * t * t * d  # qkv, proj, mlp; q·k and attn·v
-    return patch + config.depth * block + d * config.num_classes
+    pool = n * 2 * d * d + 2 * d * d + 2 * n * d + 2 * d * m if config.global_pool == "map" else 0
+    heads = 2 if config.dist_token else 1
+    return patch + config.depth * block + pool + heads * d * config.num_classes

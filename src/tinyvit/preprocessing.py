@@ -1,16 +1,25 @@
 """How a weight's evaluation turned an image into a tensor, as plain data: :class:`PreprocessSpec`.
 
-Two geometries cover the evaluation pipelines of timm, mmpretrain and transformers:
+Three geometries cover the evaluation pipelines of timm, mmpretrain, open_clip and transformers:
 
-* ``"short-edge"`` (timm, mmpretrain): resize the short edge to ``resize`` (long edge
-  ``int(resize * long / short)``, truncated), then center-crop ``crop`` × ``crop`` (offset
-  ``int(round((side - crop) / 2))``, Python's half-to-even round);
-* ``"squash"`` (transformers' ``ViTImageProcessor``, timm's ``crop_mode="squash"``): resize to
-  ``resize`` × ``resize`` whatever the aspect, then center-crop ``crop`` (nothing when equal).
+* ``"short-edge"`` (timm, mmpretrain, open_clip's ``shortest``, transformers' CLIP and DINOv2
+  processors): resize the short edge to ``resize`` (long edge ``int(resize * long / short)``,
+  truncated), then center-crop ``crop`` × ``crop``;
+* ``"squash"`` (transformers' ViT and SigLIP processors, timm's ``crop_mode="squash"``, open_clip's
+  ``squash``): resize to ``resize`` × ``resize`` whatever the aspect, then center-crop ``crop``
+  (nothing when equal);
+* ``"longest"`` (open_clip's ``longest``): resize the long edge to ``resize`` (each side
+  ``round(side / ratio)``), then pad with black to ``crop`` × ``crop``, centred.
 
-Then ``(x - mean) / std`` in float32, with ``mean`` and ``std`` in 0–255 pixel values. The spec is
-pure data (no Pillow, numpy or torch here); ``images.py`` applies it to images, and a spec is
-callable as a shortcut for that: ``spec(image)`` → the (3, crop, crop) tensor.
+The crop's offset is ``int(round((side - crop) / 2))`` (Python's half-to-even round: timm,
+torchvision, open_clip, mmpretrain) or ``(side - crop) // 2`` (``crop_offset="floor"``:
+transformers). The resize runs on the uint8 image, in Pillow (``backend="pil"``) or in torch's
+antialiased interpolation on a uint8 tensor (``backend="torch"``: what transformers' torchvision
+backend runs, its default since 5.25). Then ``(x - mean) / std`` in float32, with ``mean`` and
+``std`` in 0–255 pixel values.
+
+The spec is pure data (no Pillow, numpy or torch here); ``images.py`` applies it to images, and a
+spec is callable as a shortcut for that: ``spec(image)`` → the (3, crop, crop) tensor.
 """
 
 from __future__ import annotations
@@ -24,7 +33,10 @@ if TYPE_CHECKING:
 __all__ = ["INTERPOLATIONS", "MEAN_PRESETS", "RESIZE_MODES", "STD_PRESETS", "PreprocessSpec", "build_spec"]
 
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")  # Pillow's filters, timm's names
-RESIZE_MODES = ("short-edge", "squash")
+RESIZE_MODES = ("short-edge", "squash", "longest")
+CROP_OFFSETS = ("round", "floor")
+BACKENDS = ("pil", "torch")
+TORCH_INTERPOLATIONS = ("nearest", "bilinear", "bicubic")  # what the torch backend resizes with
 MEAN_PRESETS = {"imagenet": (123.675, 116.28, 103.53), "inception": (127.5, 127.5, 127.5)}
 STD_PRESETS = {"imagenet": (58.395, 57.12, 57.375), "inception": (127.5, 127.5, 127.5)}
 
@@ -38,13 +50,19 @@ class PreprocessSpec:
     interpolation: str  # one of INTERPOLATIONS: Pillow's filters (antialiased when downsampling)
     mean: tuple[float, float, float]  # RGB, 0–255 pixel values
     std: tuple[float, float, float]  # RGB, 0–255 pixel values
-    resize_mode: str = "short-edge"  # or "squash": see the module docstring
+    resize_mode: str = "short-edge"  # one of RESIZE_MODES: see the module docstring
+    crop_offset: str = "round"  # or "floor" (transformers)
+    backend: str = "pil"  # or "torch" (transformers' torchvision backend)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
         object.__setattr__(self, "std", tuple(float(s) for s in self.std))
-        if self.resize_mode not in RESIZE_MODES:
-            raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {self.resize_mode!r}")
+        for name, allowed in (("resize_mode", RESIZE_MODES), ("crop_offset", CROP_OFFSETS), ("backend", BACKENDS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.backend == "torch" and self.interpolation not in TORCH_INTERPOLATIONS:
+            allowed = ", ".join(TORCH_INTERPOLATIONS)
+            raise ValueError(f"the torch backend resizes with {allowed}, not {self.interpolation}")
         if self.interpolation not in INTERPOLATIONS:
             raise ValueError(f"interpolation must be one of {sorted(INTERPOLATIONS)}, got {self.interpolation!r}")
         for name in ("resize", "crop"):
@@ -62,31 +80,42 @@ class PreprocessSpec:
         """(width, height) after resizing an image of ``width`` × ``height``."""
         if self.resize_mode == "squash":
             return self.resize, self.resize
+        if self.resize_mode == "longest":  # open_clip's ResizeKeepRatio(longest=1)
+            ratio = max(height / self.resize, width / self.resize)
+            return round(width / ratio), round(height / ratio)
         if width <= height:
             return self.resize, int(self.resize * height / width)
         return int(self.resize * width / height), self.resize
 
     def crop_box(self, width: int, height: int) -> tuple[int, int, int, int]:
-        """(left, top, right, bottom) of the center crop in a resized image of ``width`` × ``height``."""
-        left = int(round((width - self.crop) / 2))
-        top = int(round((height - self.crop) / 2))
+        """(left, top, right, bottom) of the center crop in a resized image of ``width`` × ``height``
+        (negative where the ``"longest"`` mode pads)."""
+        if self.crop_offset == "floor":
+            left, top = (width - self.crop) // 2, (height - self.crop) // 2
+        else:
+            left, top = int(round((width - self.crop) / 2)), int(round((height - self.crop) / 2))
         return left, top, left + self.crop, top + self.crop
 
     # -- serialisation
 
     def to_dict(self) -> dict:
+        """The fields; the last two only where they are not the defaults, so records and files
+        written for Pillow-based pipelines read in older versions too."""
         d = asdict(self)
         d["mean"], d["std"] = list(self.mean), list(self.std)
+        for name, default in (("crop_offset", "round"), ("backend", "pil")):
+            if d[name] == default:
+                del d[name]
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> PreprocessSpec:
-        known = {"resize", "crop", "interpolation", "mean", "std", "resize_mode"}
+        known = {"resize", "crop", "interpolation", "mean", "std", "resize_mode", "crop_offset", "backend"}
         if unknown := sorted(set(d) - known):
             raise ValueError(f"unknown PreprocessSpec field(s): {', '.join(unknown)}")
         return cls(
             d["resize"], d["crop"], d["interpolation"], tuple(d["mean"]), tuple(d["std"]),
-            d.get("resize_mode", "short-edge"),
+            d.get("resize_mode", "short-edge"), d.get("crop_offset", "round"), d.get("backend", "pil"),
         )  # fmt: skip
 
     def __call__(self, image: Any, *, fast: bool = False) -> torch.Tensor:
@@ -97,15 +126,19 @@ class PreprocessSpec:
         return preprocess_one(image, self, fast=fast)
 
     def __str__(self) -> str:
-        geometry = (
-            f"short edge {self.resize}, center crop {self.crop}"
-            if self.resize_mode == "short-edge"
-            else f"squash to {self.resize}x{self.resize}"
-            + (f", center crop {self.crop}" if self.crop != self.resize else "")
-        )
+        if self.resize_mode == "short-edge":
+            geometry = f"short edge {self.resize}, center crop {self.crop}"
+        elif self.resize_mode == "longest":
+            geometry = f"long edge {self.resize}, padded to {self.crop}x{self.crop}"
+        else:
+            geometry = f"squash to {self.resize}x{self.resize}"
+            geometry += f", center crop {self.crop}" if self.crop != self.resize else ""
+        if self.crop_offset == "floor" and self.resize_mode != "longest" and "crop" in geometry:
+            geometry += " (offset rounded down)"
+        backend = " (torch)" if self.backend == "torch" else ""
         mean = ", ".join(f"{m:g}" for m in self.mean)
         std = ", ".join(f"{v:g}" for v in self.std)
-        return f"{geometry}, {self.interpolation}; mean ({mean}), std ({std})"
+        return f"{geometry}, {self.interpolation}{backend}; mean ({mean}), std ({std})"
 
 
 def _triple(name: str, value: Any, presets: dict) -> tuple[float, float, float]:

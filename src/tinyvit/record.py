@@ -28,6 +28,7 @@ from tinyvit.preprocessing import PreprocessSpec
 
 __all__ = [
     "LAYOUTS",
+    "SIZE_RULES",
     "Metrics",
     "Source",
     "Weights",
@@ -35,8 +36,15 @@ __all__ = [
     "parse_labels",
 ]
 
-LAYOUTS = ("timm", "hf", "mmpretrain", "npz")
+LAYOUTS = ("timm", "hf", "mmpretrain", "npz", "open_clip", "dinov2")
+# What each layout's home library does with an input of another size: (zero-pad to whole patches,
+# or drop the remainder; how the position embedding is resampled: config.POS_EMBED_RESIZES)
+SIZE_RULES = {
+    "timm": (False, "bicubic_aa"), "hf": (False, "bicubic"), "mmpretrain": (True, "bicubic"),
+    "npz": (True, "bicubic"), "open_clip": (False, "bicubic"), "dinov2": (False, "dinov2"),
+}  # fmt: skip
 SOURCE_KINDS = ("hub", "url", "file", "init")
+OUTPUTS = ("classes", "embedding")
 RECORD_FORMAT = 1
 
 
@@ -102,7 +110,10 @@ class Weights:
 
     ``preprocess`` is callable: ``weights.preprocess(image)`` gives the (3, H, W) tensor these
     weights were evaluated with. ``categories`` has one name per output class (None for a model
-    without a classification head, or whose class names nobody stated).
+    without a classification head, or whose class names nobody stated). ``output`` says what the
+    model gives: ``"classes"`` (a classifier's logits; its image embedding is the feature before
+    the head) or ``"embedding"`` (an image embedding: a projection head's output, CLIP's, or the
+    pooled feature of a model without a head, DINOv2's, SigLIP's).
     """
 
     config: ViTConfig
@@ -114,8 +125,11 @@ class Weights:
     tag: str | None = None  # zoo weights tag
     license: str | None = None
     note: str | None = None
+    output: str = "classes"
 
     def __post_init__(self) -> None:
+        if self.output not in OUTPUTS:
+            raise ValueError(f"Weights.output must be one of {OUTPUTS}, got {self.output!r}")
         if self.categories is not None:
             cats = tuple(self.categories)
             object.__setattr__(self, "categories", cats)
@@ -156,6 +170,7 @@ class Weights:
             "metrics": None if self.metrics is None else asdict(self.metrics),
             "license": self.license,
             "note": self.note,
+            **({"output": self.output} if self.output != "classes" else {}),  # older readers know only classes
         }
 
     def to_json(self) -> str:
@@ -179,6 +194,7 @@ class Weights:
             tag=d.get("tag"),
             license=d.get("license"),
             note=d.get("note"),
+            output=d.get("output", "classes"),
         )
 
     @classmethod
@@ -191,7 +207,8 @@ class Weights:
         lines = [
             f"weights:       {self.spec}",
             f"architecture:  ViT {c.embed_dim}d x {c.depth} blocks, {c.num_heads} heads, patch {c.patch_size}, "
-            f"{c.image_size} px, {c.num_classes or 'no'} classes",
+            f"{c.image_size} px, " + (f"{c.num_classes or 'no'} classes" if self.output == "classes" else
+                                      f"an image embedding of {c.num_classes or c.embed_dim} floats"),
             f"preprocessing: {self.preprocess if self.preprocess is not None else 'unknown'}",
             "classes:       " + _describe_categories(self.categories),
             f"source:        {self.source.location} ({self.source.layout} layout"

@@ -1,0 +1,238 @@
+"""Key maps: a checkpoint's tensors, under the names its library gives them, → timm's names
+(tinyvit's own). One table of renames per layout, plus the few reshapes a layout needs; nothing
+here decides the architecture (``architecture.py``) or reads files (``files.py``).
+
+=============  ==========================================================================================
+layout         whose names
+=============  ==========================================================================================
+timm           timm's ``VisionTransformer`` (tinyvit's own): ``cls_token``, ``blocks.0.attn.qkv.weight``, …
+hf             transformers' ViT, DINOv2 (with registers), CLIP and SigLIP vision towers, on disk
+               (``vit.encoder.layer.0.attention.attention.query.weight``) or as transformers 5 keeps them
+               in memory (``…attention.q_proj.weight``); a ``CLIPModel`` / ``SiglipModel``'s text tower is
+               left out
+mmpretrain     ``backbone.layers.0.attn.qkv.weight``, ``head.layers.head.weight``
+npz            Google's JAX ``.npz`` (``Transformer/encoderblock_0/...``)
+open_clip      open_clip's CLIP: the image tower ``visual.*`` (``visual.transformer.resblocks.0…``); the text
+               tower is left out
+dinov2         facebookresearch/dinov2's own checkpoints (``mask_token``, ``register_tokens``, ``ls1.gamma``)
+=============  ==========================================================================================
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+from tinyvit.errors import WeightsError
+from tinyvit.record import LAYOUTS
+
+__all__ = ["detect_layout", "to_timm"]
+
+_BLOCK = r"(?:encoder\.layer|encoder\.layers|layers)\.(\d+)\."
+_HF = r"(?:vit\.|dinov2\.|vision_model\.)?"  # the base model's prefix, when a task model saved it
+# (pattern, timm name) — the first match wins; "{q}"/"{k}"/"{v}" targets are fused into one qkv afterwards.
+_RENAMES: dict[str, list[tuple[str, str]]] = {
+    "hf": [
+        (rf"{_HF}embeddings\.cls_token", "cls_token"),
+        (rf"{_HF}embeddings\.class_embedding", "cls_token"),  # CLIP: (D,), reshaped below
+        (rf"{_HF}embeddings\.register_tokens", "reg_token"),
+        (rf"{_HF}embeddings\.(?:position_embeddings|position_embedding\.weight)", "pos_embed"),
+        (rf"{_HF}embeddings\.(?:patch_embeddings\.projection|patch_embedding)\.(weight|bias)", r"patch_embed.proj.\1"),
+        (rf"{_HF}pre_layrnorm\.(weight|bias)", r"norm_pre.\1"),
+        (rf"{_HF}{_BLOCK}(?:layernorm_before|norm1|layer_norm1)\.(weight|bias)", r"blocks.\1.norm1.\2"),
+        (rf"{_HF}{_BLOCK}(?:layernorm_after|norm2|layer_norm2)\.(weight|bias)", r"blocks.\1.norm2.\2"),
+        (rf"{_HF}{_BLOCK}attention\.attention\.(query|key|value)\.(weight|bias)", r"blocks.\1.attn.qkv.\3{\2}"),
+        (rf"{_HF}{_BLOCK}(?:attention|self_attn)\.(q|k|v)_proj\.(weight|bias)", r"blocks.\1.attn.qkv.\3{\2}"),
+        (rf"{_HF}{_BLOCK}(?:attention\.output\.dense|attention\.o_proj|self_attn\.out_proj)\.(weight|bias)",
+         r"blocks.\1.attn.proj.\2"),  # fmt: skip
+        (rf"{_HF}{_BLOCK}layer_scale(1|2)\.lambda1", r"blocks.\1.ls\2.gamma"),
+        (rf"{_HF}{_BLOCK}(?:intermediate\.dense|mlp\.fc1)\.(weight|bias)", r"blocks.\1.mlp.fc1.\2"),
+        (rf"{_HF}{_BLOCK}(?:output\.dense|mlp\.fc2)\.(weight|bias)", r"blocks.\1.mlp.fc2.\2"),
+        (rf"{_HF}(?:layernorm|post_layernorm)\.(weight|bias)", r"norm.\1"),
+        (rf"{_HF}head\.probe", "attn_pool.latent"),  # SigLIP's MAP head; in_proj is split below
+        (rf"{_HF}head\.attention\.in_proj_(weight|bias)", r"attn_pool.in_proj.\1"),
+        (rf"{_HF}head\.attention\.out_proj\.(weight|bias)", r"attn_pool.proj.\1"),
+        (rf"{_HF}head\.layernorm\.(weight|bias)", r"attn_pool.norm.\1"),
+        (rf"{_HF}head\.mlp\.(fc1|fc2)\.(weight|bias)", r"attn_pool.mlp.\1.\2"),
+        (r"(?:classifier|visual_projection)\.(weight|bias)", r"head.\1"),
+        (r"(?:vit\.|dinov2\.)?(?:embeddings\.mask_token|pooler\..*)", ""),  # unused at inference: dropped
+        (r"(?:text_model\..*|text_projection\..*|logit_scale|logit_bias)", ""),  # the text tower
+    ],
+    "mmpretrain": [
+        (r"backbone\.cls_token", "cls_token"),
+        (r"backbone\.pos_embed", "pos_embed"),
+        (r"backbone\.patch_embed\.projection\.(weight|bias)", r"patch_embed.proj.\1"),
+        (r"backbone\.layers\.(\d+)\.ln1\.(weight|bias)", r"blocks.\1.norm1.\2"),
+        (r"backbone\.layers\.(\d+)\.attn\.(qkv|proj)\.(weight|bias)", r"blocks.\1.attn.\2.\3"),
+        (r"backbone\.layers\.(\d+)\.ln2\.(weight|bias)", r"blocks.\1.norm2.\2"),
+        (r"backbone\.layers\.(\d+)\.ffn\.layers\.0\.0\.(weight|bias)", r"blocks.\1.mlp.fc1.\2"),
+        (r"backbone\.layers\.(\d+)\.ffn\.layers\.1\.(weight|bias)", r"blocks.\1.mlp.fc2.\2"),
+        (r"backbone\.ln1\.(weight|bias)", r"norm.\1"),
+        (r"head\.layers\.head\.(weight|bias)", r"head.\1"),
+    ],
+    "open_clip": [
+        (r"visual\.class_embedding", "cls_token"),  # (D,), reshaped below
+        (r"visual\.positional_embedding", "pos_embed"),  # (T, D)
+        (r"visual\.conv1\.(weight|bias)", r"patch_embed.proj.\1"),
+        (r"visual\.ln_pre\.(weight|bias)", r"norm_pre.\1"),
+        (r"visual\.transformer\.resblocks\.(\d+)\.ln_1\.(weight|bias)", r"blocks.\1.norm1.\2"),
+        (r"visual\.transformer\.resblocks\.(\d+)\.attn\.in_proj_(weight|bias)", r"blocks.\1.attn.qkv.\2"),
+        (r"visual\.transformer\.resblocks\.(\d+)\.attn\.out_proj\.(weight|bias)", r"blocks.\1.attn.proj.\2"),
+        (r"visual\.transformer\.resblocks\.(\d+)\.ls_(1|2)\.gamma", r"blocks.\1.ls\2.gamma"),
+        (r"visual\.transformer\.resblocks\.(\d+)\.ln_2\.(weight|bias)", r"blocks.\1.norm2.\2"),
+        (r"visual\.transformer\.resblocks\.(\d+)\.mlp\.c_fc\.(weight|bias)", r"blocks.\1.mlp.fc1.\2"),
+        (r"visual\.transformer\.resblocks\.(\d+)\.mlp\.c_proj\.(weight|bias)", r"blocks.\1.mlp.fc2.\2"),
+        (r"visual\.ln_post\.(weight|bias)", r"norm.\1"),
+        (r"visual\.proj", "head.weight"),  # (D, E), used as x @ proj: transposed below
+        (r"(?!visual\.).*", ""),  # the text tower, logit_scale: dropped
+    ],
+    "dinov2": [
+        (r"register_tokens", "reg_token"),
+        (r"mask_token", ""),  # for masked training only: dropped
+    ],
+}
+_QKV_PART = {"query": "q", "key": "k", "value": "v", "q": "q", "k": "k", "v": "v"}
+
+
+def detect_layout(keys) -> str:
+    """The layout whose names ``keys`` are, or a :class:`WeightsError` showing some of them."""
+    keys = set(keys)
+    if any(k.endswith("embedding/kernel") for k in keys):
+        return "npz"
+    if "backbone.cls_token" in keys or any(k.startswith("backbone.layers.") for k in keys):
+        return "mmpretrain"
+    if "visual.conv1.weight" in keys:
+        return "open_clip"
+    if "mask_token" in keys and "pos_embed" in keys:
+        return "dinov2"
+    hf_markers = (
+        "embeddings.cls_token", "embeddings.patch_embedding.weight", "embeddings.patch_embeddings.projection.weight"
+    )  # fmt: skip
+    if any(k.removeprefix(p) in hf_markers for k in keys for p in ("vit.", "dinov2.", "vision_model.", "")):
+        return "hf"
+    if "pos_embed" in keys and "patch_embed.proj.weight" in keys:
+        return "timm"
+    shown = ", ".join(sorted(keys)[:6])
+    raise WeightsError(
+        f"cannot tell the checkpoint layout from its keys ({shown}, …); pass layout= one of {', '.join(LAYOUTS)}"
+    )
+
+
+def _rename(tensors: dict[str, torch.Tensor], rules: list[tuple[str, str]]) -> dict[str, torch.Tensor]:
+    """Rename by the first matching rule (an empty name drops the tensor); unmatched keys are kept
+    (and reported as unexpected); q / k / v parts are fused into one qkv, rows in that order."""
+    out: dict[str, torch.Tensor] = {}
+    parts: dict[str, dict[str, torch.Tensor]] = {}
+    compiled = [(re.compile(p), r) for p, r in rules]
+    for key, t in tensors.items():
+        for pattern, repl in compiled:
+            if m := pattern.fullmatch(key):
+                new = m.expand(repl)
+                if new.endswith("}"):  # a q/k/v part: fused below
+                    target, part = new[:-1].split("{")
+                    parts.setdefault(target, {})[_QKV_PART[part]] = t
+                elif new:
+                    out[new] = t
+                break
+        else:
+            out[key] = t
+    for target, qkv in parts.items():
+        if set(qkv) != {"q", "k", "v"}:
+            raise WeightsError(f"incomplete query/key/value tensors for {target}: found only {sorted(qkv)}")
+        out[target] = torch.cat([qkv["q"], qkv["k"], qkv["v"]], dim=0)
+    return out
+
+
+def _reshape(state: dict[str, torch.Tensor], layout: str) -> dict[str, torch.Tensor]:
+    """The reshapes some layouts need after renaming: a (D,) class embedding and a (T, D) position
+    embedding get their batch dims, open_clip's projection (D, E) becomes a Linear weight (E, D),
+    SigLIP's packed attention-pool input projection splits into q and kv."""
+    if "cls_token" in state and state["cls_token"].ndim == 1:
+        state["cls_token"] = state["cls_token"].reshape(1, 1, -1)
+    if "pos_embed" in state and state["pos_embed"].ndim == 2:
+        state["pos_embed"] = state["pos_embed"].unsqueeze(0)
+    if layout == "open_clip" and "head.weight" in state:
+        state["head.weight"] = state["head.weight"].T.contiguous()
+    for part in ("weight", "bias"):
+        packed = state.pop(f"attn_pool.in_proj.{part}", None)
+        if packed is not None:
+            d = packed.shape[0] // 3
+            state[f"attn_pool.q.{part}"], state[f"attn_pool.kv.{part}"] = packed[:d], packed[d:]
+    return state
+
+
+def fold_register_positions(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """DINOv2's register models (its own code, and transformers') add the position embedding to the
+    class token and the patches, then insert the registers, which get none. In timm's terms
+    (``no_embed_class``): the class slot's position goes into the class token, the embedding keeps
+    the grid only — the same sums, in the same order."""
+    state["cls_token"] = state["cls_token"] + state["pos_embed"][:, :1]
+    state["pos_embed"] = state["pos_embed"][:, 1:]
+    return state
+
+
+def _from_npz(w: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], int]:
+    """Google's JAX layout → timm names; also returns the number of heads its kernels reveal."""
+    if "pre_logits/kernel" in w:
+        raise WeightsError("this .npz has a pre-logits (representation) layer, which tinyvit's ViT does not have")
+    used: set[str] = set()
+
+    def get(name: str) -> torch.Tensor:
+        if name not in w:
+            raise WeightsError(f".npz is missing {name!r}")
+        used.add(name)
+        return w[name]
+
+    def dense(name: str) -> torch.Tensor:  # (in, out) kernel → (out, in) weight
+        return get(name).T.contiguous()
+
+    out = {
+        "patch_embed.proj.weight": get("embedding/kernel").permute(3, 2, 0, 1).contiguous(),  # HWIO → OIHW
+        "patch_embed.proj.bias": get("embedding/bias"),
+        "cls_token": get("cls"),
+        "pos_embed": get("Transformer/posembed_input/pos_embedding"),
+        "norm.weight": get("Transformer/encoder_norm/scale"),
+        "norm.bias": get("Transformer/encoder_norm/bias"),
+    }
+    if "head/kernel" in w:
+        out["head.weight"], out["head.bias"] = dense("head/kernel"), get("head/bias")
+    num_heads = 0
+    i = 0
+    while f"Transformer/encoderblock_{i}/LayerNorm_0/scale" in w:
+        b, a = f"Transformer/encoderblock_{i}/", f"Transformer/encoderblock_{i}/MultiHeadDotProductAttention_1/"
+        q = get(a + "query/kernel")  # (D, heads, Dh)
+        num_heads = q.shape[1]
+        out[f"blocks.{i}.norm1.weight"] = get(b + "LayerNorm_0/scale")
+        out[f"blocks.{i}.norm1.bias"] = get(b + "LayerNorm_0/bias")
+        out[f"blocks.{i}.attn.qkv.weight"] = torch.cat(
+            [get(a + f"{n}/kernel").flatten(1).T for n in ("query", "key", "value")]
+        ).contiguous()
+        out[f"blocks.{i}.attn.qkv.bias"] = torch.cat(
+            [get(a + f"{n}/bias").flatten() for n in ("query", "key", "value")]
+        )
+        out[f"blocks.{i}.attn.proj.weight"] = get(a + "out/kernel").flatten(0, 1).T.contiguous()  # (H, Dh, D)
+        out[f"blocks.{i}.attn.proj.bias"] = get(a + "out/bias")
+        out[f"blocks.{i}.norm2.weight"] = get(b + "LayerNorm_2/scale")
+        out[f"blocks.{i}.norm2.bias"] = get(b + "LayerNorm_2/bias")
+        out[f"blocks.{i}.mlp.fc1.weight"] = dense(b + "MlpBlock_3/Dense_0/kernel")
+        out[f"blocks.{i}.mlp.fc1.bias"] = get(b + "MlpBlock_3/Dense_0/bias")
+        out[f"blocks.{i}.mlp.fc2.weight"] = dense(b + "MlpBlock_3/Dense_1/kernel")
+        out[f"blocks.{i}.mlp.fc2.bias"] = get(b + "MlpBlock_3/Dense_1/bias")
+        i += 1
+    out.update({k: v for k, v in w.items() if k not in used})  # leftovers: reported as unexpected
+    return out, num_heads
+
+
+def to_timm(tensors: dict[str, torch.Tensor], layout: str) -> tuple[dict[str, torch.Tensor], int | None]:
+    """Rename a state dict of ``layout`` to timm's names; also the head count where it shows."""
+    if layout == "timm":
+        return dict(tensors), None
+    if layout == "npz":
+        return _from_npz(tensors)
+    if layout not in _RENAMES:
+        raise WeightsError(f"unknown layout {layout!r}; choose one of auto, {', '.join(LAYOUTS)}")
+    state = _reshape(_rename(tensors, _RENAMES[layout]), layout)
+    if "reg_token" in state and layout in ("hf", "dinov2"):
+        state = fold_register_positions(state)
+    return state, None

@@ -1,0 +1,165 @@
+"""The ViT families people run today, from the files their home libraries write: DeiT (distilled),
+DeiT III, DINOv2 (+registers), CLIP and SigLIP image towers, average-pooled heads — in the timm,
+open_clip, transformers and facebookresearch/dinov2 layouts. Expected values come from those
+libraries (tests/fixtures/families.*, made by scripts/make_family_fixtures.py; FAMILIES.md says
+what every field is)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import FIXTURES
+from refdata import fill, make_input
+from safetensors.torch import load_file, save_file
+
+import tinyvit
+from tinyvit.conversion import preprocess_from_hf, preprocess_from_open_clip, preprocess_from_timm
+
+FX = json.loads((FIXTURES / "families.json").read_text())
+REF = load_file(FIXTURES / "families.safetensors")
+PIXELS = np.load(FIXTURES / "families_pixels.npz")
+CASES = FX["cases"]
+PHOTOS = FX["preprocessing"]["photo_order"]
+TOL = 1e-5
+
+
+def write_case(name: str, folder: Path) -> Path:
+    """The case's checkpoint as its library wrote it: the side files verbatim, the weights filled by
+    refdata under the checkpoint's own names. Returns what a user would pass to ``load``."""
+    case = CASES[name]
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: torch.from_numpy(np.asarray(fill(k, shape))) for k, (shape, _) in case["keys"].items()}
+    if case["layout"] == "dinov2":
+        path = folder / f"{name}_pretrain.pth"
+        torch.save(state, path)
+        return path
+    for file, text in case["files"].items():
+        (folder / file).write_text(text)
+    save_file(state, str(folder / case["weights_files"][0]), metadata=case["safetensors_metadata"])
+    return folder
+
+
+def load_case(name: str, folder: Path) -> tinyvit.VisionTransformer:
+    src = write_case(name, folder)
+    if CASES[name]["layout"] != "dinov2":
+        return tinyvit.load(src)
+    # DINOv2's own checkpoints state no architecture; a 64-wide ViT's heads are not standard: asked for
+    heads = CASES[name]["constructor_kwargs"]["num_heads"]
+    return tinyvit.load(tinyvit.convert(src, folder / "converted.safetensors", arch={"num_heads": heads}))
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, tinyvit.VisionTransformer]:
+    root = tmp_path_factory.mktemp("families")
+    return {name: load_case(name, root / name) for name in CASES}
+
+
+def inputs(name: str, i: int) -> torch.Tensor:
+    spec = CASES[name]["inputs"][i]
+    return torch.from_numpy(make_input(spec["name"], spec["shape"]))
+
+
+def tinyvit_output(model: tinyvit.VisionTransformer, case: dict, output: str, x: torch.Tensor) -> torch.Tensor:
+    """What tinyvit computes for the reference output ``output`` (its name without ``@i``)."""
+    prefix = model.config.num_prefix_tokens
+    with torch.inference_mode():
+        tokens = model.forward_features(x)
+        if output in ("logits", "encode_image", "image_embeds", "image_features", "forward"):
+            return model(x)
+        if output in ("pre_logits", "pooler_output", "pooled", "x_norm_clstoken"):
+            return model.forward_head(tokens, pre_logits=True)
+        if output == "last_hidden_state" and case["family"] == "clip":  # CLIP's is before post_layernorm
+            return model.forward_intermediates(x, blocks=[-1]).hidden[0]
+        if output in ("features", "last_hidden_state"):
+            return tokens
+        if output == "x_norm_regtokens":
+            return tokens[:, 1:prefix]
+        if output == "x_norm_patchtokens":
+            return tokens[:, prefix:]
+    raise AssertionError(f"no tinyvit counterpart for {output}")
+
+
+PAIRS = [(name, out) for name, case in CASES.items() for out in case["outputs"]]
+
+
+@pytest.mark.parametrize("name, output", PAIRS, ids=[f"{n}/{o}" for n, o in PAIRS])
+def test_outputs_equal_the_home_library(models, name, output):
+    case = CASES[name]
+    got = tinyvit_output(models[name], case, output.split("@")[0], inputs(name, case["outputs"][output]["input"]))
+    want = REF[f"{name}/{output}"]
+    assert got.shape == want.shape
+    assert (got - want).abs().max().item() <= TOL
+
+
+# ---------------------------------------------------------------------------------------------
+# Real photos through each home library's preprocessing
+
+
+def normalized_to_pixels(x: torch.Tensor, spec) -> np.ndarray:
+    mean = torch.tensor(spec.mean).view(3, 1, 1)
+    std = torch.tensor(spec.std).view(3, 1, 1)
+    return (x * std + mean).round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def spec_from_config(spec_name: str, size: str) -> tinyvit.PreprocessSpec:
+    """tinyvit's spec for a preprocessing, from the config its library ran with (as a checkpoint's
+    files would state it), through tinyvit's own readers of those configs."""
+    entry = FX["preprocessing"]["specs"][spec_name]
+    cfg = entry[size]["config"]
+    library = entry["library"]
+    if library == "timm":
+        return preprocess_from_timm({"pretrained_cfg": cfg}, spec_name)
+    if library == "open_clip":
+        model_cfg = {"vision_cfg": {"image_size": cfg["image_size"]}}
+        return preprocess_from_open_clip({"model_cfg": model_cfg, "preprocess_cfg": cfg}, spec_name)
+    if library == "transformers":
+        return preprocess_from_hf(cfg, spec_name, backend="pil" if entry["backend"] == "pil" else "torch")
+    # facebookresearch/dinov2's make_classification_eval_transform: resize short edge, crop, ImageNet
+    return tinyvit.PreprocessSpec(cfg["resize_size"], cfg["crop_size"], "bicubic", (123.675, 116.28, 103.53),
+                                  (58.395, 57.12, 57.375))  # fmt: skip
+
+
+def photo_pixels(spec: tinyvit.PreprocessSpec) -> tuple[torch.Tensor, list[np.ndarray]]:
+    photos = [FIXTURES / FX["preprocessing"]["photos"][p]["file"] for p in PHOTOS]
+    x = tinyvit.preprocess(photos, spec)
+    return x, [normalized_to_pixels(xi, spec) for xi in x]
+
+
+SPECS = list(FX["preprocessing"]["specs"])
+
+
+@pytest.mark.parametrize("spec_name", SPECS)
+def test_real_photos_through_the_home_preprocessing(models, spec_name):
+    """At the small models' size: pixels equal to the last bit, and the model's output on them
+    within 1e-4 of the home library's."""
+    entry = FX["preprocessing"]["specs"][spec_name]["small"]
+    x, pixels = photo_pixels(spec_from_config(spec_name, "small"))
+    for photo, got in zip(PHOTOS, pixels, strict=True):
+        assert np.array_equal(got, PIXELS[entry["pixels"][photo]["npz_key"]]), (spec_name, photo)
+    with torch.inference_mode():
+        got = models[entry["model"]](x)  # every family's output here is model(x): logits, embedding, pooled
+    assert (got - REF[entry["output"]["safetensors_key"]]).abs().max().item() <= 1e-4
+
+
+@pytest.mark.parametrize("spec_name", SPECS)
+def test_real_photos_at_the_real_checkpoints_size(spec_name):
+    """At the real checkpoints' size (224, 518): every photo's pixels hash to the library's."""
+    entry = FX["preprocessing"]["specs"][spec_name]["full"]
+    _, pixels = photo_pixels(spec_from_config(spec_name, "full"))
+    for photo, got in zip(PHOTOS, pixels, strict=True):
+        assert hashlib.sha256(got.tobytes()).hexdigest() == entry["pixels"][photo]["sha256"], (spec_name, photo)
+
+
+def test_a_checkpoints_own_files_give_its_preprocessing(models):
+    """What the side files say reaches the record: timm's pretrained_cfg, open_clip's
+    preprocess_cfg, transformers' preprocessor_config.json (its default torchvision backend)."""
+    assert models["timm_deit_distilled"].weights.preprocess == spec_from_config("timm_deit", "small")
+    assert models["oc_clip_quickgelu"].weights.preprocess == spec_from_config("open_clip_shortest", "small")
+    assert models["oc_clip"].weights.preprocess == spec_from_config("open_clip_squash", "small")
+    assert models["hf_clip_vision_proj"].weights.preprocess == spec_from_config("hf_clip_torchvision", "small")
+    assert models["hf_siglip_vision"].weights.preprocess == spec_from_config("hf_siglip_torchvision", "small")
