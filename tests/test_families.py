@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 
 import tinyvit
 from tinyvit.conversion import preprocess_from_hf, preprocess_from_open_clip, preprocess_from_timm
+from tinyvit.manifest import resolve
 
 FX = json.loads((FIXTURES / "families.json").read_text())
 REF = load_file(FIXTURES / "families.safetensors")
@@ -163,3 +164,21 @@ def test_a_checkpoints_own_files_give_its_preprocessing(models):
     assert models["oc_clip"].weights.preprocess == spec_from_config("open_clip_squash", "small")
     assert models["hf_clip_vision_proj"].weights.preprocess == spec_from_config("hf_clip_torchvision", "small")
     assert models["hf_siglip_vision"].weights.preprocess == spec_from_config("hf_siglip_torchvision", "small")
+
+
+# the zoo's weights and the timm pipeline their tag evaluates with (the fixture's full-size specs)
+ZOO_SPECS = {
+    "deit-base-distilled-p16-224": "timm_deit",
+    "deit3-base-p16-224": "timm_deit3_in22k",
+    "dinov2-small": "timm_dinov2",
+    "clip-vit-base-p16": "timm_clip",
+    "siglip-base-p16-224": "timm_siglip",
+}
+
+
+@pytest.mark.parametrize("zoo_name, spec_name", ZOO_SPECS.items())
+def test_zoo_weights_preprocess_as_timm_evaluates_them(zoo_name, spec_name):
+    entry = FX["preprocessing"]["specs"][spec_name]
+    _, pixels = photo_pixels(resolve(zoo_name).preprocess)
+    for photo, got in zip(PHOTOS, pixels, strict=True):
+        assert hashlib.sha256(got.tobytes()).hexdigest() == entry["full"]["pixels"][photo]["sha256"], photo

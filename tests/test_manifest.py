@@ -25,13 +25,15 @@ def test_installed_manifest_is_the_repository_manifest():
     assert json.loads(manifest_path().read_text()) == RAW
 
 
-def test_zoo_is_the_four_models_of_the_seed_page():
-    assert tinyvit.available_models() == [
+def test_zoo_starts_with_the_four_models_of_the_seed_page_then_the_families():
+    assert tinyvit.available_models()[:4] == [
         "vit-base-p32-384",
         "vit-base-p16-224",
         "vit-base-p16-384",
         "vit-large-p16-384",
     ]
+    families = {w.name.split("-")[0] for e in entries().values() for w in e.weights}
+    assert {"deit", "deit3", "dinov2", "clip", "siglip"} <= families
 
 
 @pytest.mark.parametrize("name", list(RAW["models"]))
@@ -51,9 +53,12 @@ def test_every_record_is_complete_and_honest():
             rules = (w.config.dynamic_img_pad, w.config.pos_embed_resize)
             assert replace(w.config, dynamic_img_pad=True, pos_embed_resize="bicubic") == e.arch
             assert rules == SIZE_RULES[s.layout] and w.name == e.name  # other sizes: as their library does
-            assert w.preprocess.crop == e.arch.image_size
-            assert w.metrics.source and w.license
-            assert w.categories == imagenet_classes().names
+            assert w.preprocess.crop == e.arch.image_size and w.license
+            if w.output == "classes":  # classifiers: ImageNet's classes, the accuracy and who published it
+                assert w.categories == imagenet_classes().names and w.metrics.source
+                assert e.arch.num_classes == 1000
+            else:  # embedding models: no classes; the embedding is the head's output or the pooled feature
+                assert w.categories is None and (w.metrics is None or w.metrics.source)
             if s.kind == "hub":
                 assert s.repo_id and s.filename.endswith(".safetensors")
             else:

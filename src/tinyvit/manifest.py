@@ -51,6 +51,11 @@ class ModelEntry:
     aliases: tuple[tuple[str, str], ...]  # (alias, tag) pairs, in manifest order
 
     @property
+    def output(self) -> str:
+        """``"classes"`` (a classifier) or ``"embedding"`` (an image embedding model)."""
+        return self.weights[0].output
+
+    @property
     def tags(self) -> list[str]:
         return [w.tag for w in self.weights]  # type: ignore[misc]
 
@@ -94,7 +99,7 @@ def _check_sha(value: str | None, what: str, length: int | None = 64) -> None:
         raise ValueError(f"{what}: expected a lower-case hex SHA-256, got {value!r}")
 
 
-def _parse_weights(model: str, m: dict, arch: ViTConfig, categories: tuple[str, ...], d: dict) -> Weights:
+def _parse_weights(model: str, m: dict, arch: ViTConfig, categories: tuple[str, ...] | None, d: dict) -> Weights:
     where = f"manifest entry {model!r}, weights {d.get('tag')!r}"
     common = {"tag", "kind", "layout", "preprocess", "top1", "top5", "metrics_source", "license", "sha256", "note"}
     per_kind = {"hub": {"repo_id", "filename", "revision"}, "url": {"url", "sha256_prefix"}}
@@ -116,7 +121,7 @@ def _parse_weights(model: str, m: dict, arch: ViTConfig, categories: tuple[str, 
     if kind == "hub" and d["revision"] is not None and not (len(d["revision"]) == 40 and set(d["revision"]) <= _HEX):
         raise ValueError(f"{where}: revision must be a 40-hex commit hash or null")
     try:
-        metrics = Metrics(top1=d["top1"], top5=d["top5"], source=d["metrics_source"])
+        metrics = None if d["metrics_source"] is None else Metrics(d["top1"], d["top5"], d["metrics_source"])
         source = Source(
             kind=kind, layout=d["layout"], repo_id=d.get("repo_id"), filename=d.get("filename"),
             revision=d.get("revision"), url=d.get("url"), sha256=d["sha256"], sha256_prefix=d.get("sha256_prefix"),
@@ -132,6 +137,7 @@ def _parse_weights(model: str, m: dict, arch: ViTConfig, categories: tuple[str, 
             tag=d["tag"],
             license=d["license"],
             note=d.get("note"),
+            output=m.get("output", "classes"),
         )
     except (ValueError, TypeError, KeyError) as e:
         raise ValueError(f"{where}: {e}") from e
@@ -147,14 +153,14 @@ def parse_manifest(data: dict) -> dict[str, ModelEntry]:
         keys = {"description", "arch", "params", "gmacs", "gmacs_source", "labels", "license", "sources", "aliases"}
         if missing := sorted(keys - set(m)):
             raise ValueError(f"manifest entry {name!r}: missing {', '.join(missing)}")
-        if extra := sorted(set(m) - keys):
+        if extra := sorted(set(m) - keys - {"output"}):
             raise ValueError(f"manifest entry {name!r}: unknown field(s) {', '.join(extra)}")
         if not m["sources"]:
             raise ValueError(f"manifest entry {name!r}: no weight sources")
-        if m["labels"] not in NAMED_LABEL_SETS:
-            raise ValueError(f"manifest entry {name!r}: labels must be one of {sorted(NAMED_LABEL_SETS)}")
+        if m["labels"] is not None and m["labels"] not in NAMED_LABEL_SETS:
+            raise ValueError(f"manifest entry {name!r}: labels must be null or one of {sorted(NAMED_LABEL_SETS)}")
         arch = ViTConfig.from_dict(m["arch"])
-        categories = NAMED_LABEL_SETS[m["labels"]]().names
+        categories = None if m["labels"] is None else NAMED_LABEL_SETS[m["labels"]]().names
         weights = tuple(_parse_weights(name, m, arch, categories, s) for s in m["sources"])
         tags = [w.tag for w in weights]
         if len({t.lower() for t in tags}) != len(tags) or any(":" in t for t in tags):
@@ -251,14 +257,17 @@ def list_models(*, tags: bool = False, aliases: bool = False) -> list[str]:
 
 
 def zoo_rows() -> list[dict]:
-    """One row per weight of the zoo, defaults first within each model: name, tag, size, accuracy,
-    where the file is, and the aliases that resolve to it."""
+    """One row per weight of the zoo, classifiers first, then image embedding models, defaults
+    first within each model: name, tag, what it gives, size, accuracy, where the file is, and the
+    aliases that resolve to it."""
     rows = []
-    for name, e in entries().items():
+    for name, e in sorted(entries().items(), key=lambda item: item[1].output != "classes"):
         for i, w in enumerate(e.weights):
-            m = w.metrics
+            m, c = w.metrics, w.config
+            gives = "ImageNet-1k classes" if w.output == "classes" else f"embedding ({c.num_classes or c.embed_dim})"
             rows.append({
-                "name": name, "tag": w.tag, "default": i == 0, "params": e.params, "gmacs": e.gmacs,
+                "name": name, "tag": w.tag, "default": i == 0, "output": w.output, "gives": gives,
+                "params": e.params, "gmacs": e.gmacs,
                 "top1": m.top1 if m else None, "top5": m.top5 if m else None, "metrics_source": m.source if m else "",
                 "weights": w.source.location, "layout": w.source.layout, "size_mb": round(e.params * 4 / 1e6),
                 "aliases": e.aliases_of(w.tag),
@@ -267,21 +276,25 @@ def zoo_rows() -> list[dict]:
 
 
 def markdown_table() -> str:
-    """The README's model table, generated from the manifest."""
-    lines = [
-        "| model | weights (tag) | params | GMACs | top-1 | top-5 | accuracy from | file | also known as |",
-        "|---|---|---:|---:|---:|---:|---|---|---|",
-    ]
-    for r in zoo_rows():
-        tag = f"`{r['tag']}`" + (" (default)" if r["default"] else "")
-        top1 = "—" if r["top1"] is None else f"{r['top1']}"
-        top5 = "—" if r["top5"] is None else f"{r['top5']}"
-        where = (
-            r["weights"].removeprefix("hf://").rsplit("/", 1)[0] if r["weights"].startswith("hf://") else "OpenMMLab"
-        )
-        aliases = ", ".join(f"`{a}`" for a in r["aliases"]) or "—"
-        lines.append(
-            f"| `{r['name']}` | {tag} | {r['params'] / 1e6:.2f} M | {r['gmacs']:.2f} | {top1} | {top5} "
-            f"| {r['metrics_source']} | {where} ({r['layout']}) | {aliases} |"
-        )
-    return "\n".join(lines)
+    """The README's model tables (classifiers, then image embedding models), from the manifest."""
+    lines = []
+    for output, title in (("classes", "Classifiers"), ("embedding", "Image embedding models")):
+        lines += [
+            f"**{title}**", "",
+            "| model | weights (tag) | gives | params | GMACs | top-1 | top-5 | accuracy from | file | also known as |",
+            "|---|---|---|---:|---:|---:|---:|---|---|---|",
+        ]  # fmt: skip
+        lines += [_markdown_row(r) for r in zoo_rows() if r["output"] == output] + [""]
+    return "\n".join(lines).rstrip()
+
+
+def _markdown_row(r: dict) -> str:
+    tag = f"`{r['tag']}`" + (" (default)" if r["default"] else "")
+    top1 = "—" if r["top1"] is None else f"{r['top1']}"
+    top5 = "—" if r["top5"] is None else f"{r['top5']}"
+    where = r["weights"].removeprefix("hf://").rsplit("/", 1)[0] if r["weights"].startswith("hf://") else "OpenMMLab"
+    aliases = ", ".join(f"`{a}`" for a in r["aliases"]) or "—"
+    return (
+        f"| `{r['name']}` | {tag} | {r['gives']} | {r['params'] / 1e6:.2f} M | {r['gmacs']:.2f} | {top1} | {top5} "
+        f"| {r['metrics_source'] or '—'} | {where} ({r['layout']}) | {aliases} |"
+    )
