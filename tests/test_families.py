@@ -157,6 +157,8 @@ def test_real_photos_at_the_real_checkpoints_size(spec_name):
 
 
 def test_a_checkpoints_own_files_give_its_preprocessing(models):
+    """(DINOv2's own checkpoints have none: their library's evaluation transform.)"""
+    assert models["dinov2_vits"].weights.preprocess == spec_from_config("dinov2_eval", "full")
     """What the side files say reaches the record: timm's pretrained_cfg, open_clip's
     preprocess_cfg, transformers' preprocessor_config.json (its default torchvision backend)."""
     assert models["timm_deit_distilled"].weights.preprocess == spec_from_config("timm_deit", "small")
@@ -182,3 +184,98 @@ def test_zoo_weights_preprocess_as_timm_evaluates_them(zoo_name, spec_name):
     _, pixels = photo_pixels(resolve(zoo_name).preprocess)
     for photo, got in zip(PHOTOS, pixels, strict=True):
         assert hashlib.sha256(got.tobytes()).hexdigest() == entry["full"]["pixels"][photo]["sha256"], photo
+
+
+# ---------------------------------------------------------------------------------------------
+# Everything downstream works for every family
+
+
+def photo_files() -> list[Path]:
+    return [FIXTURES / FX["preprocessing"]["photos"][p]["file"] for p in PHOTOS]
+
+
+EMBEDDING_SPECS = [s for s in SPECS if not s.startswith(("timm_deit", "hf_vit"))]  # the image towers' pipelines
+
+
+@pytest.mark.parametrize("spec_name", EMBEDDING_SPECS)
+def test_embed_gives_the_home_librarys_image_embedding(models, spec_name):
+    """open_clip's encode_image, transformers' image_embeds / pooler_output, DINOv2's and timm's
+    output of an image tower; normalize=True scales each to unit length."""
+    entry = FX["preprocessing"]["specs"][spec_name]["small"]
+    model = models[entry["model"]]
+    assert model.weights.output == "embedding"
+    spec = spec_from_config(spec_name, "small")
+    got = tinyvit.embed(photo_files(), model, preprocess=spec)
+    want = REF[entry["output"]["safetensors_key"]]
+    assert got.shape == want.shape and (got - want).abs().max().item() <= 1e-4
+    unit = tinyvit.embed(photo_files(), model, preprocess=spec, normalize=True)
+    assert torch.allclose(unit, torch.nn.functional.normalize(want, dim=-1), atol=1e-5)
+
+
+def test_classifiers_predict_and_embed_their_pre_logits(models):
+    model = models["timm_deit_distilled"]  # the mean of both heads; embed: the mean of both tokens
+    spec = spec_from_config("timm_deit", "small")
+    logits = REF[FX["preprocessing"]["specs"]["timm_deit"]["small"]["output"]["safetensors_key"]]
+    preds = tinyvit.predict(photo_files(), model, preprocess=spec, top_k=3)
+    assert [p.label for p in preds] == logits.argmax(-1).tolist()
+    assert max(abs(p.score - s) for p, s in zip(preds, logits.softmax(-1).max(-1).values.tolist(), strict=True)) < 1e-5
+    x = tinyvit.preprocess(photo_files(), spec)
+    with torch.inference_mode():
+        want = model.forward_head(model.forward_features(x), pre_logits=True)
+    assert torch.allclose(tinyvit.embed(photo_files(), model, preprocess=spec), want, atol=1e-6)
+
+
+def test_an_embedding_model_is_not_a_classifier(models):
+    with pytest.raises(tinyvit.TinyViTError, match="gives image embeddings, not classes.*embed"):
+        tinyvit.predict(photo_files()[0], models["hf_dinov2"])
+
+
+@pytest.mark.parametrize("name", ["timm_deit_distilled", "timm_dinov2_reg4", "dinov2_vits_reg4", "timm_siglip"])
+def test_explain_maps_the_patches_only(models, name, tmp_path):
+    """The prefix tokens (distillation token, registers) are left out of the map; a model without
+    a class token maps the mean attention."""
+    from tinyvit.explain import class_token_map, explain
+
+    model = models[name]
+    x = inputs(name, 0)
+    share = class_token_map(model, x)
+    grid = model.config.grid_size
+    assert share.shape == (2, grid, grid) and torch.allclose(share.sum(dim=(1, 2)), torch.ones(2))
+    out = explain(photo_files()[0], model, tmp_path / "map.png", caption=name)
+    assert out.stat().st_size > 0
+
+
+@pytest.mark.parametrize("name", ["timm_deit_distilled", "timm_dinov2_reg4", "timm_siglip", "hf_clip_vision_proj"])
+def test_onnx_export_with_any_image_size(models, name, tmp_path):
+    from tinyvit.export import check_onnx, export_onnx
+
+    model = models[name]
+    size = model.config.image_size
+    path = export_onnx(model, tmp_path / "m.onnx", dynamic_size=True)
+    deviations = check_onnx(model, path, [(size, size), (size + 8, size * 3 // 2)])
+    assert max(deviations.values()) <= 1e-4, deviations
+
+
+def test_dinov2s_own_resize_rule_is_not_exported_for_any_size(models, tmp_path):
+    from tinyvit.export import export_onnx
+
+    with pytest.raises(tinyvit.TinyViTError, match="DINOv2's own resize rule"):
+        export_onnx(models["dinov2_vits"], tmp_path / "m.onnx", dynamic_size=True)
+
+
+UNSUPPORTED = json.loads((FIXTURES / "unsupported.json").read_text())["cases"]
+
+
+@pytest.mark.parametrize("name", list(UNSUPPORTED))
+def test_rotary_families_are_refused_in_one_line_naming_what_shows_it(name, tmp_path):
+    """DINOv3, EVA02, Perception Encoder (tests/fixtures/unsupported.json, saved by their libraries)."""
+    case = UNSUPPORTED[name]
+    (tmp_path / "config.json").write_text(json.dumps(case["config.json"]))
+    save_file({k: torch.zeros(shape) for k, shape in case["keys"].items()}, str(tmp_path / "model.safetensors"))
+    with pytest.raises(tinyvit.WeightsError) as err:
+        tinyvit.load(tmp_path)
+    message = str(err.value)
+    assert "\n" not in message and "rotary position embeddings" in message
+    shown = {"timm_dinov3": "blocks.0.gamma_1", "timm_eva02": "blocks.0.attn.q_bias",
+             "timm_pe_core": "vit_pe_core_base_patch16_224", "hf_dinov3": "dinov3_vit"}[name]  # fmt: skip
+    assert shown in message

@@ -317,3 +317,15 @@ def test_run_job_reads_uris_through_ray(cluster, small_model, folder, tmp_path):
     assert sorted(rows) == sorted(str(f) for f in files)
     for w in tinyvit.predict(files, str(small_model), errors="return"):
         assert_same_as_predict(rows[w.input], w, top_k=5)
+
+
+def test_embedder_on_an_image_embedding_model_gives_its_embedding(tmp_path):
+    """For DINOv2, CLIP and SigLIP towers, the embedding is the model's own output (here a
+    transformers SigLIP folder: its attention-pooled feature), as tinyvit.embed gives it."""
+    from test_families import write_case
+
+    folder = write_case("hf_siglip_vision", tmp_path / "siglip")
+    photos = sorted(str(p) for p in (FIXTURES / "photos").glob("*.jpg"))[:2]
+    out = tvray.Embedder(str(folder))({"path": np.array(photos)})
+    got = np.stack(out["embedding"].to_numpy(zero_copy_only=False))
+    assert np.allclose(got, tinyvit.embed(photos, str(folder)).numpy(), atol=1e-5)

@@ -357,3 +357,20 @@ def test_bad_options_and_missing_model(small_model, tmp_path):
         busy.listen()
         with pytest.raises(tinyvit.TinyViTError, match="cannot listen"):
             run(small_model, ServeOptions(port=busy.getsockname()[1]))
+
+
+def test_an_embedding_model_is_served_at_embed(tmp_path):
+    """An image embedding model (a transformers DINOv2 folder) answers at /embed with what
+    tinyvit.embed gives; there is no /predict to ask for classes."""
+    from test_families import write_case
+
+    folder = write_case("hf_dinov2", tmp_path / "dinov2")
+    data = image_bytes(70, 50, seed=11)
+    want = tinyvit.embed(data, str(folder))
+    with serving(folder, tmp_path) as s:
+        status, body = request(s.port, "POST", "/embed", data, "image/jpeg")
+        assert status == 200 and len(body["embedding"]) == want.shape[0]
+        assert max(abs(a - b) for a, b in zip(body["embedding"], want.tolist(), strict=True)) <= 1e-5
+        assert request(s.port, "POST", "/predict", data, "image/jpeg")[0] == 404
+        assert request(s.port, "POST", "/embed", b"not an image", "image/jpeg")[0] == 400
+        assert "POST /embed" in s.log.read_text()

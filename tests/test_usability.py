@@ -82,7 +82,7 @@ def test_predict_json_names_the_model_and_weights(weights):
 
 def test_models_marks_the_default_weights(tmp_path):
     out = cli("models", env={"HF_HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"}).stdout
-    marked = [line.split()[0] for line in out.splitlines() if re.match(r"vit-\S+ \*", line)]
+    marked = [line.split()[0] for line in out.splitlines() if re.match(r"\S+:\S+ \*", line)]
     assert marked == [f"{name}:{e.weights[0].tag}" for name, e in tinyvit.manifest.entries().items()]
     assert "default" in out
 

@@ -43,9 +43,9 @@ _UNSUPPORTED = [
 _ROTARY_ARCHS = ("eva", "vit_pe_", "dinov3", "rope")  # timm names of rotary families (timm.models.eva)
 
 
-def refuse_unsupported(keys, what: str, timm_architecture: str | None = None) -> None:
-    """One line naming the keys (or timm architecture) that show a family tinyvit's ViT does not
-    implement. Runs on the keys as saved, before the layout is told."""
+def refuse_unsupported(keys, what: str, timm_architecture: str | None = None, hf_model_type: str | None = None) -> None:
+    """One line naming the keys (or the timm architecture, or transformers' model type) that show a
+    family tinyvit's ViT does not implement. Runs on the keys as saved, before the layout is told."""
     for is_marker, family in _UNSUPPORTED:
         shown = [k for k in keys if any(is_marker(part) for part in k.split("."))]
         if shown:
@@ -53,6 +53,8 @@ def refuse_unsupported(keys, what: str, timm_architecture: str | None = None) ->
             raise WeightsError(f"{what}: {family} are not supported (keys {', '.join(shown[:3])}{more})")
     if timm_architecture and any(m in timm_architecture for m in _ROTARY_ARCHS):
         raise WeightsError(f"{what}: timm architecture {timm_architecture!r} uses {_ROTARY}, which are not supported")
+    if hf_model_type and any(m in hf_model_type for m in ("dinov3", "eva", "perception")):
+        raise WeightsError(f"{what}: config.json model_type {hf_model_type!r} uses {_ROTARY}, which are not supported")
 
 
 def _shapes(state: dict[str, torch.Tensor], what: str, no_embed_class: bool | None) -> dict[str, Any]:

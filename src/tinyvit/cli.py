@@ -156,10 +156,10 @@ def run_predict(args: argparse.Namespace) -> int:
         raise UsageError("-o is for --ray (Parquet); without it, results go to the standard output")
     inputs = files_from_args(args.images)
     model = model_from_args(args)
+    runner = Runner(model, task="classify", top_k=args.top_k, fast=args.fast)
     if args.top_k > model.config.num_classes:
         note = f"--top-k {args.top_k} is more than the model's {model.config.num_classes} classes"
         print(f"tinyvit: note: {note}; showing all {model.config.num_classes}", file=sys.stderr)
-    runner = Runner(model, task="classify", top_k=args.top_k, fast=args.fast)
     results = runner.stream(inputs, batch_size=args.batch_size, errors="return")
     spec = model.weights.spec if model.weights is not None else None
     with StopOnInterrupt() as stop:
@@ -265,7 +265,7 @@ def run_embed(args: argparse.Namespace) -> int:
     try:
         with StopOnInterrupt() as stop:
             summary = write_embeddings(
-                until_interrupted(stop), output, inputs=[str(p) for p in inputs], dim=model.config.embed_dim,
+                until_interrupted(stop), output, inputs=[str(p) for p in inputs], dim=runner.embedding_dim,
                 record=model.weights, normalized=args.normalize,
             )  # fmt: skip
     except KeyboardInterrupt:
@@ -273,7 +273,7 @@ def run_embed(args: argparse.Namespace) -> int:
         return 130
     for error in summary.failed.values():
         print(f"tinyvit: error: {error}", file=sys.stderr)
-    print(f"wrote {summary.path}: {summary.written} embeddings of {model.config.embed_dim} floats"
+    print(f"wrote {summary.path}: {summary.written} embeddings of {runner.embedding_dim} floats"
           + (f", {_images(len(summary.failed))} failed (rows of NaN)" if summary.failed else ""))  # fmt: skip
     return 1 if summary.failed else 0
 
@@ -325,7 +325,7 @@ def add_explain(sub, common) -> argparse.ArgumentParser:
 def run_explain(args: argparse.Namespace) -> int:
     from tinyvit.explain import FORMATS, explain
     from tinyvit.images import files_from_args
-    from tinyvit.runner import Runner
+    from tinyvit.runner import Runner, model_output
 
     image = files_from_args([args.image])[0]
     output = Path(args.output or f"{image.stem}.attention.png")
@@ -334,8 +334,12 @@ def run_explain(args: argparse.Namespace) -> int:
     if not output.parent.is_dir():
         raise TinyViTError(f"-o {output}: the folder {str(output.parent)!r} does not exist")
     model = model_from_args(args)
-    top = next(Runner(model, task="classify", top_k=1).stream([image]))
     spec = model.weights.spec if model.weights is not None else args.model
+    if model_output(model) == "embedding":  # no classes to name: the map alone
+        out = explain(image, model, output, caption=spec)
+        print(f"{image}: attention rollout drawn in {out}")
+        return 0
+    top = next(Runner(model, task="classify", top_k=1).stream([image]))
     out = explain(image, model, output, caption=f"{top.name}  {top.score:.2f}   ({spec})")
     print(f"{image}: {top.name} ({top.score:.3f}); attention rollout drawn in {out}")
     return 0
@@ -378,13 +382,18 @@ def run_models(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"{'model:tag':<42} {'params':>8} {'GMACs':>7} {'top-1':>6} {'top-5':>6} {'size':>8}  cached  accuracy from")
-    for r in rows:
-        top1 = "—" if r["top1"] is None else f"{r['top1']}"
-        top5 = "—" if r["top5"] is None else f"{r['top5']}"
-        spec = r["name"] + ":" + r["tag"] + (" *" if r["default"] else "")
-        print(f"{spec:<42} {r['params'] / 1e6:>7.2f}M {r['gmacs']:>7.2f} {top1:>6} {top5:>6} "
-              f"{r['size_mb']:>6}MB  {'yes' if r['cached'] else 'no':<6}  {r['metrics_source']}")  # fmt: skip
+    for output, title in (("classes", "Classifiers: ImageNet-1k classes"), ("embedding", "Image embedding models")):
+        print(f"{title}\n{'model:tag':<42} {'gives':<16} {'params':>8} {'GMACs':>7} {'top-1':>6} {'top-5':>6} "
+              f"{'size':>8}  cached  accuracy from")  # fmt: skip
+        for r in (r for r in rows if r["output"] == output):
+            top1 = "—" if r["top1"] is None else f"{r['top1']}"
+            top5 = "—" if r["top5"] is None else f"{r['top5']}"
+            spec = r["name"] + ":" + r["tag"] + (" *" if r["default"] else "")
+            gives = "1000 classes" if output == "classes" else r["gives"]
+            cached = "yes" if r["cached"] else "no"
+            print(f"{spec:<42} {gives:<16} {r['params'] / 1e6:>7.2f}M {r['gmacs']:>7.2f} {top1:>6} {top5:>6} "
+                  f"{r['size_mb']:>6}MB  {cached:<6}  {r['metrics_source'] or '—'}")  # fmt: skip
+        print()
     print("* the model's default weights (what `--model NAME` without a tag loads)")
     return 0
 

@@ -110,6 +110,8 @@ def preprocess_from_hf(cfg: dict, what: str, backend: str = "torch") -> Preproce
         raise WeightsError(f"{what}: unsupported preprocessor_config.json ({e})") from e
 
 
+# facebookresearch/dinov2's make_classification_eval_transform(): short edge 256, crop 224, bicubic, ImageNet
+DINOV2_EVAL = PreprocessSpec(256, 224, "bicubic", (123.675, 116.28, 103.53), (58.395, 57.12, 57.375))
 _OPEN_CLIP_MODES = {"shortest": "short-edge", "squash": "squash", "longest": "longest"}
 
 
@@ -177,6 +179,8 @@ def _preprocess(ckpt: Checkpoint, layout: str, zoo: Weights | None) -> Preproces
         return preprocess_from_timm(ckpt.timm_config, what)
     if layout == "open_clip" and ckpt.open_clip_config is not None:
         return preprocess_from_open_clip(ckpt.open_clip_config, what)
+    if layout == "dinov2":  # its files say nothing; its evaluation transform (make_classification_eval_transform)
+        return DINOV2_EVAL
     return zoo.preprocess if zoo is not None and zoo.source.layout == layout else None
 
 
@@ -200,7 +204,8 @@ def read_weights(
     ckpt = read_checkpoint(src)
     what = repr(str(ckpt.path))
     if ckpt.record is None:
-        refuse_unsupported(ckpt.tensors, what, (ckpt.timm_config or {}).get("architecture"))
+        timm_arch, hf_type = (ckpt.timm_config or {}).get("architecture"), (ckpt.hf_config or {}).get("model_type")
+        refuse_unsupported(ckpt.tensors, what, timm_arch, hf_type)
     if layout == "auto":
         layout = ckpt.record.source.layout if ckpt.record is not None else detect_layout(ckpt.tensors)
     state, npz_heads = to_timm(ckpt.tensors, layout if ckpt.record is None else "timm")

@@ -23,7 +23,7 @@ from tinyvit.fsutil import atomic_path
 from tinyvit.images import ImageInput, load_image, normalize, resize_and_crop
 from tinyvit.model import VisionTransformer
 from tinyvit.preprocessing import PreprocessSpec
-from tinyvit.runner import Runner
+from tinyvit.runner import Runner, model_output
 
 __all__ = ["FORMATS", "attention_rollout", "class_token_map", "explain", "render"]
 
@@ -52,10 +52,13 @@ def attention_rollout(attentions: list[torch.Tensor], residual: float = 0.5) -> 
 
 def class_token_map(model: VisionTransformer, x: torch.Tensor) -> torch.Tensor:
     """(B, 3, H, W) → (B, h, w): the share of the class token's rolled-out attention on each patch
-    (each map sums to 1 over the patches)."""
+    (each map sums to 1 over the patches; the other prefix tokens — distillation token, registers —
+    are left out). A model without a class token (SigLIP) gives the mean over all tokens' rows."""
     with torch.inference_mode():
         out = model.forward_intermediates(x, attention=True)
-    weights = attention_rollout(out.attention)[:, 0, 1:].reshape(-1, *out.grid)
+    rollout = attention_rollout(out.attention)
+    rows = rollout[:, 0] if model.config.class_token else rollout.mean(dim=1)  # (B, T)
+    weights = rows[:, model.config.num_prefix_tokens :].reshape(-1, *out.grid)
     return weights / weights.sum(dim=(1, 2), keepdim=True)
 
 
@@ -129,15 +132,16 @@ def explain(
         raise TinyViTError(f"{str(out)!r}: the output must end in one of {', '.join(sorted(FORMATS))}")
     if not out.parent.is_dir():
         raise TinyViTError(f"{str(out)!r}: the folder {str(out.parent)!r} does not exist")
-    runner = Runner(model, task="classify", top_k=1)
+    classifier = model_output(model) == "classes"
+    runner = Runner(model, task="classify" if classifier else "embed", top_k=1)
     spec = runner.spec
     photo = load_image(image)
     x = normalize(resize_and_crop(photo, spec), spec)[None]
     param = next(model.parameters())
     share = class_token_map(model, x.to(device=param.device, dtype=param.dtype))[0].float().cpu().numpy()
     if caption is None:
-        top = runner.forward(x)[0]
-        caption = f"{top.name}  {top.score:.2f}"
+        top = runner.forward(x)[0] if classifier else None
+        caption = f"{top.name}  {top.score:.2f}" if top is not None else (model.weights.spec if model.weights else "")
     picture = render(photo, share, spec, caption)
     try:
         with atomic_path(out, suffix=out.suffix) as tmp:

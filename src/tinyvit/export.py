@@ -112,6 +112,12 @@ def export_onnx(
     """
     path, dtype_name = Path(path), _dtype_name(dtype)
     _check_target(path, opset)
+    if dynamic_size and model.config.pos_embed_resize == "dinov2":
+        raise TinyViTError(
+            "dynamic_size: DINOv2's own resize rule (a scale factor, skipped at the trained grid) depends on the "
+            "input size in a way a graph cannot follow; export at the trained size, or load the weights in the "
+            "timm or transformers layout (antialiased / plain bicubic resize)"
+        )
     props = _metadata(model, metadata)
     proto, exporter = _trace(_converted(model, DTYPES[dtype_name]), dynamic_size, opset)
     size = model.config.image_size
@@ -157,6 +163,10 @@ def _check_target(path: Path, opset: int | None) -> None:
 
 
 def _output_name(model: VisionTransformer) -> str:
+    """``logits`` (a classifier), ``embedding`` (an embedding model's record says so), or ``features``."""
+    record = getattr(model, "weights", None)
+    if getattr(record, "output", None) == "embedding":
+        return "embedding"
     return "logits" if model.config.num_classes else "features"
 
 

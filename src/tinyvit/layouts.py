@@ -233,6 +233,6 @@ def to_timm(tensors: dict[str, torch.Tensor], layout: str) -> tuple[dict[str, to
     if layout not in _RENAMES:
         raise WeightsError(f"unknown layout {layout!r}; choose one of auto, {', '.join(LAYOUTS)}")
     state = _reshape(_rename(tensors, _RENAMES[layout]), layout)
-    if "reg_token" in state and layout in ("hf", "dinov2"):
+    if "reg_token" in state and "pos_embed" in state and layout in ("hf", "dinov2"):
         state = fold_register_positions(state)
     return state, None

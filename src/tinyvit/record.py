@@ -210,7 +210,7 @@ class Weights:
             f"{c.image_size} px, " + (f"{c.num_classes or 'no'} classes" if self.output == "classes" else
                                       f"an image embedding of {c.num_classes or c.embed_dim} floats"),
             f"preprocessing: {self.preprocess if self.preprocess is not None else 'unknown'}",
-            "classes:       " + _describe_categories(self.categories),
+            *(["classes:       " + _describe_categories(self.categories)] if self.output == "classes" else []),
             f"source:        {self.source.location} ({self.source.layout} layout"
             + (f", sha256 {self.source.sha256[:12]}…" if self.source.sha256 else "")
             + ")",

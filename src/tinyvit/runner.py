@@ -29,13 +29,15 @@ from typing import Any
 
 import torch
 
-from tinyvit.errors import ImageError
+from tinyvit.errors import ImageError, TinyViTError
 from tinyvit.images import describe_input, preprocess_one
 from tinyvit.loading import resolve_preprocess
 from tinyvit.model import VisionTransformer
 from tinyvit.preprocessing import PreprocessSpec
 
-__all__ = ["TASKS", "Embedding", "ItemError", "Prediction", "Runner", "check_run_options", "class_names"]
+__all__ = [
+    "TASKS", "Embedding", "ItemError", "Prediction", "Runner", "check_run_options", "class_names", "model_output",
+]  # fmt: skip
 
 logger = logging.getLogger("tinyvit")
 
@@ -127,6 +129,13 @@ def class_names(model: VisionTransformer) -> list[str]:
     return [f"class {i}" for i in range(model.config.num_classes)]
 
 
+def model_output(model: VisionTransformer) -> str:
+    """What the model gives: its record's ``output``; without a record, classes when it has a head."""
+    if model.weights is not None:
+        return model.weights.output
+    return "classes" if model.config.num_classes else "embedding"
+
+
 def check_run_options(*, batch_size: int = 1, errors: str = "raise", top_k: int = 1) -> None:
     """Refuse bad run options before anything is loaded."""
     if errors not in ("raise", "return"):
@@ -160,6 +169,12 @@ class Runner:
         if task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {task!r}")
         check_run_options(top_k=top_k)
+        self.output = model_output(model)
+        if task == "classify" and self.output == "embedding":
+            spec = model.weights.spec if model.weights is not None else "this model"
+            raise TinyViTError(
+                f"{spec} gives image embeddings, not classes: use tinyvit.embed, `tinyvit embed` or a served /embed"
+            )
         self.model = model
         self.task = task
         self.top_k = top_k
@@ -171,6 +186,12 @@ class Runner:
         self.device, self.dtype = param.device, param.dtype
 
     # -- one image
+
+    @property
+    def embedding_dim(self) -> int:
+        """The size of an image embedding: an embedding model's output, else the feature before the head."""
+        c = self.model.config
+        return c.num_classes if self.output == "embedding" and c.num_classes else c.embed_dim
 
     def decode(self, image: Any, name: str | None = None) -> torch.Tensor | ItemError:
         """An image → its (3, H, W) float32 tensor, or the :class:`ItemError` saying why not.
@@ -190,8 +211,8 @@ class Runner:
         ``top_k`` overrides the runner's for this batch."""
         x = self._to_device(x)
         with torch.inference_mode():
-            if self.task == "embed":
-                feats = self.model.extract_feat(x).float()
+            if self.task == "embed":  # an embedding model's output; a classifier's feature before its head
+                feats = (self.model(x) if self.output == "embedding" else self.model.extract_feat(x)).float()
                 if self.normalize:
                     feats = torch.nn.functional.normalize(feats, dim=-1)
                 return [Embedding("", v) for v in feats.cpu()]

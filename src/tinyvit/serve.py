@@ -1,4 +1,4 @@
-"""``tinyvit serve``: an image-classification HTTP server on LitServe (the ``tinyvit[serve]`` extra).
+"""``tinyvit serve``: an image classification or embedding HTTP server on LitServe (``tinyvit[serve]``).
 
 LitServe gives the server its dynamic batching, worker processes per device and health endpoint;
 tinyvit gives it the model, the preprocessing and the labels, through the same code as
@@ -10,6 +10,8 @@ tinyvit gives it the model, the preprocessing and the labels, through the same c
   ``[{"label": "...", "score": 0.93}, ...]``, highest score first. A body that is not a readable
   image gives 400 with the reason, a body over ``max_body_bytes`` gives 413; errors are
   ``{"detail": "..."}``.
+* ``POST /embed``, instead, for an image embedding model (DINOv2, CLIP and SigLIP towers): the same
+  bodies; the answer is ``{"embedding": [...]}``, what :func:`tinyvit.embed` gives.
 * ``GET /health``: 200 ``ok`` once the workers have loaded the model (503 before);
   ``GET /info``: the model record and the server settings.
 
@@ -39,7 +41,7 @@ from typing import Annotated, Any
 
 from tinyvit.errors import TinyViTError
 from tinyvit.options import ServeOptions
-from tinyvit.runner import ItemError, Runner
+from tinyvit.runner import ItemError, Runner, model_output
 from tinyvit.runtime import model_for
 
 
@@ -133,14 +135,17 @@ class _Item:
 
 
 class TinyViTAPI(ls.LitAPI):
-    """LitServe's API for a tinyvit image classifier: ``model_spec`` is anything
-    :func:`tinyvit.load` takes (a zoo name, ``"name:tag"``, a weights file, ``"hf-hub:..."``)."""
+    """LitServe's API for a tinyvit model: ``model_spec`` is anything :func:`tinyvit.load` takes (a
+    zoo name, ``"name:tag"``, a weights file, ``"hf-hub:..."``). ``task`` ``"classify"`` answers at
+    ``/predict``, ``"embed"`` (image embedding models) at ``/embed``."""
 
-    def __init__(self, model_spec: str, options: ServeOptions | None = None):
+    def __init__(self, model_spec: str, options: ServeOptions | None = None, task: str = "classify"):
         options = options or ServeOptions()
-        super().__init__(max_batch_size=options.max_batch_size, batch_timeout=options.batch_timeout)
+        path = "/embed" if task == "embed" else "/predict"
+        super().__init__(max_batch_size=options.max_batch_size, batch_timeout=options.batch_timeout, api_path=path)
         self.model_spec = str(model_spec)
         self.options = options
+        self.task = task
         self.runner: Runner | None = None
 
     def setup(self, device):
@@ -149,7 +154,7 @@ class TinyViTAPI(ls.LitAPI):
         if str(device).startswith("cpu") and self.options.workers_per_device > 1:  # share the cores, not contend
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // self.options.workers_per_device))
         model = model_for(self.model_spec, device=device, dtype=self.options.dtype)
-        self.runner = Runner(model, task="classify", top_k=self.options.top_k)
+        self.runner = Runner(model, task=self.task, top_k=self.options.top_k)
 
     def decode_request(self, request: Annotated[dict, Depends(read_payload)]):
         # LitServe hands the payload from ``read_payload`` over unchanged (its annotation is not
@@ -159,7 +164,7 @@ class TinyViTAPI(ls.LitAPI):
 
     def predict(self, x):
         items = x if isinstance(x, list) else [x]
-        top_k = max(item.top_k for item in items)
+        top_k = max(item.top_k for item in items) if self.task == "classify" else None
         results = self.runner.run_batch([item.decoded for item in items], [""] * len(items), top_k=top_k)
         for item, result in zip(items, results, strict=True):
             item.result = result
@@ -169,6 +174,8 @@ class TinyViTAPI(ls.LitAPI):
         if isinstance(output.decoded, ItemError):
             status = 500 if output.decoded.internal else 400
             return JSONResponse(status_code=status, content={"detail": str(output.decoded)})
+        if self.task == "embed":
+            return {"embedding": output.result.vector.tolist()}
         return [{"label": name, "score": p} for _, name, p in output.result.topk[: output.top_k]]
 
 
@@ -195,10 +202,12 @@ def build_server(model_spec: str | os.PathLike, *, options: ServeOptions | None 
     """
     options = options or ServeOptions()
     spec = os.fspath(model_spec)
-    record = model_for(spec).weights
+    model = model_for(spec)
+    record = model.weights
     accelerator = _accelerator(options.accelerator)
+    api = TinyViTAPI(spec, options, task="embed" if model_output(model) == "embedding" else "classify")
     server = ls.LitServer(
-        TinyViTAPI(spec, options),
+        api,
         accelerator=accelerator,
         devices=1 if accelerator == "cpu" else options.devices,
         workers_per_device=options.workers_per_device,
@@ -207,6 +216,7 @@ def build_server(model_spec: str | os.PathLike, *, options: ServeOptions | None 
     )
     setattr(server.app.state, _LIMIT_STATE, options.max_body_bytes)
     server.tinyvit_about = record.describe() if record is not None else spec
+    server.tinyvit_route = api.api_path
     return server
 
 
@@ -216,8 +226,9 @@ def banner(server: "ls.LitServer", options: ServeOptions) -> str:
     workers = server.workers_per_device * len(server.devices)
     devices = ", ".join(d if isinstance(d, str) else "+".join(d) for d in server.devices)  # cuda: [["cuda:0"], ...]
     about = "\n".join("  " + line for line in getattr(server, "tinyvit_about", "").splitlines())
+    route = getattr(server, "tinyvit_route", "/predict")
     return (
-        f"tinyvit serve: http://{host}:{options.port}  (POST /predict, GET /health, GET /info)\n{about}\n"
+        f"tinyvit serve: http://{host}:{options.port}  (POST {route}, GET /health, GET /info)\n{about}\n"
         f"  batching:      up to {options.max_batch_size} requests per forward pass, waiting at most "
         f"{options.batch_timeout * 1000:g} ms; {workers} worker(s) on {devices}; "
         f"bodies up to {options.max_body_bytes} bytes"
