@@ -279,3 +279,29 @@ def test_rotary_families_are_refused_in_one_line_naming_what_shows_it(name, tmp_
     shown = {"timm_dinov3": "blocks.0.gamma_1", "timm_eva02": "blocks.0.attn.q_bias",
              "timm_pe_core": "vit_pe_core_base_patch16_224", "hf_dinov3": "dinov3_vit"}[name]  # fmt: skip
     assert shown in message
+
+
+HUB_LOAD = """
+    import json, torch, tinyvit
+    import test_families as tf
+    model = tinyvit.load({spec!r})
+    name = {case!r}
+    with torch.inference_mode():
+        got = tf.tinyvit_output(model, tf.CASES[name], "encode_image", tf.inputs(name, 0))
+    print(json.dumps({{"err": (got - tf.REF[name + "/encode_image"]).abs().max().item(),
+                      "file": model.weights.source.filename, "output": model.weights.output}}))
+"""
+
+
+def test_an_open_clip_hub_repository_loads_by_its_own_file_names(tmp_path):
+    """hf-hub: repositories name their weights as their library saves them: open_clip's
+    open_clip_model.safetensors beside open_clip_config.json (no model.safetensors)."""
+    from hubserver import HubServer
+    from test_hub import run_py
+
+    folder = write_case("oc_clip", tmp_path / "oc")
+    with HubServer() as hub:
+        for f in folder.iterdir():
+            hub.add_file("acme/oc-clip", f.name, f.read_bytes())
+        out = run_py(HUB_LOAD.format(spec="hf-hub:acme/oc-clip", case="oc_clip"), tmp_path / "home", hub.url)
+    assert out["err"] <= TOL and out["file"] == "open_clip_model.safetensors" and out["output"] == "embedding"

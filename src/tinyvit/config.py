@@ -83,6 +83,12 @@ class ViTConfig:
         return round(self.embed_dim * self.mlp_ratio)
 
     @property
+    def any_size_graph(self) -> bool:
+        """Whether one traced graph serves every input size (all but DINOv2's own resize rule,
+        which branches on the size as its code does)."""
+        return self.pos_embed_resize != "dinov2"
+
+    @property
     def num_prefix_tokens(self) -> int:
         """Tokens before the patches: class token, distillation token, registers."""
         return int(self.class_token) + int(self.dist_token) + self.reg_tokens

@@ -111,13 +111,7 @@ def export_onnx(
     written when anything fails. Check the file with :func:`check_onnx`.
     """
     path, dtype_name = Path(path), _dtype_name(dtype)
-    _check_target(path, opset)
-    if dynamic_size and model.config.pos_embed_resize == "dinov2":
-        raise TinyViTError(
-            "dynamic_size: DINOv2's own resize rule (a scale factor, skipped at the trained grid) depends on the "
-            "input size in a way a graph cannot follow; export at the trained size, or load the weights in the "
-            "timm or transformers layout (antialiased / plain bicubic resize)"
-        )
+    _check_target(path, opset, dynamic_size and not model.config.any_size_graph)
     props = _metadata(model, metadata)
     proto, exporter = _trace(_converted(model, DTYPES[dtype_name]), dynamic_size, opset)
     size = model.config.image_size
@@ -151,9 +145,15 @@ def export_onnx(
     return path
 
 
-def _check_target(path: Path, opset: int | None) -> None:
+def _check_target(path: Path, opset: int | None, size_dependent: bool = False) -> None:
     """Before anything is traced: the folder exists, the opset is one attention can be written in,
-    and the exporter's packages are installed."""
+    the exporter's packages are installed, and (``size_dependent``) a graph can follow the sizes."""
+    if size_dependent:
+        raise TinyViTError(
+            "dynamic_size: DINOv2's own resize rule (a scale factor, skipped at the trained grid) depends on the "
+            "input size in a way a graph cannot follow; export at the trained size, or load the weights in the "
+            "timm or transformers layout (antialiased / plain bicubic resize)"
+        )
     if not path.parent.is_dir():
         raise TinyViTError(f"cannot write {str(path)!r}: the folder {str(path.parent)!r} does not exist")
     if opset is not None and (not isinstance(opset, int) or isinstance(opset, bool) or opset < MIN_OPSET):

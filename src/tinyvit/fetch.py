@@ -196,13 +196,13 @@ def fetch(spec: ModelSpec) -> Fetched:
         path = _zoo_file(spec.record)
         return Fetched(path, replace(spec.record, source=replace(spec.record.source, path=str(path))))
     if isinstance(spec, HubSpec):
-        folder = _hub_snapshot(spec)
-        blob = (folder / "model.safetensors").resolve().name
+        weights = _hub_snapshot(spec)
+        blob = weights.resolve().name
         origin = {
-            "kind": "hub", "repo_id": spec.repo_id, "filename": "model.safetensors", "revision": folder.name,
-            "sha256": blob if _SHA256.fullmatch(blob) else None, "path": str(folder / "model.safetensors"),
+            "kind": "hub", "repo_id": spec.repo_id, "filename": weights.name, "revision": weights.parent.name,
+            "sha256": blob if _SHA256.fullmatch(blob) else None, "path": str(weights),
         }  # fmt: skip
-        return Fetched(folder, origin=origin)
+        return Fetched(weights.parent, origin=origin)
     if isinstance(spec, UrlSpec):
         return Fetched(_url_file(spec))
     if isinstance(spec, PathSpec):
@@ -288,14 +288,34 @@ def _convert_into_cache(raw: Path, dst: Path, record: Weights, sha256: str | Non
     save(dst, state, replace(record, source=replace(record.source, sha256=record.source.sha256 or sha256)))
 
 
+# What a Hub repository of a ViT holds beside its weights: timm's or transformers' config, the
+# processor's config, open_clip's config
+SIDE_FILES = ("config.json", "preprocessor_config.json", "open_clip_config.json")
+
+
 def _hub_snapshot(spec: HubSpec) -> Path:
-    """The local snapshot folder of a Hub repository holding its ``model.safetensors`` and, where
-    the repository has them, ``config.json`` and ``preprocessor_config.json``."""
-    weights = fetch_hf_hub(spec.repo_id, "model.safetensors", revision=spec.revision)
-    assert weights is not None
-    for name in ("config.json", "preprocessor_config.json"):
-        fetch_hf_hub(spec.repo_id, name, revision=spec.revision, optional=True)
-    return weights.parent
+    """The weights file of a Hub repository (the first it has of ``files.WEIGHTS_FILES``:
+    safetensors before pickled ``.bin``, timm / transformers before open_clip), in its local
+    snapshot folder beside whichever of :data:`SIDE_FILES` the repository has."""
+    from tinyvit.files import WEIGHTS_FILES
+
+    weights, offline_error = None, None
+    for name in WEIGHTS_FILES:
+        try:
+            weights = fetch_hf_hub(spec.repo_id, name, revision=spec.revision, optional=True)
+        except OfflineError as e:  # offline: the first file the cache has wins
+            offline_error = offline_error or e
+            continue
+        if weights is not None:
+            break
+    if weights is None:
+        raise offline_error or WeightsError(f"{spec}: the repository holds none of {', '.join(WEIGHTS_FILES)}")
+    for name in SIDE_FILES:
+        try:
+            fetch_hf_hub(spec.repo_id, name, revision=spec.revision, optional=True)
+        except OfflineError:
+            pass  # offline: a side file the first (online) load did not find is not there
+    return weights
 
 
 def _url_file(spec: UrlSpec) -> Path:
