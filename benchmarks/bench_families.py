@@ -37,21 +37,17 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from bench_ab import cpu_name  # noqa: E402
+from bench_pipeline import alternate as alternate_rounds  # noqa: E402
 from bench_pipeline import make_set  # noqa: E402
 
 import tinyvit  # noqa: E402
 
 
 def alternate(contenders: dict, rounds: int) -> dict[str, list[float]]:
-    times: dict[str, list[float]] = {k: [] for k in contenders}
+    """bench_pipeline's alternating rounds, after one warm-up call of each contender."""
     for fn in contenders.values():
-        fn()  # warm-up
-    for _ in range(rounds):
-        for name, fn in contenders.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return times
+        fn()
+    return alternate_rounds(contenders, rounds)
 
 
 def report(title: str, times: dict[str, list[float]], items: int, base: str, deviations: dict[str, str]) -> None:

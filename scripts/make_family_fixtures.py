@@ -36,13 +36,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
-import io
 import json
 import os
 import subprocess
 import sys
 import tempfile
-import zipfile
 from functools import partial
 from pathlib import Path
 
@@ -58,6 +56,7 @@ from safetensors.torch import save_file  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 import refdata  # noqa: E402
+from make_finetune_fixtures import write_npz  # noqa: E402
 
 OUT = ROOT / "tests" / "fixtures"
 PHOTOS = OUT / "photos"
@@ -153,19 +152,6 @@ def make_input(spec: dict) -> torch.Tensor:
 def jsonable(obj):
     """JSON-safe copy (tuples -> lists, enums/classes/callables -> str)."""
     return json.loads(json.dumps(obj, default=str))
-
-
-def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Like np.savez_compressed, but byte-for-byte reproducible (sorted members, fixed timestamps)
-    and LZMA-compressed; np.load reads it like any .npz."""
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_LZMA) as zf:
-        for key in sorted(arrays):
-            buf = io.BytesIO()
-            np.lib.format.write_array(buf, np.ascontiguousarray(arrays[key]), allow_pickle=False)
-            info = zipfile.ZipInfo(key + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
-            info.compress_type = zipfile.ZIP_LZMA
-            info.external_attr = 0o644 << 16
-            zf.writestr(info, buf.getvalue())
 
 
 def check_output(name: str, t: torch.Tensor) -> None:
