@@ -1,8 +1,9 @@
 """``tinyvit serve``: a real LitServe server on loopback, in a subprocess, against ``tinyvit.predict``.
 
 Offline and bounded: the model is a small random ViT written to a temporary file; every server
-runs in its own process group, is stopped with SIGTERM (as ``docker stop`` would) and then
-killed with its whole group whatever happened; every request has a timeout.
+runs in its own process group, is stopped with SIGTERM (as ``docker stop`` would), SIGINT (a
+terminal's Ctrl-C) or the death of its worker, and then killed with its whole group whatever
+happened; every request has a timeout. The test that kills the shared server's worker runs last.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -91,6 +93,17 @@ def assert_same(answer, want: list[tuple[str, float]]) -> None:
     assert all(a["score"] >= b["score"] for a, b in zip(answer, answer[1:], strict=False))
 
 
+def multipart(*fields: tuple[str, bytes, str | None]) -> tuple[bytes, str]:
+    """A multipart/form-data body of (name, content, filename or None) fields, and its Content-Type."""
+    boundary = "----tinyvit-test-7MA4YWxkTrZu0gW"
+    body = b""
+    for name, content, filename in fields:
+        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+        kind = "Content-Type: application/octet-stream\r\n" if filename else ""
+        body += f"--{boundary}\r\nContent-Disposition: {disposition}\r\n{kind}\r\n".encode() + content + b"\r\n"
+    return body + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
 class Server:
     def __init__(self, proc: subprocess.Popen, port: int, log: Path):
         self.proc, self.port, self.log = proc, port, log
@@ -101,6 +114,27 @@ class Server:
             return True
         except ProcessLookupError:
             return False
+
+    def members(self) -> list[tuple[int, str]]:
+        """(pid, command line) of the running processes of its group (Linux; zombies left out:
+        some init processes reap orphans late)."""
+        found = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                cmdline = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if int(fields[2]) == self.proc.pid and fields[0] != "Z":
+                found.append((int(stat.parent.name), cmdline))
+        return found
+
+    def wait_gone(self, timeout: float = 10) -> list[tuple[int, str]]:
+        """Wait for the group's processes to exit; those still running then."""
+        deadline = time.monotonic() + timeout
+        while (left := self.members()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return left
 
     def stop(self, grace: float = 20) -> bool:
         """SIGTERM, wait for the whole process group to exit; True when it did by itself."""
@@ -298,6 +332,26 @@ def test_oversized_bodies(server):
     assert request(server.port, "GET", "/health") == (200, "ok")
 
 
+def test_multipart_uploads_and_wrapped_base64(server, small_model):
+    """``curl -F file=@img.png`` (multipart/form-data, after any text field) answers as the raw body
+    does; a multipart body without a file part gets 400 naming it; base64 wrapped in lines (what
+    the ``base64`` command writes) is read."""
+    data = image_bytes(45, 61, seed=21, fmt="PNG")  # PNG's signature holds \r\n: the bytes must come through as sent
+    want = predict_raw(server.port, data, "image/png")
+    assert want[0] == 200
+    assert_same(want[1], expected(small_model, data))
+    body, ctype = multipart(("note", b"hello", None), ("file", data, "bird.png"))
+    assert request(server.port, "POST", "/predict", body, ctype) == want
+    assert request(server.port, "POST", "/predict?top_k=2", body, ctype)[1] == want[1][:2]
+    body, ctype = multipart(("note", b"no file here", None))
+    status, answer = request(server.port, "POST", "/predict", body, ctype)
+    assert status == 400 and "no file part" in answer["detail"], answer
+    status, answer = request(server.port, "POST", "/predict", body, "multipart/form-data")
+    assert status == 400 and "boundary" in answer["detail"], answer
+    wrapped = json.dumps({"inputs": base64.encodebytes(data).decode()}).encode()  # lines of 76
+    assert request(server.port, "POST", "/predict", wrapped, "application/json") == want
+
+
 # ---------------------------------------------------------------------------------------------
 # Binding, startup, shutdown
 
@@ -350,6 +404,10 @@ def test_bad_options_and_missing_model(small_model, tmp_path):
         ServeOptions(host="localhost")
     with pytest.raises(ValueError, match="max_batch_size"):
         ServeOptions(max_batch_size=0)
+    with pytest.raises(ValueError, match="disagree"):
+        ServeOptions(device="cpu", accelerator="cuda")
+    with pytest.raises(ValueError, match="PreprocessSpec"):
+        ServeOptions(preprocess="vit-base-p32-384")
     with pytest.raises(tinyvit.TinyViTError):
         build_server(tmp_path / "missing.safetensors")
     with socket.socket() as busy:
@@ -357,6 +415,66 @@ def test_bad_options_and_missing_model(small_model, tmp_path):
         busy.listen()
         with pytest.raises(tinyvit.TinyViTError, match="cannot listen"):
             run(small_model, ServeOptions(port=busy.getsockname()[1]))
+
+
+@pytest.fixture(scope="module")
+def bare_checkpoint(tmp_path_factory) -> Path:
+    """A timm ``.pth`` that says nothing but its tensors: no preprocessing, no class names."""
+    import torch
+
+    from tinyvit.model import VisionTransformer, ViTConfig
+
+    config = ViTConfig(image_size=32, patch_size=16, embed_dim=192, depth=1, num_heads=3, num_classes=10)
+    path = tmp_path_factory.mktemp("bare") / "bare.pth"
+    torch.save(VisionTransformer(config).init_weights().state_dict(), path)
+    return path
+
+
+def test_refused_before_anything_starts(small_model, bare_checkpoint, monkeypatch, capsys):
+    """CUDA asked for where there is none, or a checkpoint without its preprocessing: one line,
+    exit 1, no banner, nothing started."""
+    import torch
+
+    from tinyvit.cli import main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    port = str(free_port())
+    for args in ([str(small_model), "--accelerator", "cuda"], [str(small_model), "--device", "cuda:1"],
+                 [str(bare_checkpoint)]):  # fmt: skip
+        assert main(["serve", *args, "--port", port]) == 1, args
+        out, err = capsys.readouterr()
+        assert out == "" and len(err.strip().splitlines()) == 1, (args, out, err)
+        assert ("not available" in err) if "cuda" in str(args) else ("--preprocess-like" in err), err
+    with pytest.raises(SystemExit):  # a usage error (2)
+        main(["serve", str(small_model), "--device", "cpu", "--accelerator", "cuda"])
+
+
+def test_predict_options_for_a_bare_checkpoint_then_ctrl_c(bare_checkpoint, tmp_path, capsys):
+    """serve takes predict's model options (--preprocess-like and explicit sizes over it,
+    --labels) and answers what ``tinyvit predict`` answers with them. Ctrl-C (SIGINT to the
+    process group, as a terminal sends it) then stops every process: one line, exit code 130."""
+    from tinyvit.cli import main
+
+    labels = tmp_path / "labels.txt"
+    labels.write_text("".join(f"kind {i}\n" for i in range(10)))
+    options = ["--preprocess-like", "vit-base-p32-384", "--crop", "32", "--resize", "40", "--labels", str(labels)]
+    images = []
+    for i, (w, h) in enumerate([(50, 40), (33, 70), (64, 64)]):
+        images.append(tmp_path / f"img{i}.jpg")
+        images[-1].write_bytes(image_bytes(w, h, seed=30 + i))
+    assert main(["predict", "--model", str(bare_checkpoint), *options, "--json", *map(str, images)]) == 0
+    want = [[(t["name"], t["score"]) for t in row["topk"]] for row in json.loads(capsys.readouterr().out)]
+    with serving(bare_checkpoint, tmp_path, *options) as s:
+        for path, top in zip(images, want, strict=True):
+            status, body = predict_raw(s.port, path.read_bytes())
+            assert status == 200, body
+            assert_same(body, top)
+        assert "kind 0" in s.log.read_text() and "crop 32" in s.log.read_text()
+        os.killpg(s.proc.pid, signal.SIGINT)
+        assert s.proc.wait(30) == 130, s.log.read_text()
+        log = s.log.read_text()
+        assert "Traceback" not in log and log.rstrip().endswith("tinyvit serve: stopped"), log
+        assert s.wait_gone() == []
 
 
 def test_an_embedding_model_is_served_at_embed(tmp_path):
@@ -374,3 +492,62 @@ def test_an_embedding_model_is_served_at_embed(tmp_path):
         assert request(s.port, "POST", "/predict", data, "image/jpeg")[0] == 404
         assert request(s.port, "POST", "/embed", b"not an image", "image/jpeg")[0] == 400
         assert "POST /embed" in s.log.read_text()
+
+
+# ---------------------------------------------------------------------------------------------
+# Last: the shared server's worker is killed
+
+
+def test_a_killed_worker_leaves_no_request_waiting(server, small_model):
+    """SIGKILL of the inference worker under 12 concurrent clients: every request that was waiting
+    is answered at once (503, or 200 if its batch was done), new ones get 503 (or a refused
+    connection once the server is gone), /health says 503; the server exits 1 promptly with one
+    line, and leaves no process behind."""
+    if not Path("/proc/self/stat").exists():
+        pytest.skip("finds the worker through /proc")
+    worker = [pid for pid, cmdline in server.members() if "spawn_main" in cmdline]
+    assert len(worker) == 1, server.members()
+    data = image_bytes(40, 40, seed=5)
+    results: list[tuple[float, float, object]] = []  # (sent, answered, status or exception name)
+    stop = threading.Event()
+
+    def client() -> None:
+        while not stop.is_set():
+            sent = time.monotonic()
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+                conn.request("POST", "/predict", body=data, headers={"Content-Type": "image/jpeg"})
+                response = conn.getresponse()
+                response.read()
+                outcome = response.status
+            except OSError as e:  # refused or reset once the server stops; never timed out
+                outcome = "no connection" if isinstance(e, ConnectionError) else type(e).__name__
+                time.sleep(0.05)
+            results.append((sent, time.monotonic(), outcome))
+
+    pool = ThreadPoolExecutor(max_workers=12)
+    try:
+        for _ in range(12):
+            pool.submit(client)
+        deadline = time.monotonic() + 30
+        while sum(r[2] == 200 for r in results) < 12 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        killed = time.monotonic()
+        os.kill(worker[0], signal.SIGKILL)
+        time.sleep(0.2)
+        health = request(server.port, "GET", "/health")[0]
+        code = server.proc.wait(15)
+        stopped = time.monotonic()
+    finally:
+        stop.set()
+        pool.shutdown()
+    assert health == 503 and code == 1 and stopped - killed < 10, (health, code, stopped - killed)
+    log = server.log.read_text()
+    assert log.count("tinyvit serve: inference worker died (signal 9); stopping") == 1 and "Traceback" not in log, log
+    waiting = [r for r in results if r[0] < killed <= r[1]]
+    after = [r for r in results if r[0] >= killed]
+    assert any(r[2] == 503 for r in waiting), waiting  # a batch finished just before the kill may give 200
+    assert all(r[2] in (200, 503) and r[1] - killed < 3 for r in waiting), waiting
+    assert all(r[1] - r[0] < 5 for r in results), max(r[1] - r[0] for r in results)
+    assert {r[2] for r in after} <= {503, "no connection"}, after
+    assert server.wait_gone() == []

@@ -3,9 +3,11 @@ the server's options. Parsed and checked once, where they enter (the CLI, the Py
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from tinyvit.errors import TinyViTError
+from tinyvit.preprocessing import PreprocessSpec
 
 __all__ = ["DTYPE_NAMES", "ServeOptions", "canonical_dtype"]
 
@@ -27,6 +29,7 @@ def canonical_dtype(name: str) -> str:
 
 HOSTS = ("127.0.0.1", "0.0.0.0", "::")  # what LitServe can bind
 ACCELERATORS = ("auto", "cpu", "cuda", "mps")
+DEVICE_TYPES = ("cpu", "cuda", "mps")  # what a served model may run on
 
 
 @dataclass(frozen=True)
@@ -36,9 +39,12 @@ class ServeOptions:
     ``batch_timeout``: seconds a worker waits for a batch to fill before running what it has.
     ``accelerator``: ``"auto"`` (CUDA or MPS when torch can use them, else CPU), ``"cpu"``,
     ``"cuda"`` or ``"mps"``; ``devices``: how many (``"auto"``: all); ``workers_per_device``:
-    inference processes per device, each with its own copy of the model. ``dtype``: ``None``
-    (float32) or a dtype name. ``top_k``: results per image unless a request asks otherwise.
-    ``timeout``: seconds a request may wait for its answer (then 504).
+    inference processes per device, each with its own copy of the model. ``device``, instead of
+    ``accelerator``: as ``predict`` takes it (``"cpu"``, ``"cuda"``, ``"cuda:1"`` for that GPU
+    alone, ``"mps"``). ``dtype``: ``None`` (float32) or a dtype name. ``labels`` (a class-names
+    file, or ``"imagenet-1k"``) and ``preprocess`` (a :class:`PreprocessSpec`): what a checkpoint
+    does not say, or overrides, as for ``predict``. ``top_k``: results per image unless a request
+    asks otherwise. ``timeout``: seconds a request may wait for its answer (then 504).
     """
 
     host: str = "127.0.0.1"
@@ -49,7 +55,10 @@ class ServeOptions:
     workers_per_device: int = 1
     accelerator: str = "auto"
     devices: int | str = "auto"
+    device: str | None = None
     dtype: str | None = None
+    labels: str | None = None
+    preprocess: PreprocessSpec | None = None
     top_k: int = 5
     timeout: float = 30.0
     log_level: str = "warning"
@@ -71,11 +80,27 @@ class ServeOptions:
             )
         if self.devices != "auto":
             self._positive_int("devices")
+        self._check_device()
+        if self.labels is not None:
+            object.__setattr__(self, "labels", os.fspath(self.labels))
+        if self.preprocess is not None and not isinstance(self.preprocess, PreprocessSpec):
+            raise ValueError(f"ServeOptions.preprocess must be a PreprocessSpec, got {type(self.preprocess).__name__}")
         if self.dtype is not None:
             try:
                 object.__setattr__(self, "dtype", canonical_dtype(self.dtype))
             except TinyViTError as e:
                 raise ValueError(f"ServeOptions.dtype: {e}") from None
+
+    def _check_device(self) -> None:
+        if self.device is None:
+            return
+        kind, _, index = str(self.device).partition(":")
+        if kind not in DEVICE_TYPES or (index and not index.isdigit()):
+            raise ValueError(f"ServeOptions.device must be {', '.join(DEVICE_TYPES)} or cuda:N, got {self.device!r}")
+        if self.accelerator not in ("auto", kind):
+            raise ValueError(f"ServeOptions: device {self.device!r} and accelerator {self.accelerator!r} disagree")
+        if index and self.devices != "auto":
+            raise ValueError(f"ServeOptions: device {self.device!r} names one device; leave devices out")
 
     def _positive_int(self, name: str) -> None:
         value = getattr(self, name)
