@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import os
+import subprocess
 import sys
+import traceback
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -16,6 +22,65 @@ import refdata  # noqa: E402
 FIXTURES = Path(__file__).parent / "fixtures"
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def small_vit_file(folder: Path, num_classes: int = 10, seed: int = 0) -> Path:
+    """A small random ViT (32 px, patch 8, 64 wide, 2 blocks) with named classes and a stated
+    preprocessing, saved in timm's layout and converted as a user's checkpoint would be: for tests
+    about how images flow, where the model's size only costs time."""
+    from safetensors.torch import save_file
+
+    import tinyvit
+
+    config = tinyvit.ViTConfig(image_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4, num_classes=num_classes)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        save_file(tinyvit.VisionTransformer(config).init_weights().state_dict(), str(folder / "timm.safetensors"))
+    spec = tinyvit.PreprocessSpec(resize=36, crop=32, interpolation="bicubic", mean=(127.5,) * 3, std=(127.5,) * 3)
+    labels = [f"thing {i}" for i in range(num_classes)]
+    return tinyvit.convert(folder / "timm.safetensors", folder / "small.safetensors", arch=config, labels=labels,
+                           preprocess=spec)  # fmt: skip
+
+
+def readme_block(name: str) -> str:
+    """The README's text between ``<!-- name:start -->`` and ``<!-- name:end -->``."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start, end = f"<!-- {name}:start -->\n", f"<!-- {name}:end -->"
+    assert start in text and end in text, f"README lacks the {name} block"
+    return text.split(start, 1)[1].split(end, 1)[0].strip()
+
+
+class Ran(NamedTuple):
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def cli(*args: str | os.PathLike, env: dict | None = None, cwd: Path | None = None, timeout: float = 300) -> Ran:
+    """``tinyvit ARGS``: in this process (an interpreter start and torch's import, ~4 s, saved per
+    call), or in a new ``python -m tinyvit.cli`` where ``env`` or ``cwd`` is given: settings read at
+    import (``HF_ENDPOINT``, ``HF_HUB_OFFLINE``) need a fresh process. An exception that escapes
+    (``--debug``) is printed as the interpreter would, exit code 1."""
+    if env is not None or cwd is not None:
+        out = subprocess.run(
+            [sys.executable, "-m", "tinyvit.cli", *map(str, args)],
+            capture_output=True, text=True, cwd=cwd, env={**os.environ, **(env or {})}, timeout=timeout,
+        )  # fmt: skip
+        return Ran(out.returncode, out.stdout, out.stderr)
+    from tinyvit.cli import main
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as e:  # argparse's usage errors
+            code = e.code if isinstance(e.code, int) else 1
+        except Exception:
+            traceback.print_exc()
+            code = 1
+    return Ran(code, stdout.getvalue(), stderr.getvalue())
+
+
 
 
 def load_parity() -> tuple[dict, dict[str, torch.Tensor]]:

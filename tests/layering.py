@@ -13,13 +13,13 @@ from typing import Any
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("what things are (no torch, no Pillow)", ("errors", "fsutil", "config", "preprocessing", "options", "record",
                                                "manifest", "specs")),  # fmt: skip
-    ("tensors, pixels and files", ("model", "images", "files")),
+    ("tensors, pixels and files", ("model", "images", "files", "probe")),
     ("conversion", ("layouts", "architecture", "conversion")),
     ("fetch and cache", ("fetch",)),
     ("loading", ("loading",)),
     ("runtime choices", ("runtime",)),
     ("the runner", ("runner",)),
-    ("the public API", ("api", "evaluate", "embeddings", "explain")),
+    ("the public API", ("api", "evaluate", "embeddings", "explain", "fitting")),
     ("command line and integrations", ("cli", "serve", "ray", "export")),
 ]
 BOTTOM = set(LAYERS[0][1])

@@ -5,13 +5,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
-from conftest import case_input, case_state, load_parity, small_config, write_checkpoint
+from conftest import case_input, case_state, cli, load_parity, small_config, write_checkpoint
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -159,16 +157,25 @@ def test_load_reads_any_supported_checkpoint_directly(name, tmp_path):
 def test_cli_convert(tmp_path):
     src = write_checkpoint("mm_b32_384", CASES["mm_b32_384"], tmp_path / "src")
     dst = tmp_path / "out.safetensors"
-    cmd = [sys.executable, "-m", "tinyvit.cli", "convert", str(src), str(dst), "--from", "mmpretrain",
-           "--arch", "vit-base-p32-384"]  # fmt: skip
-    out = subprocess.run(cmd, capture_output=True, text=True)
+    args = ["convert", src, dst, "--from", "mmpretrain", "--arch", "vit-base-p32-384"]
+    out = cli(*args)
     assert out.returncode == 0, out.stderr
     assert "wrote" in out.stdout and dst.is_file()
-    bad = subprocess.run(cmd[:4] + [str(tmp_path / "missing.pth"), str(dst)], capture_output=True, text=True)
+    # the source line names the converted file with that file's SHA-256 (not the output's name)
+    sha = hashlib.sha256(src.read_bytes()).hexdigest()
+    source = next(line for line in out.stdout.splitlines() if "source:" in line)
+    assert str(src) in source and sha[:12] in source and str(dst) not in source
+    # an existing output is not replaced unless asked
+    before = dst.stat().st_mtime_ns
+    again = cli(*args)
+    assert again.returncode == 1
+    assert again.stderr.strip() == f"tinyvit: error: {str(dst)!r} exists; pass --overwrite to replace it"
+    assert dst.stat().st_mtime_ns == before
+    assert cli(*args, "--overwrite").returncode == 0
+    bad = cli("convert", tmp_path / "missing.pth", tmp_path / "new.safetensors")
     assert bad.returncode == 1
     assert bad.stderr.startswith("tinyvit: error:") and "Traceback" not in bad.stderr
-    usage = subprocess.run(cmd[:4], capture_output=True, text=True)
-    assert usage.returncode == 2
+    assert cli("convert", src).returncode == 2
 
 
 def test_timm_pth_state_dict(tmp_path):

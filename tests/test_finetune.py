@@ -12,16 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import refdata
 import torch
-from conftest import FIXTURES, case_state, load_parity, small_config
+from conftest import FIXTURES, case_state, cli, load_parity, small_config
 from hubserver import HubServer
 from safetensors.torch import save_file
 
@@ -70,13 +67,6 @@ def assert_same_top5(got: list[tuple[str, float]], want: list[tuple[str, float]]
 def top5(p: tinyvit.Prediction) -> list[tuple[str, float]]:
     assert p.ok, p.error
     return [(name, score) for _, name, score in p.topk]
-
-
-def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "tinyvit.cli", *args],
-        capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=300,
-    )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import case_input, case_state, load_parity, mm_small_pth, small_config
+from conftest import case_input, case_state, cli, load_parity, mm_small_pth, readme_block, small_config
 from hubserver import HubServer
 from safetensors.torch import save
 
@@ -75,19 +75,24 @@ LOAD_AND_RUN = """
 
 
 def test_load_by_name_from_the_hub_then_offline(hub, tmp_path):
-    """Must show: the manifest's default repo for vit-base-p32-384 serving a timm state dict;
-    tinyvit.load gives timm's logits, then the same load works offline."""
+    """Must show: the manifest's default repo for vit-base-p32-384 serving a timm state dict.
+    The README's set-up line runs as written (from the repository's root, its photo, the default
+    weights from the Hub); then tinyvit.load gives timm's logits offline, from the cache."""
     hub.add_file(TIMM_REPO, "model.safetensors", weights_bytes("timm_b32_384"))
-    code = LOAD_AND_RUN.format(case="timm_b32_384", spec="vit-base-p32-384")
-    first = run_py(code, tmp_path, hub.url)
-    assert first["err"] <= 1e-5
-    assert (first["name"], first["tag"], first["training"]) == ("vit-base-p32-384", "augreg_in21k_ft_in1k", False)
-    assert first["interpolation"] == "bicubic"
+    set_up = readme_block("test-command").strip("`\n").splitlines()[1].split(" && ")[-1].split()
+    assert set_up[:2] == [".venv/bin/tinyvit", "predict"] and (ROOT / set_up[2]).is_file()
+    env = {"HF_HOME": str(tmp_path), "HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0"}
+    ran = cli(*set_up[1:], env=env, cwd=ROOT)
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.startswith(set_up[2] + "\n") and len(ran.stdout.splitlines()) == 6  # the photo, 5 classes
     assert any(path.endswith("/resolve/main/model.safetensors") for _, path in hub.requests)
     endpoint = hub.url
     hub.stop()
-    second = run_py(code, tmp_path, endpoint, offline=True)
-    assert second["err"] <= 1e-5 and second["path"] == first["path"]
+    code = LOAD_AND_RUN.format(case="timm_b32_384", spec="vit-base-p32-384")
+    cached = run_py(code, tmp_path, endpoint, offline=True)
+    assert cached["err"] <= 1e-5
+    assert (cached["name"], cached["tag"], cached["training"]) == ("vit-base-p32-384", "augreg_in21k_ft_in1k", False)
+    assert cached["interpolation"] == "bicubic" and cached["path"].startswith(str(tmp_path))
 
 
 def test_hf_layout_source_is_converted_once(hub, tmp_path):

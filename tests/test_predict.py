@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +11,7 @@ import numpy as np
 import pytest
 import refdata
 import torch
-from conftest import load_parity
+from conftest import cli, load_parity, readme_block
 from PIL import Image
 
 import tinyvit
@@ -21,12 +20,6 @@ from tinyvit.record import imagenet_classes
 
 META, _ = load_parity()
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "tinyvit.cli", *args], capture_output=True, text=True, env={**os.environ, **(env or {})}
-    )
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +73,11 @@ def test_a_bad_image_does_not_lose_the_others(model, images, tmp_path):
     mixed = [images[0], bad, images[1], tmp_path / "missing.png"]
     results = tinyvit.predict(mixed, model, errors="return")
     assert [r.ok for r in results] == [True, False, True, False]
-    assert "broken.jpg" in results[1].error and "missing.png" in results[3].error
+    assert results[1].input == str(bad) and results[3].input == str(tmp_path / "missing.png")
+    assert results[1].error.startswith("not an image") and results[3].error == "no such file"
+    # each failure names its input once (the input, then the reason: not the input twice)
+    assert str(results[1]) == f"{bad}: error: {results[1].error}" and str(bad) not in results[1].error
+    assert results[1].error_line() == f"{str(bad)!r}: {results[1].error}"
     assert results[1].label == -1 and results[1].to_dict()["error"] == results[1].error
     assert results[1].to_dict()["pred_score"] is None  # no NaN: the row is valid JSON
     assert results[2].label == tinyvit.predict(images[1], model).label
@@ -200,13 +197,6 @@ def test_cli_models(tmp_path):
     )
     assert first["params"] == 88297192 and first["top1"] == 83.358
     assert "vit-large-p16-384:mmpretrain" in cli("models").stdout
-
-
-def readme_block(name: str) -> str:
-    text = (ROOT / "README.md").read_text()
-    start, end = f"<!-- {name}:start -->\n", f"<!-- {name}:end -->"
-    assert start in text and end in text, f"README lacks the {name} block"
-    return text.split(start, 1)[1].split(end, 1)[0].strip()
 
 
 def test_readme_model_table_is_the_manifest():

@@ -22,7 +22,7 @@ import pytest  # noqa: E402
 import ray  # noqa: E402
 import ray.data  # noqa: E402
 import torch  # noqa: E402
-from conftest import FIXTURES  # noqa: E402
+from conftest import FIXTURES, cli  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import tinyvit  # noqa: E402
@@ -132,6 +132,13 @@ def test_cli_ray_writes_parquet_with_the_rows_of_predict(small_model, folder, tm
     files = files_of(folder)
     assert proc.returncode == 1, proc.stderr  # three images could not be read: said, and exit 1
     assert f"{len(files)} rows, 3 failed" in proc.stdout and "truncated" in proc.stderr.lower()
+    # tinyvit's lines, not Ray's: no INFO logging, no progress report, no core worker's alarm
+    assert " INFO " not in proc.stderr and "core_worker" not in proc.stderr and "Deprecat" not in proc.stderr
+    assert all(line.startswith("tinyvit: error: ") for line in proc.stderr.splitlines()), proc.stderr
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]  # the temporary folder took its name
+    # a second run into the same folder: refused before any Ray starts, unless --overwrite
+    again = cli(*cmd[3:])
+    assert again.returncode == 1 and "is not empty" in again.stderr and "--overwrite" in again.stderr
     rows = by_path(pq.read_table(out).to_pylist())
     assert set(rows) == {str(f.resolve()) for f in files}
     for f in files:
@@ -304,6 +311,21 @@ def test_run_job_embeds_a_glob_with_two_actors(cluster, small_model, folder, tmp
         tvray.run_job("*.jpg", out, str(small_model), kind="embed")
     assert tvray.run_job("*.jpg", out, str(small_model), kind="embed", overwrite=True).rows == len(jpgs)
     assert pq.read_table(out).num_rows == len(jpgs)
+
+
+def test_an_interrupted_job_leaves_no_output(cluster, small_model, folder, tmp_path, monkeypatch):
+    """Ctrl-C after rows were written: no Parquet folder is left half-written, under any name."""
+    write = ray.data.Dataset.write_parquet
+
+    def write_then_interrupt(self, path, **kw):
+        write(self, path, **kw)
+        assert any(Path(path).iterdir())  # rows were written (into the hidden folder)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ray.data.Dataset, "write_parquet", write_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        tvray.run_job(folder, tmp_path / "preds.parquet", str(small_model))
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_run_job_reads_uris_through_ray(cluster, small_model, folder, tmp_path):

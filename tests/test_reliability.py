@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import refdata
 import torch
-from conftest import case_state, load_parity, mm_small_pth, small_config
+from conftest import FIXTURES, case_state, cli, load_parity, mm_small_pth, small_config
 from hubserver import HubServer
 from PIL import Image
 from test_hub import run_py, weights_bytes
@@ -346,8 +346,17 @@ def _no_blobs(home: Path) -> bool:
 
 
 def test_server_down(tmp_path):
-    out = run_py(FETCH.format(repo="acme/vit"), tmp_path, f"http://127.0.0.1:{_free_port()}")
-    assert "could not be reached" in out["error"] and "not in the cache" in out["error"]
+    """A Hub that is not there at all is known at once: no retries (huggingface_hub's would take
+    ~25 s and print a line each), one error naming why."""
+    endpoint = f"http://127.0.0.1:{_free_port()}"
+    out = run_py(FETCH.format(repo="acme/vit"), tmp_path, endpoint)
+    assert "could not be reached (Connection refused)" in out["error"] and "not in the cache" in out["error"]
+    # the command line: one line, as the README says (the default zoo weights, then a Hub repository)
+    env = {"HF_HOME": str(tmp_path), "HF_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "0"}
+    for model in ("vit-base-p32-384", "hf-hub:acme/vit"):
+        ran = cli("predict", FIXTURES / "photos" / "chelsea.jpg", "--model", model, env=env)
+        assert ran.returncode == 1 and len(ran.stderr.splitlines()) == 1, ran.stderr
+        assert ran.stderr.startswith("tinyvit: error: ") and "could not be reached" in ran.stderr
 
 
 def test_404_and_500(tmp_path):
@@ -357,8 +366,11 @@ def test_404_and_500(tmp_path):
         assert "file not found in the repository" in missing["error"]
         hub.add_file("acme/broken", "model.safetensors", b"x")
         hub.faults["/acme/broken/"] = "500"
-        failing = run_py(FETCH.format(repo="acme/broken"), tmp_path, hub.url)  # after huggingface_hub's retries
+        # after huggingface_hub's five retries (their waits, 1 s to 8 s, skipped here)
+        no_waits = "import time; time.sleep = lambda seconds: None\n"
+        failing = run_py(no_waits + textwrap.dedent(FETCH.format(repo="acme/broken")), tmp_path, hub.url)
         assert "could not be reached" in failing["error"]
+        assert sum(path.startswith("/acme/broken/") for _, path in hub.requests) > 5  # retried
         assert _no_blobs(tmp_path)
 
 

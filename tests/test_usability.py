@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import FIXTURES, case_state, load_parity, small_config, write_checkpoint
+from conftest import FIXTURES, case_state, cli, load_parity, small_config, write_checkpoint
 from PIL import Image
 
 import tinyvit
@@ -24,13 +24,6 @@ from tinyvit.record import imagenet_classes
 META, _ = load_parity()
 ROOT = Path(__file__).resolve().parents[1]
 PHOTO = FIXTURES / "photos" / "chelsea.jpg"
-
-
-def cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "tinyvit.cli", *args],
-        capture_output=True, text=True, cwd=cwd, env={**os.environ, **(env or {})}, timeout=300,
-    )  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -191,9 +184,10 @@ def test_a_fifo_named_like_an_image_is_refused_not_read_forever(tmp_path):
     assert "not a regular file" in cli("predict", str(fifo)).stderr
 
 
-def test_urls_are_said_not_to_be_fetched():
-    with pytest.raises(tinyvit.ImageError, match="URLs are not fetched"):
-        tinyvit.preprocess("https://example.com/cat.jpg", SPEC)
+def test_urls_other_than_http_are_said_not_to_be_fetched():
+    for url in ("s3://bucket/cat.jpg", "ftp://example.com/cat.jpg", "gs://bucket/cat.jpg"):
+        with pytest.raises(tinyvit.ImageError, match="only http\\(s\\) URLs are fetched"):
+            tinyvit.preprocess(url, SPEC)
 
 
 def test_float_images_in_0_1_and_batches_of_one_are_accepted():

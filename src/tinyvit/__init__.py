@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-from tinyvit.errors import ImageError, TinyViTError, UnknownModelError, WeightsError
+from tinyvit.errors import FitError, ImageError, TinyViTError, UnknownModelError, WeightsError
 
 __version__ = "0.1.0"
 
@@ -27,6 +27,7 @@ _LAZY = {
     "Weights": "tinyvit.record",
     "Source": "tinyvit.record",
     "Metrics": "tinyvit.record",
+    "Fit": "tinyvit.record",
     # these import torch
     "download": "tinyvit.api",
     "get_model": "tinyvit.api",
@@ -41,12 +42,17 @@ _LAZY = {
     "Prediction": "tinyvit.runner",
     "Embedding": "tinyvit.runner",
     "convert": "tinyvit.conversion",
+    "fit": "tinyvit.fitting",
+    "FitOptions": "tinyvit.fitting",
     "VisionTransformer": "tinyvit.model",
 }
 
 __all__ = [
     "Embedding",
     "Evaluation",
+    "Fit",
+    "FitError",
+    "FitOptions",
     "ImageError",
     "Metrics",
     "Prediction",
@@ -65,6 +71,7 @@ __all__ = [
     "embed",
     "embed_iter",
     "evaluate",
+    "fit",
     "get_model",
     "list_models",
     "load",
@@ -78,10 +85,11 @@ if TYPE_CHECKING:
     from tinyvit.config import ViTConfig
     from tinyvit.conversion import convert
     from tinyvit.evaluate import Evaluation, evaluate
+    from tinyvit.fitting import FitOptions, fit
     from tinyvit.manifest import available_models, list_models
     from tinyvit.model import VisionTransformer
     from tinyvit.preprocessing import PreprocessSpec
-    from tinyvit.record import Metrics, Source, Weights
+    from tinyvit.record import Fit, Metrics, Source, Weights
     from tinyvit.runner import Embedding, Prediction
 
 

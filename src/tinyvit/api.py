@@ -76,14 +76,15 @@ def download(spec: str) -> Path:
 
 def preprocess(
     images: ImageInput | Sequence[ImageInput],
-    spec: str | PreprocessSpec | torch.nn.Module | Weights,
+    spec: str | os.PathLike | PreprocessSpec | torch.nn.Module | Weights,
     *,
     fast: bool = False,
 ) -> torch.Tensor:
     """Images → the tensors the weights were evaluated with.
 
-    One image gives (3, H, W) float32; a list or tuple gives (B, 3, H, W). ``spec`` is a zoo name,
-    ``"name:tag"``, a :class:`PreprocessSpec`, a :class:`Weights` record or a loaded model.
+    One image gives (3, H, W) float32; a list or tuple gives (B, 3, H, W). ``spec`` is anything
+    :func:`load` takes (a zoo name or ``"name:tag"``, a checkpoint file or folder,
+    ``hf-hub:owner/repo``), a :class:`PreprocessSpec`, a :class:`Weights` record or a loaded model.
     ``fast=True`` decodes JPEGs at a reduced scale first (Pillow's draft mode): much faster on big
     photos, no longer bit-exact (the benchmark reports by how much).
     """

@@ -17,6 +17,8 @@ import json
 import os
 import signal
 import sys
+import urllib.parse
+from dataclasses import replace
 from pathlib import Path
 
 from tinyvit import __version__
@@ -45,13 +47,14 @@ def positive_int(text: str) -> int:
 # Shared options: the model, its preprocessing, Ray
 
 
-def add_model_options(p: argparse.ArgumentParser, batch: bool = True) -> None:
+def add_model_options(p: argparse.ArgumentParser, batch: bool = True, model: bool = True) -> None:
     g = p.add_argument_group("model")
-    g.add_argument(
-        "--model",
-        default=DEFAULT_MODEL,
-        help="zoo NAME[:TAG] or alias, a checkpoint file or folder, or hf-hub:owner/repo (default %(default)s)",
-    )
+    if model:  # serve takes the model as its argument
+        g.add_argument(
+            "--model",
+            default=DEFAULT_MODEL,
+            help="zoo NAME[:TAG] or alias, a checkpoint file or folder, or hf-hub:owner/repo (default %(default)s)",
+        )
     g.add_argument("--device", default=None, help="e.g. cpu, cuda, cuda:1 (default: cpu)")
     g.add_argument("--dtype", choices=tuple(DTYPE_NAMES), default=None, help="weights dtype (default float32)")
     g.add_argument("--labels", metavar="FILE", help="class names: a file (one per line, or JSON), or imagenet-1k")
@@ -83,6 +86,7 @@ def add_ray_options(p: argparse.ArgumentParser) -> None:
                    "host:6379, ray://host:10001); inputs may be globs or s3:// / gs:// URIs")  # fmt: skip
     g.add_argument("--ray-actors", type=positive_int, default=1, help="model replicas (default %(default)s)")
     g.add_argument("--num-gpus", type=float, default=0, help="GPUs per actor: 1, or 0.5 for two per GPU (default 0)")
+    g.add_argument("--overwrite", action="store_true", help="replace the -o folder if it holds files")
 
 
 def preprocess_from_args(args: argparse.Namespace):
@@ -136,7 +140,7 @@ def add_predict(sub, common) -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="classify images (files or folders)", parents=[common])
     p.add_argument("images", nargs="+", metavar="IMG|DIR")
     add_model_options(p)
-    p.add_argument("--top-k", type=positive_int, default=5, help="classes shown per image (default %(default)s)")
+    p.add_argument("--top-k", type=positive_int, default=None, help="classes shown per image (default 5)")
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="print one JSON array (rows as they are ready)")
     fmt.add_argument("--jsonl", action="store_true", help="print one JSON object per line, as each is ready")
@@ -156,10 +160,13 @@ def run_predict(args: argparse.Namespace) -> int:
         raise UsageError("-o is for --ray (Parquet); without it, results go to the standard output")
     inputs = files_from_args(args.images)
     model = model_from_args(args)
-    runner = Runner(model, task="classify", top_k=args.top_k, fast=args.fast)
-    if args.top_k > model.config.num_classes:
+    classes = model.config.num_classes
+    if args.top_k is None:  # the default: 5, or every class of a model with fewer
+        args.top_k = min(5, classes) or 5  # (an embedding model: the runner says it has no classes)
+    elif 0 < classes < args.top_k:
         note = f"--top-k {args.top_k} is more than the model's {model.config.num_classes} classes"
         print(f"tinyvit: note: {note}; showing all {model.config.num_classes}", file=sys.stderr)
+    runner = Runner(model, task="classify", top_k=args.top_k, fast=args.fast)
     results = runner.stream(inputs, batch_size=args.batch_size, errors="return")
     spec = model.weights.spec if model.weights is not None else None
     with StopOnInterrupt() as stop:
@@ -190,7 +197,7 @@ def _print_predictions(results, args: argparse.Namespace, spec: str | None, stop
             out.write(f"{r.input}\n" + "".join(f"  {p:7.4f}  {name} ({label})\n" for label, name, p in r.topk))
         if not r.ok:
             failed += 1
-            print(f"tinyvit: error: {r.error}", file=sys.stderr)
+            print(f"tinyvit: error: {r.error_line()}", file=sys.stderr)
         done += 1
         out.flush()
         if stop.hit:
@@ -208,17 +215,24 @@ def run_ray_job(args: argparse.Namespace, kind: str) -> int:
     if Path(args.output).suffix in (".safetensors", ".npy"):
         raise UsageError(f"-o {args.output}: with --ray the output is a folder of Parquet files")
     try:
-        from tinyvit.ray import run_job
+        from tinyvit.ray import quiet_logs, run_job
     except ImportError as e:
         raise TinyViTError(str(e) if "tinyvit[ray]" in str(e) else f'pip install "tinyvit[ray]" ({e})') from None
+    quiet_logs()
 
     options = {"device": args.device, "dtype": args.dtype, "fast": args.fast, "labels": args.labels,
                "preprocess": preprocess_from_args(args)}  # fmt: skip
-    options |= {"top_k": args.top_k} if kind == "predict" else {"normalize": args.normalize}
-    summary = run_job(
-        args.images, args.output, args.model, kind=kind, address=None if args.ray == "local" else args.ray,
-        actors=args.ray_actors, num_gpus=args.num_gpus, batch_size=args.batch_size, **options,
-    )  # fmt: skip
+    options |= {"top_k": args.top_k or 5} if kind == "predict" else {"normalize": args.normalize}
+    try:
+        summary = run_job(
+            args.images, args.output, args.model, kind=kind, address=None if args.ray == "local" else args.ray,
+            actors=args.ray_actors, num_gpus=args.num_gpus, batch_size=args.batch_size, overwrite=args.overwrite,
+            **options,
+        )  # fmt: skip
+    except KeyboardInterrupt:
+        kept = "it keeps the rows written so far" if "://" in args.output else "nothing was written there"
+        print(f"tinyvit: interrupted; {kept} ({args.output})", file=sys.stderr)
+        return 130
     for path, error in summary.errors:
         print(f"tinyvit: error: {path}: {error}", file=sys.stderr)
     print(f"wrote {summary.output}: {summary.rows} rows, {summary.failed} failed, in {summary.seconds:.1f} s")
@@ -308,7 +322,8 @@ def run_eval(args: argparse.Namespace) -> int:
         print(json.dumps(result.to_dict(), allow_nan=False))
     else:
         n, failed = result.images, result.failed
-        scored = f"top-1 {result.top1:.2f}%  top-5 {result.top5:.2f}%  ({n} images" if n else "(no image read"
+        top5 = f"  top-5 {result.top5:.2f}%" if result.top5 is not None else ""
+        scored = f"top-1 {result.top1:.2f}%{top5}  ({n} images" if n else "(no image read"
         print(scored + (f", {failed} failed" if failed else "") + f")  {result.model}")
     return 1 if result.failed or not result.images else 0
 
@@ -328,7 +343,8 @@ def run_explain(args: argparse.Namespace) -> int:
     from tinyvit.runner import Runner, model_output
 
     image = files_from_args([args.image])[0]
-    output = Path(args.output or f"{image.stem}.attention.png")
+    stem = Path(urllib.parse.urlparse(image).path if isinstance(image, str) else image).stem or "image"
+    output = Path(args.output or f"{stem}.attention.png")
     if output.suffix.lower() not in FORMATS:
         raise UsageError(f"-o {output}: the picture's format comes from its extension: {', '.join(sorted(FORMATS))}")
     if not output.parent.is_dir():
@@ -346,12 +362,56 @@ def run_explain(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# fit
+
+
+def add_fit(sub, common) -> argparse.ArgumentParser:
+    p = sub.add_parser("fit", help="fit a classifier on a model's embeddings of labelled images", parents=[common])
+    p.add_argument("train", metavar="TRAIN", help="an ImageFolder tree (a subfolder per class) or a CSV / JSONL of "
+                   "path,label (paths relative to the file)")  # fmt: skip
+    p.add_argument("-o", "--output", required=True, help="the fitted model, a .safetensors file")
+    p.add_argument("--val", metavar="DIR|FILE", help="a held-out set that chooses the regularization and measures "
+                   "the accuracy (default: cross-validation on TRAIN)")  # fmt: skip
+    p.add_argument("--head-only", action="store_true", help="write only the head; it loads with its base")
+    p.add_argument("--cache", nargs="?", const=True, default=False, metavar="FILE", help="keep the embeddings "
+                   "(default: OUTPUT.embeddings.safetensors) to fit again in seconds")  # fmt: skip
+    p.add_argument("--seed", type=int, default=0, help="draws the cross-validation folds (default %(default)s)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_model_options(p)
+    p.set_defaults(run=run_fit)
+    return p
+
+
+def run_fit(args: argparse.Namespace) -> int:
+    from tinyvit.fitting import FitOptions, fit_and_report
+
+    if args.labels:
+        raise UsageError("--labels: fit takes the class names from TRAIN")
+    options = FitOptions(val=args.val, head_only=args.head_only, cache=args.cache, seed=args.seed,
+                         batch_size=args.batch_size, device=args.device, dtype=args.dtype, fast=args.fast,
+                         preprocess=preprocess_from_args(args), progress=not args.json)  # fmt: skip
+    fitted = fit_and_report(args.train, args.model, args.output, options)
+    for error in fitted.errors:
+        print(f"tinyvit: error: {error} (left out)", file=sys.stderr)
+    for warning in fitted.warnings:
+        print(f"tinyvit: warning: {warning}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(fitted.to_dict(), allow_nan=False))
+    else:
+        print(fitted.summary())
+        for path in fitted.written:
+            print(f"wrote {path}")
+    return 1 if fitted.errors else 0
+
+
+# ---------------------------------------------------------------------------------------------
 # models, download, convert
 
 
 def add_models(sub, common) -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="the model zoo: weights, accuracy, size, cached or not", parents=[common])
-    p.add_argument("name", nargs="?", metavar="NAME[:TAG]", help="show the weights record a name resolves to")
+    p.add_argument("name", nargs="?", metavar="NAME[:TAG]|PATH", help="show the weights record of a zoo name, a "
+                   "checkpoint file or folder, or hf-hub:owner/repo")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--markdown", action="store_true", help="print the README's model table")
     p.set_defaults(run=run_models)
@@ -362,12 +422,20 @@ def run_models(args: argparse.Namespace) -> int:
     from tinyvit.manifest import entries, markdown_table, resolve, zoo_rows
 
     if args.name:
-        record = resolve(args.name)
+        from tinyvit.specs import ZooSpec, parse_spec
+
+        spec = parse_spec(args.name)
+        if isinstance(spec, ZooSpec):
+            record = spec.record
+        else:  # a checkpoint: what its files say (torch is imported only for these)
+            from tinyvit.loading import weights_record
+
+            record = weights_record(spec)
         if args.json:
             print(json.dumps(record.to_dict(), indent=2, ensure_ascii=False))
             return 0
         print(record.describe())
-        aliases = entries()[str(record.name)].aliases_of(record.tag)
+        aliases = entries()[str(record.name)].aliases_of(record.tag) if isinstance(spec, ZooSpec) else []
         if aliases:
             print(f"also known as:  {', '.join(aliases)}")
         return 0
@@ -422,6 +490,7 @@ def add_convert(sub, common) -> argparse.ArgumentParser:
     p.add_argument("--from", dest="layout", default="auto", choices=["auto", "timm", "hf", "mmpretrain", "npz"])
     p.add_argument("--arch", help="zoo architecture whose head count to use, when the checkpoint does not say")
     p.add_argument("--labels", metavar="FILE", help="class names: a file (one per line, or JSON), or imagenet-1k")
+    p.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
     add_preprocess_options(p)
     p.set_defaults(run=run_convert)
     return p
@@ -431,11 +500,15 @@ def run_convert(args: argparse.Namespace) -> int:
     from tinyvit.conversion import convert
     from tinyvit.files import read_header, read_record
 
+    if Path(args.dst).is_file() and not args.overwrite:
+        raise TinyViTError(f"{args.dst!r} exists; pass --overwrite to replace it")
     pre = preprocess_from_args(args)
     dst = convert(args.src, args.dst, layout=args.layout, arch=args.arch, labels=args.labels, preprocess=pre)
     record = read_record(dst, read_header(dst))
     print(f"wrote {dst}")
     if record is not None:
+        if record.source.kind == "file":  # where the tensors came from (with that file's SHA-256), not dst
+            record = replace(record, source=replace(record.source, path=args.src))
         print("  " + record.describe().replace("\n", "\n  "))
         if record.preprocess is None:
             hint = "state it with --preprocess-like NAME[:TAG] or --crop/--mean/--std"
@@ -505,33 +578,35 @@ def add_serve(sub, common) -> argparse.ArgumentParser:
     p.add_argument("--workers-per-device", type=int, default=d.workers_per_device, help="default %(default)s")
     p.add_argument("--accelerator", default=d.accelerator, choices=ACCELERATORS)
     p.add_argument("--devices", default=d.devices, help="how many devices (default: all)")
-    p.add_argument("--dtype", default=d.dtype, choices=("float32", "float16", "bfloat16"))
     p.add_argument("--top-k", type=int, default=d.top_k, help="results per image (default %(default)s)")
     p.add_argument("--timeout", type=float, default=d.timeout, help="seconds per request (default %(default)s)")
     p.add_argument("--log-level", default=d.log_level, choices=("critical", "error", "warning", "info", "debug"))
+    add_model_options(p, batch=False, model=False)  # --device, --dtype, --labels, the preprocessing: as predict
     p.set_defaults(run=run_serve)
     return p
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    """Exit status: 130 after Ctrl-C, 0 after SIGTERM, 1 when a server process died (``serve.run``)."""
     names = ("host", "port", "max_batch_size", "batch_timeout", "max_body_bytes", "workers_per_device", "accelerator",
-             "dtype", "top_k", "timeout", "log_level")  # fmt: skip
+             "device", "dtype", "labels", "top_k", "timeout", "log_level")  # fmt: skip
+    preprocess = preprocess_from_args(args)
     try:
         devices = args.devices if args.devices == "auto" else int(args.devices)
-        options = ServeOptions(devices=devices, **{k: getattr(args, k) for k in names})
+        options = ServeOptions(devices=devices, preprocess=preprocess, **{k: getattr(args, k) for k in names})
     except ValueError as e:
         raise UsageError(str(e)) from None
     try:
         from tinyvit.serve import run
     except ImportError as e:
         raise TinyViTError(str(e) if "tinyvit[serve]" in str(e) else f'pip install "tinyvit[serve]" ({e})') from None
-    run(args.model, options)
-    return 0
+    return run(args.model, options)
 
 
 # ---------------------------------------------------------------------------------------------
 
-COMMANDS = (add_predict, add_embed, add_eval, add_explain, add_models, add_download, add_convert, add_export, add_serve)
+COMMANDS = (add_predict, add_embed, add_eval, add_explain, add_fit, add_models, add_download, add_convert, add_export,
+            add_serve)
 
 
 def build_parser() -> argparse.ArgumentParser:

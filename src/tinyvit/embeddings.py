@@ -89,7 +89,7 @@ def _fill_rows(rows: np.ndarray, embeddings: Iterable[Embedding]) -> dict[int, s
             rows[count - 1] = e.vector.numpy()  # type: ignore[union-attr]
         else:
             rows[count - 1] = np.nan
-            failed[count - 1] = str(e.error)
+            failed[count - 1] = e.error_line()
     if count != n:
         raise TinyViTError(f"{count} embeddings for {n} inputs")
     rows.flush()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["ImageError", "OfflineError", "TinyViTError", "UnknownModelError", "WeightsError"]
+__all__ = ["FitError", "ImageError", "OfflineError", "TinyViTError", "UnknownModelError", "WeightsError"]
 
 
 class TinyViTError(Exception):
@@ -34,3 +34,8 @@ class OfflineError(WeightsError):
 
 class UnknownModelError(TinyViTError, ValueError):
     """A model name or tag that the manifest does not list."""
+
+
+class FitError(TinyViTError, ValueError):
+    """A classifier cannot be fitted (``tinyvit fit``): an empty class, a single class, a label
+    file naming missing files, a base model that gives no embedding to fit on."""

@@ -24,7 +24,7 @@ __all__ = ["ClassCounts", "Evaluation", "evaluate", "folder_samples"]
 class ClassCounts:
     images: int = 0  # images of the class that were scored
     top1: int = 0  # ... whose top-1 class was right
-    top5: int = 0  # ... whose right class was among the top 5
+    top5: int | None = 0  # ... whose right class was among the top 5 (None: the model has 5 classes or fewer)
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class Evaluation:
     images: int  # images scored
     failed: int  # images that could not be read (not scored)
     top1: float | None
-    top5: float | None
+    top5: float | None  # also None for a model of 5 classes or fewer: every image would be a top-5 hit
     per_class: dict[str, ClassCounts] = field(default_factory=dict)  # class name → counts
     errors: list[str] = field(default_factory=list)  # one per failed image
 
@@ -104,13 +104,14 @@ def evaluate(
     names = class_names(net)
     ids = list(imagenet_classes().ids) if tuple(names) == imagenet_classes().names else names
     samples = folder_samples(root, names, ids, limit)
-    runner = Runner(net, task="classify", top_k=5, fast=fast)
+    top5 = len(names) > 5  # with 5 classes or fewer, top-5 accuracy says nothing
+    runner = Runner(net, task="classify", top_k=min(5, len(names)), fast=fast)
     counts = {i: [0, 0, 0] for _, i in samples}
     errors = []
     results = runner.stream([p for p, _ in samples], batch_size=batch_size, errors="return", progress=progress)
     for r, (_, label) in zip(results, samples, strict=True):
         if not r.ok:
-            errors.append(str(r.error))
+            errors.append(r.error_line())
             continue
         c = counts[label]
         c[0], c[1], c[2] = c[0] + 1, c[1] + (r.label == label), c[2] + (label in [i for i, _, _ in r.topk])
@@ -122,7 +123,7 @@ def evaluate(
         images=n,
         failed=len(errors),
         top1=100.0 * sum(c[1] for c in counts.values()) / n if n else None,
-        top5=100.0 * sum(c[2] for c in counts.values()) / n if n else None,
-        per_class={names[i]: ClassCounts(*c) for i, c in sorted(counts.items())},
+        top5=100.0 * sum(c[2] for c in counts.values()) / n if n and top5 else None,
+        per_class={names[i]: ClassCounts(c[0], c[1], c[2] if top5 else None) for i, c in sorted(counts.items())},
         errors=errors,
     )

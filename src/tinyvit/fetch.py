@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import re
+import socket
 import tempfile
 import urllib.error
 import urllib.parse
@@ -93,6 +94,32 @@ def verify(path: Path, expected: str, what: str, *, remove: list[Path]) -> None:
 # Hub
 
 
+PROBE_TIMEOUT = 5.0  # seconds to open a connection to the Hub before calling it unreachable
+_unreachable: dict[str, str] = {}  # endpoint → why it could not be reached (asked once per process)
+
+
+def _unreachable_reason() -> str | None:
+    """Why the Hub endpoint cannot be reached (connection refused, no such host, no answer), or
+    None when it can, or cannot be asked directly (through a proxy). One TCP connection, once per
+    process: huggingface_hub retries an unreachable Hub for ~25 s, printing a line per retry,
+    before its cache is looked at; a Hub that is not there at all is known in milliseconds."""
+    from huggingface_hub import constants
+
+    endpoint = constants.ENDPOINT
+    if endpoint not in _unreachable:
+        if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY")):
+            _unreachable[endpoint] = ""
+        else:
+            url = urllib.parse.urlparse(endpoint)
+            port = url.port or (443 if url.scheme == "https" else 80)
+            try:
+                socket.create_connection((url.hostname or "", port), timeout=PROBE_TIMEOUT).close()
+                _unreachable[endpoint] = ""
+            except OSError as e:
+                _unreachable[endpoint] = getattr(e, "strerror", None) or type(e).__name__
+    return _unreachable[endpoint] or None
+
+
 def _hub_error(e: Exception, what: str) -> WeightsError:
     from huggingface_hub.errors import (
         EntryNotFoundError,
@@ -104,8 +131,11 @@ def _hub_error(e: Exception, what: str) -> WeightsError:
     if isinstance(e, LocalEntryNotFoundError) or offline():
         from huggingface_hub import constants
 
+        reason = _unreachable_reason()
         hint = (
-            "offline (HF_HUB_OFFLINE is set)" if offline() else f"the Hub ({constants.ENDPOINT}) could not be reached"
+            "offline (HF_HUB_OFFLINE is set)"
+            if offline()
+            else f"the Hub ({constants.ENDPOINT}) could not be reached" + (f" ({reason})" if reason else "")
         )
         return OfflineError(f"{what}: {hint}, and the file is not in the cache")
     if isinstance(e, RepositoryNotFoundError):
@@ -126,8 +156,11 @@ def fetch_hf_hub(
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
     what = f"hf://{repo_id}/{filename}" + (f"@{revision}" if revision else "")
+    cache_only = not offline() and _unreachable_reason() is not None
     try:
-        path = Path(hf_hub_download(repo_id, filename, revision=revision, library_name="tinyvit"))
+        path = Path(
+            hf_hub_download(repo_id, filename, revision=revision, library_name="tinyvit", local_files_only=cache_only)
+        )
     except EntryNotFoundError as e:
         if optional and not isinstance(e, LocalEntryNotFoundError):
             return None
@@ -309,13 +342,39 @@ def _hub_snapshot(spec: HubSpec) -> Path:
         if weights is not None:
             break
     if weights is None:
-        raise offline_error or WeightsError(f"{spec}: the repository holds none of {', '.join(WEIGHTS_FILES)}")
+        weights = _hub_shards(spec)
+    if weights is None:
+        raise offline_error or WeightsError(
+            f"{spec}: the repository holds none of {', '.join(WEIGHTS_FILES)}, {SHARD_INDEX}"
+        )
     for name in SIDE_FILES:
         try:
             fetch_hf_hub(spec.repo_id, name, revision=spec.revision, optional=True)
         except OfflineError:
             pass  # offline: a side file the first (online) load did not find is not there
     return weights
+
+
+SHARD_INDEX = "model.safetensors.index.json"  # a checkpoint saved in shards: which shard holds each tensor
+
+
+def _hub_shards(spec: HubSpec) -> Path | None:
+    """A sharded checkpoint: its index, fetched with every shard it names (None if there is none)."""
+    try:
+        index = fetch_hf_hub(spec.repo_id, SHARD_INDEX, revision=spec.revision, optional=True)
+    except OfflineError:
+        return None
+    if index is None:
+        return None
+    try:
+        shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise WeightsError(f"{spec}: unreadable {SHARD_INDEX} ({e})") from e
+    for shard in shards:
+        if "/" in shard or "\\" in shard or not shard.endswith(".safetensors"):
+            raise WeightsError(f"{spec}: {SHARD_INDEX} names {shard!r}, not a safetensors file beside it")
+        fetch_hf_hub(spec.repo_id, shard, revision=spec.revision)
+    return index
 
 
 def _url_file(spec: UrlSpec) -> Path:

@@ -110,6 +110,44 @@ class Checkpoint:
     classes: tuple[str, ...] | None = None  # an mmpretrain checkpoint's meta.dataset_meta.classes
 
 
+# what a file that is not a checkpoint most often is, by its first bytes
+_NOT_CHECKPOINTS = (
+    (b"\xff\xd8\xff", "a JPEG image"), (b"\x89PNG", "a PNG image"), (b"GIF8", "a GIF image"),
+    (b"BM", "a BMP image"), (b"II*\x00", "a TIFF image"), (b"MM\x00*", "a TIFF image"), (b"%PDF", "a PDF document"),
+    (b"\x1f\x8b", "a gzip archive"), (b"\x08", "an ONNX model"),
+)  # fmt: skip
+
+
+def _what_else(path: Path) -> str | None:
+    """What a file given as a checkpoint is instead (an image, a document, text), from its first
+    bytes; None when it may be a checkpoint (a zip or pickle, safetensors, npz)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except OSError as e:
+        raise WeightsError(f"{str(path)!r}: cannot read it ({e.strerror or e})") from e
+    if not head:
+        return "an empty file"
+    if head.startswith((b"PK\x03\x04", b"\x80")) or (len(head) > 8 and head[8:9] == b"{"):
+        return None  # torch's zip or legacy pickle, npz; safetensors (8-byte header length, then JSON)
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "a WebP image"
+    if head[4:12] in (b"ftypheic", b"ftypheix", b"ftypmif1", b"ftypavif"):
+        return "a HEIF / AVIF image"
+    for magic, what in _NOT_CHECKPOINTS:
+        if head.startswith(magic):
+            return what
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as e:  # a character cut at the end of what was read is fine
+        if e.start < len(head) - 3:
+            return None
+        text = head[: e.start].decode("utf-8")
+    if text.lstrip().lower().startswith(("<!doctype html", "<html")):
+        return "an HTML page"
+    return "a text file" if all(c.isprintable() or c in "\r\n\t" for c in text) else None
+
+
 def _torch_load(path: Path) -> tuple[dict, tuple[str, ...] | None]:
     """A .pth / .bin state dict, unwrapped, and the class names its training meta records."""
     try:
@@ -194,6 +232,9 @@ def read_checkpoint(src: str | os.PathLike) -> Checkpoint:
             _read_configs(ckpt, path)
             return ckpt
         raise WeightsError(f"{str(path)!r}: folder holds no weights file ({', '.join(WEIGHTS_FILES)})")
+    other = _what_else(path)
+    if other is not None:
+        raise WeightsError(f"{str(path)!r}: not a checkpoint (it is {other})")
     if path.suffix == ".npz":
         try:
             with np.load(path, allow_pickle=False) as npz:

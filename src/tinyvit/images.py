@@ -45,6 +45,7 @@ __all__ = [
     "describe_input",
     "expand_inputs",
     "files_from_args",
+    "is_image_url",
     "image_files",
     "load_image",
     "preprocess",
@@ -66,6 +67,13 @@ _RESAMPLE = {
     "hamming": Image.Resampling.HAMMING,
 }
 _URL_SCHEMES = ("http", "https", "ftp", "s3", "gs", "hf")
+URL_TIMEOUT = 30.0  # seconds without data before an image download is abandoned
+URL_MAX_BYTES = 100 * 2**20  # an image URL that sends more is refused
+
+
+def is_image_url(image: Any) -> bool:
+    """An ``http://`` or ``https://`` URL given as an image (fetched as transformers' pipeline does)."""
+    return isinstance(image, str) and image.split("://", 1)[0].lower() in ("http", "https") and "://" in image
 
 
 def _torch():
@@ -103,8 +111,8 @@ def check_path(image: str | os.PathLike, name: str | None = None) -> Path:
     device, which would be read forever), else :class:`ImageError`."""
     name = name or describe_input(image)
     text = os.fspath(image)
-    if isinstance(text, str) and text.split("://", 1)[0].lower() in _URL_SCHEMES:
-        raise ImageError(name, "URLs are not fetched; download the image first and pass the local file")
+    if isinstance(text, str) and "://" in text and text.split("://", 1)[0].lower() in _URL_SCHEMES:
+        raise ImageError(name, "only http(s) URLs are fetched; download the image first and pass the local file")
     path = Path(image)
     if not path.exists():
         raise ImageError(name, "no such file")
@@ -143,20 +151,23 @@ def check_paths(items: Sequence[Any]) -> None:
     """Raise :class:`ImageError` for the first path among ``items`` that is not an image file:
     before any weights are fetched, a missing file fails in well under a second."""
     for item in items:
-        if isinstance(item, (str, os.PathLike)):
+        if isinstance(item, (str, os.PathLike)) and not is_image_url(item):
             check_path(item)
 
 
-def files_from_args(entries: Sequence[str | os.PathLike], *, globs: bool = False) -> list[Path]:
+def files_from_args(entries: Sequence[str | os.PathLike], *, globs: bool = False) -> list[Path | str]:
     """What a command line names → image files, every one checked now (before any weights are
-    fetched): files, folders (their image files, recursively, sorted) and, with ``globs``,
-    patterns such as ``photos/**/*.jpg``. A missing file, an empty folder, a pattern that matches
-    nothing or a URL is an error."""
+    fetched): files, folders (their image files, recursively, sorted), http(s) URLs (fetched when
+    decoded) and, with ``globs``, patterns such as ``photos/**/*.jpg``. A missing file, an empty
+    folder, a pattern that matches nothing or another kind of URL is an error."""
     if not entries:
         raise TinyViTError("no inputs given")
-    files: list[Path] = []
+    files: list[Path | str] = []
     for entry in entries:
         text = os.fspath(entry)
+        if is_image_url(text):
+            files.append(text)
+            continue
         matches = [text]
         if globs and glob.has_magic(text) and not Path(text).exists():
             matches = sorted(glob.glob(text, recursive=True))
@@ -172,9 +183,35 @@ def files_from_args(entries: Sequence[str | os.PathLike], *, globs: bool = False
 # Decoding
 
 
+def _download(url: str, name: str) -> bytes:
+    """An image URL's bytes: a bounded wait for data, a bounded size, every failure an ImageError."""
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, headers={"User-Agent": "tinyvit"})
+    try:
+        with urllib.request.urlopen(request, timeout=URL_TIMEOUT) as r:
+            size = int(r.headers.get("Content-Length") or 0)
+            data = r.read(URL_MAX_BYTES + 1) if size <= URL_MAX_BYTES else b""
+    except urllib.error.HTTPError as e:
+        raise ImageError(name, f"HTTP {e.code} {e.reason}") from None
+    except urllib.error.URLError as e:
+        reason = e.reason.strerror if isinstance(e.reason, OSError) and e.reason.strerror else e.reason
+        raise ImageError(name, f"could not fetch it ({reason})") from None
+    except TimeoutError:
+        raise ImageError(name, f"no data for {URL_TIMEOUT:g} s; gave up") from None
+    except (OSError, ValueError) as e:  # a connection dropped half-way, a malformed URL
+        raise ImageError(name, f"could not fetch it ({e})") from None
+    if size > URL_MAX_BYTES or len(data) > URL_MAX_BYTES:
+        raise ImageError(name, f"more than the {URL_MAX_BYTES} bytes an image may have")
+    return data
+
+
 def _read(image: Any, name: str) -> bytes:
-    """The bytes of a path, a bytes-like object or a binary file."""
-    if isinstance(image, (str, os.PathLike)):
+    """The bytes of a path, an http(s) URL, a bytes-like object or a binary file."""
+    if is_image_url(image):
+        data = _download(image, name)
+    elif isinstance(image, (str, os.PathLike)):
         path = check_path(image, name)
         try:
             data = path.read_bytes()

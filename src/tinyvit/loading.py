@@ -11,20 +11,24 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 
 from tinyvit.conversion import read_weights
 from tinyvit.errors import OfflineError, TinyViTError, WeightsError
 from tinyvit.fetch import Fetched, cache_dir, fetch
-from tinyvit.files import read_tensors
+from tinyvit.files import WEIGHTS_FILES, read_tensors
+from tinyvit.fsutil import sha256_file
 from tinyvit.manifest import resolve
 from tinyvit.model import VisionTransformer
 from tinyvit.preprocessing import PreprocessSpec
 from tinyvit.record import Source, Weights, parse_labels
-from tinyvit.specs import ModelSpec, ZooSpec
+from tinyvit.specs import ModelSpec, ZooSpec, parse_spec
 
-__all__ = ["LabelsArg", "bare_model", "build_model", "load_model", "resolve_preprocess"]
+__all__ = [
+    "LabelsArg", "bare_model", "build_model", "load_model", "resolve_preprocess", "weights_record", "weights_sha256",
+]
 
 LabelsArg = str | os.PathLike | Sequence[str] | None
 
@@ -51,6 +55,8 @@ def load_model(
     try:
         state, record = _read(fetched, labels, preprocess)
         what = f"{str(fetched.path)!r} ({record.source.layout} layout)"
+        if record.fit is not None and record.fit.head_only:
+            return _with_base(record, state, what=what, device=device, dtype=dtype)
         return build_model(record, state, what=what, device=device, dtype=dtype)
     except WeightsError as e:
         if not isinstance(spec, ZooSpec):
@@ -92,6 +98,42 @@ def build_model(
     return model
 
 
+def _with_base(
+    record: Weights, head: dict[str, torch.Tensor], *, what: str, device: torch.device | None,
+    dtype: torch.dtype | None,
+) -> VisionTransformer:
+    """A head-only file (``tinyvit fit --head-only``): the base its record names, loaded (a file
+    that has moved is looked for beside the head's file), with this head in place of its own."""
+    fit = record.fit
+    assert fit is not None
+    spec = fit.base
+    beside = Path(str(record.source.path)).parent / Path(spec).name
+    if Path(spec).is_absolute() and not Path(spec).exists() and beside.is_file():
+        spec = str(beside)
+    try:
+        base = load_model(parse_spec(spec), device=device, dtype=dtype)
+    except TinyViTError as e:
+        raise WeightsError(f"{what}: holds only a head; its base {fit.base} cannot be loaded: {e}") from e
+    sha = weights_sha256(base.weights, fit.base_sha256) if base.weights is not None else None
+    if fit.base_sha256 is not None and sha != fit.base_sha256:
+        raise WeightsError(f"{what}: its head was fitted on {fit.base} with SHA-256 {fit.base_sha256[:12]}…, but "
+                           f"that base now has {str(sha)[:12]}…; fit the head again")  # fmt: skip
+    state = {k: v for k, v in base.state_dict().items() if not k.startswith(("head.", "head_dist."))}
+    return build_model(record, state | head, what=what, device=device, dtype=dtype)
+
+
+def weights_sha256(record: Weights, expected: str | None = None) -> str | None:
+    """The SHA-256 that names a record's weights: its source's, else that of the file it was read
+    from (hashed now); with ``expected``, the file is hashed when the source's differs."""
+    known = record.source.sha256
+    if known is not None and expected in (None, known):
+        return known
+    path = Path(record.source.path) if record.source.path else None
+    if path is not None and path.is_dir():
+        path = next((path / n for n in WEIGHTS_FILES if (path / n).is_file()), None)
+    return sha256_file(path) if path is not None and path.is_file() else known
+
+
 def bare_model(name: str) -> VisionTransformer:
     """A zoo architecture, randomly initialised, in eval mode; its record says so."""
     record = resolve(name)
@@ -101,13 +143,23 @@ def bare_model(name: str) -> VisionTransformer:
     return model.eval()
 
 
-def resolve_preprocess(spec: str | PreprocessSpec | torch.nn.Module | Weights) -> PreprocessSpec:
-    """A zoo name or ``"name:tag"`` (its weights' preprocessing), a spec, a record, or a loaded
-    model (its record's preprocessing)."""
+def weights_record(spec: str | os.PathLike | ModelSpec) -> Weights:
+    """The record of the weights ``spec`` names — the zoo's, or what a checkpoint's own files say
+    (fetched as ``load`` fetches them) — without building the model."""
+    parsed = parse_spec(spec)
+    if isinstance(parsed, ZooSpec):
+        return parsed.record
+    return _read(fetch(parsed), None, None)[1]
+
+
+def resolve_preprocess(spec: str | os.PathLike | PreprocessSpec | torch.nn.Module | Weights) -> PreprocessSpec:
+    """A spec; what ``load`` takes — a zoo name or ``"name:tag"``, a checkpoint file or folder,
+    ``hf-hub:owner/repo`` — (its weights' preprocessing); a record, or a loaded model (its
+    record's preprocessing)."""
     if isinstance(spec, PreprocessSpec):
         return spec
-    if isinstance(spec, str):
-        return resolve(spec).preprocess  # type: ignore[return-value]
+    if isinstance(spec, (str, os.PathLike)):
+        spec = weights_record(spec)
     record = spec if isinstance(spec, Weights) else getattr(spec, "weights", None)
     if isinstance(record, Weights) and record.preprocess is not None:
         return record.preprocess

@@ -46,10 +46,13 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import inspect
+import logging
 import math
 import os
+import shutil
 import sys
 import time
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -347,9 +350,9 @@ def _connect(address: str | None) -> bool:
         return False  # the caller's session (a test fixture, a notebook): use it, leave it running
     if address is None:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        ray.init(num_cpus=cores, include_dashboard=False, _node_ip_address="127.0.0.1")
+        ray.init(num_cpus=cores, include_dashboard=False, _node_ip_address="127.0.0.1", logging_level=_log_level)
     else:
-        ray.init(address=address)
+        ray.init(address=address, logging_level=_log_level)
     return True
 
 
@@ -434,7 +437,8 @@ def run_job(
     decoding threads on a GPU. ``batch_size``: images per forward pass. ``options``: the
     :class:`Classifier` / :class:`Embedder` arguments (``top_k``, ``normalize``, ``device``,
     ``dtype``, ``fast``, ``labels``, ``preprocess``). ``output`` must not hold files unless
-    ``overwrite``; a job that fails part-way leaves what it wrote.
+    ``overwrite``. A local ``output`` appears only when the job is done (see :func:`_written_whole`);
+    another filesystem's keeps what a failed job wrote.
 
     Returns the :class:`JobSummary` (rows, failed rows and their errors), read back from the
     Parquet written.
@@ -449,13 +453,17 @@ def run_job(
     with _session(address) as ray:
         if uris and address is None:
             _check_cpus(ray, actors, num_cpus)
-        ds = _dataset(ray, files, uris).map_batches(
-            cls, fn_constructor_kwargs={"model": model, **options}, batch_size=batch_size,
-            compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=num_gpus or None, num_cpus=num_cpus,
-        )  # fmt: skip
-        # a local folder was checked above (missing or empty); another filesystem's is checked by Ray
-        mode = "overwrite" if overwrite else ("error" if _is_uri(out) else "append")
-        ds.write_parquet(out, mode=ray.data.SaveMode(mode))
+        with warnings.catch_warnings():  # see _local_actor_args
+            warnings.simplefilter("ignore", DeprecationWarning)
+            ds = _dataset(ray, files, uris).map_batches(
+                cls, fn_constructor_kwargs={"model": model, **options}, batch_size=batch_size,
+                compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=num_gpus or None, num_cpus=num_cpus,
+                **(_local_actor_args(ray) if address is None else {}),
+            )  # fmt: skip
+        with _written_whole(out, overwrite) as target:
+            # a local folder is written new (see _written_whole); another filesystem's is checked by Ray
+            mode = "append" if target != out else ("overwrite" if overwrite else "error")
+            ds.write_parquet(target, mode=ray.data.SaveMode(mode))
         rows, failed, errors = _read_back(out, options.get("prefix", "") + "error", max_errors)
     if not uris and rows != len(files):
         raise TinyViTError(f"{out}: {rows} rows written for {len(files)} inputs")
@@ -485,6 +493,56 @@ def _job_class(kind: str, model: Any, options: dict[str, Any], *, actors: int, b
     return cls
 
 
+def _no_restarts() -> dict[str, int]:
+    return {"max_restarts": 0, "max_task_retries": 0}
+
+
+def _local_actor_args(ray: Any) -> dict[str, Any]:
+    """The actors of a job on this machine are not restarted: a crash there is this machine's.
+    Restartable actors make Ray print an error line per actor (their constructor arguments are in
+    the object store). Ray 2.60 takes the setting through ``ray_remote_args_fn``, deprecated, to
+    be removed in 2.64: passed while it exists, its warning silenced."""
+    if "ray_remote_args_fn" in inspect.signature(ray.data.Dataset.map_batches).parameters:
+        return {"ray_remote_args_fn": _no_restarts}
+    return {}
+
+
+@contextlib.contextmanager
+def _written_whole(out: str, overwrite: bool) -> Iterator[str]:
+    """Where to write a job's output: for a local folder, a hidden one beside it that takes its
+    name when the block ends well (replacing ``out`` when ``overwrite``) and is removed when it
+    does not (an error, Ctrl-C). Another filesystem's ``out`` is written in place."""
+    if _is_uri(out):
+        yield out
+        return
+    final = Path(out)
+    partial = final.parent / f".{final.name}.partial-{os.getpid()}"
+    try:
+        yield str(partial)
+        if final.exists() and overwrite:
+            shutil.rmtree(final)
+        os.replace(partial, final)  # over a missing or empty folder
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+
+
+_log_level = logging.INFO  # Ray's driver logging (ray.init's default); quiet_logs lowers it
+
+
+def quiet_logs() -> None:
+    """Ray's own logging cut to warnings and errors, and no Ray Data progress report where stderr
+    is not a terminal: for the command line, whose output is tinyvit's lines."""
+    import ray.data
+
+    global _log_level
+    _log_level = logging.WARNING
+    logging.getLogger("ray").setLevel(logging.WARNING)
+    logging.getLogger("ray.data").setLevel(logging.ERROR)  # its warnings: progress bars are off, and such
+    # said on every start of a local cluster, which tinyvit starts with token authentication on
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+    ray.data.DataContext.get_current().enable_progress_bars = sys.stderr.isatty()
+
+
 def _check_output(output: str | os.PathLike, overwrite: bool) -> str:
     """The output folder: a local one must be a folder, empty unless ``overwrite``."""
     out = os.fspath(output)
@@ -492,7 +550,7 @@ def _check_output(output: str | os.PathLike, overwrite: bool) -> str:
         if not Path(out).is_dir():
             raise TinyViTError(f"{out!r} is a file; the output is a folder of Parquet files")
         if any(Path(out).iterdir()) and not overwrite:
-            raise TinyViTError(f"{out!r} is not empty; choose another folder or overwrite it")
+            raise TinyViTError(f"{out!r} is not empty; choose another folder, or overwrite it (--overwrite)")
     return out
 
 

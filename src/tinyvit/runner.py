@@ -81,7 +81,7 @@ class Prediction:
     score: float = math.nan
     topk: list[tuple[int, str, float]] = field(default_factory=list)
     scores: torch.Tensor | None = field(default=None, repr=False)  # (num_classes,) probabilities
-    error: str | None = None
+    error: str | None = None  # why it failed (the input is named by ``input``)
 
     @property
     def ok(self) -> bool:
@@ -90,6 +90,10 @@ class Prediction:
     def __str__(self) -> str:
         """``Greater Swiss Mountain dog (0.56)``, or the error; ``repr`` shows everything."""
         return f"{self.name} ({self.score:.2f})" if self.ok else f"{self.input}: error: {self.error}"
+
+    def error_line(self) -> str:
+        """A failed item's one-line report, its input quoted: ``'photos/a.jpg': not an image``."""
+        return f"{self.input!r}: {self.error}"
 
     def to_dict(self, *, scores: bool = True) -> dict[str, Any]:
         """mmpretrain's ``inference_model`` keys, plus ``topk``, ``input`` and ``error``. A failed
@@ -111,11 +115,13 @@ class Embedding:
 
     input: str
     vector: torch.Tensor | None = field(default=None, repr=False)  # (D,) float32
-    error: str | None = None
+    error: str | None = None  # why it failed (the input is named by ``input``)
 
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    error_line = Prediction.error_line
 
 
 Result = Prediction | Embedding
@@ -239,7 +245,7 @@ class Runner:
         outputs = iter(self.forward(torch.stack(tensors), top_k=top_k) if tensors else ())
         failed = Embedding if self.task == "embed" else Prediction
         return [
-            failed(label, error=str(d)) if isinstance(d, ItemError) else replace(next(outputs), input=label)
+            failed(label, error=d.reason) if isinstance(d, ItemError) else replace(next(outputs), input=label)
             for d, label in zip(decoded, labels, strict=True)
         ]
 
@@ -325,9 +331,11 @@ def default_workers() -> int:
 
 
 def _progress(total: int, show: bool | str, desc: str):
-    """A progress bar on stderr (huggingface_hub's tqdm: HF_HUB_DISABLE_PROGRESS_BARS turns it
-    off); ``show`` may be the bar's label."""
-    if not show:
+    """A progress bar on stderr when it is a terminal (huggingface_hub's tqdm:
+    HF_HUB_DISABLE_PROGRESS_BARS turns it off); ``show`` may be the bar's label. Into a file or a
+    pipe a bar is only noise: tqdm cannot redraw there, so every refresh, the last one twice,
+    would stay in the log."""
+    if not show or not sys.stderr.isatty():
         return None
     from huggingface_hub.utils import tqdm
 
