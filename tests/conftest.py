@@ -56,11 +56,24 @@ class Ran(NamedTuple):
     stderr: str
 
 
-def cli(*args: str | os.PathLike, env: dict | None = None, cwd: Path | None = None, timeout: float = 300) -> Ran:
+class _Stream(io.StringIO):
+    def __init__(self, terminal: bool):
+        super().__init__()
+        self.terminal = terminal
+
+    def isatty(self) -> bool:
+        return self.terminal
+
+
+def cli(
+    *args: str | os.PathLike, env: dict | None = None, cwd: Path | None = None, timeout: float = 300,
+    terminal: bool = False,
+) -> Ran:  # fmt: skip
     """``tinyvit ARGS``: in this process (an interpreter start and torch's import, ~4 s, saved per
     call), or in a new ``python -m tinyvit.cli`` where ``env`` or ``cwd`` is given: settings read at
     import (``HF_ENDPOINT``, ``HF_HUB_OFFLINE``) need a fresh process. An exception that escapes
-    (``--debug``) is printed as the interpreter would, exit code 1."""
+    (``--debug``) is printed as the interpreter would, exit code 1. ``terminal``: stderr says it is
+    a terminal (progress bars are drawn only there)."""
     if env is not None or cwd is not None:
         out = subprocess.run(
             [sys.executable, "-m", "tinyvit.cli", *map(str, args)],
@@ -69,7 +82,7 @@ def cli(*args: str | os.PathLike, env: dict | None = None, cwd: Path | None = No
         return Ran(out.returncode, out.stdout, out.stderr)
     from tinyvit.cli import main
 
-    stdout, stderr = io.StringIO(), io.StringIO()
+    stdout, stderr = io.StringIO(), _Stream(terminal)
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
         try:
             code = main([str(a) for a in args])

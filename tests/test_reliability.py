@@ -153,7 +153,7 @@ def test_predict_over_a_folder_keeps_the_good_ones(corpus, small_weights):
         r = by_name[name]
         assert r.ok == (error is None), (name, r.error)
         if error is not None:
-            assert name in r.error and r.label == -1
+            assert name in r.error_line() and name not in r.error and r.label == -1  # the path once
         else:
             assert 0 <= r.label < 10 and r.name == f"class {r.label}"
     with pytest.raises(tinyvit.ImageError):

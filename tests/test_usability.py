@@ -42,7 +42,7 @@ def tree(tmp_path_factory) -> Path:
 
 
 def test_eval_counts_failures_in_its_summary_and_exit_code(weights, tree):
-    out = cli("eval", str(tree), "--model", str(weights))
+    out = cli("eval", str(tree), "--model", str(weights), terminal=True)
     assert out.returncode == 1  # some images failed
     assert "(2 images, 1 failed)" in out.stdout and "broken.jpg" in out.stderr
     assert "eval:" in out.stderr and "predict:" not in out.stderr  # the progress bar says what runs
