@@ -35,13 +35,16 @@ PHOTOS = sorted((FIXTURES / "photos").glob("*.jpg"))
 
 
 @pytest.fixture(scope="module")
-def model(weights):
-    return tinyvit.load(weights)
+def small(tmp_path_factory) -> Path:
+    """The model for what does not depend on the model's size: how images flow, what is written.
+    (Tests about timing against the forward pass — the first line printed before the last image is
+    decoded, Ctrl-C part-way — keep the full-size B/32 ``weights``.)"""
+    return small_vit_file(tmp_path_factory.mktemp("small"))
 
 
 @pytest.fixture(scope="module")
-def small(tmp_path_factory) -> Path:
-    return small_vit_file(tmp_path_factory.mktemp("small"))
+def model(small):
+    return tinyvit.load(small)
 
 
 @pytest.fixture(scope="module")
@@ -110,8 +113,7 @@ class Tracked(io.BytesIO):
         return super().read(*args)
 
 
-def test_results_stream_in_order_and_decoding_stays_a_few_batches_ahead(small):
-    model = tinyvit.load(small)
+def test_results_stream_in_order_and_decoding_stays_a_few_batches_ahead(model):
     data = PHOTOS[0].read_bytes()
     Tracked.log = []
     n, bs = 40, 2
@@ -187,13 +189,13 @@ def test_ctrl_c_keeps_what_was_printed_and_exits_130(weights, tmp_path):
         assert [r["input"] for r in rows] == [str(f) for f in files[: len(rows)]]
 
 
-def test_json_output_is_strict_json_when_an_image_fails(weights, folder):
-    out = cli("predict", str(folder), "--model", str(weights), "--json")
+def test_json_output_is_strict_json_when_an_image_fails(small, folder):
+    out = cli("predict", str(folder), "--model", str(small), "--json")
     assert out.returncode == 1
     rows = json.loads(out.stdout, parse_constant=lambda c: pytest.fail(f"{c} in the JSON output"))
     failed = [r for r in rows if r["error"]]
     assert len(failed) == 3 and all(r["pred_score"] is None and r["pred_label"] is None for r in failed)
-    lines = cli("predict", str(folder), "--model", str(weights), "--jsonl").stdout.splitlines()
+    lines = cli("predict", str(folder), "--model", str(small), "--jsonl").stdout.splitlines()
     assert [json.loads(line)["input"] for line in lines] == [r["input"] for r in rows]
 
 
@@ -227,9 +229,9 @@ def test_embed_equals_extract_feat(model, folder, tmp_path):
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".npy"])
-def test_cli_embed_writes_features_inputs_and_record(weights, model, folder, tmp_path, suffix):
+def test_cli_embed_writes_features_inputs_and_record(small, model, folder, tmp_path, suffix):
     out_file = tmp_path / f"feats{suffix}"
-    out = cli("embed", str(folder), "-o", str(out_file), "--model", str(weights), "--batch-size", "3")
+    out = cli("embed", str(folder), "-o", str(out_file), "--model", str(small), "--batch-size", "3")
     assert out.returncode == 1  # three images failed: said, and their rows marked
     assert "3 images failed" in out.stdout and "truncated" in out.stderr.lower()
     files = [str(p) for p in image_files(folder)]
