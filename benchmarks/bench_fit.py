@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import random
 import statistics
 import sys
@@ -33,11 +32,11 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image, ImageEnhance
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_pipeline import make_weights  # noqa: E402  (this folder: zoo-shaped random weights)
+from bench_ray import machine_line  # noqa: E402
 
 import tinyvit  # noqa: E402
 from tinyvit.cli import main as cli  # noqa: E402
@@ -113,17 +112,6 @@ def timed(argv: list[str]) -> float:
     return time.perf_counter() - start
 
 
-def machine_line() -> str:
-    import sklearn
-
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
-    return (
-        f"{time.strftime('%Y-%m-%d')} | {cpu} | {len(os.sched_getaffinity(0))} cores, torch threads "
-        f"{torch.get_num_threads()} | Python {platform.python_version()} | torch {torch.__version__}, "
-        f"tinyvit {tinyvit.__version__}, scikit-learn {sklearn.__version__}"
-    )
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="vit-base-p32-384", help="zoo architecture (random weights)")
@@ -157,7 +145,7 @@ def main() -> None:
     references = sklearn_probes(weights, train, test, args.seed)
 
     n = len(PHOTOS) * args.train
-    print(machine_line())
+    print(machine_line("scikit-learn"))
     print(f"\n{args.model} (random weights), {len(PHOTOS)} classes of augmented views of scikit-image's photos "
           f"({', '.join(PHOTOS)}): {args.train} training and {args.test} test views per class, 384x288 JPEGs; "
           f"times: median of {args.rounds} alternating rounds\n")  # fmt: skip

@@ -41,14 +41,15 @@ from bench_pipeline import make_set, make_weights  # noqa: E402  (this folder: t
 import tinyvit  # noqa: E402
 
 
-def machine_line() -> str:
-    import ray
+def machine_line(library: str = "ray") -> str:
+    """The date, CPU, cores, Python, and the versions of torch, tinyvit and ``library``."""
+    from importlib import metadata
 
     cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
     return (
         f"{time.strftime('%Y-%m-%d')} | {cpu} | {len(os.sched_getaffinity(0))} cores, torch threads "
         f"{torch.get_num_threads()} | Python {platform.python_version()} | torch {torch.__version__}, "
-        f"tinyvit {tinyvit.__version__}, ray {ray.__version__}"
+        f"tinyvit {tinyvit.__version__}, {library} {metadata.version(library)}"
     )
 
 
