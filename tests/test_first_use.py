@@ -198,3 +198,18 @@ def test_progress_bars_only_on_a_terminal(three_classes, tmp_path, monkeypatch):
     list(tinyvit.embed_iter(PHOTOS, str(three_classes), progress=True))
     shown = term.getvalue()
     assert "embed" in shown and shown.count("\n") == 1 and f"{len(PHOTOS)}/{len(PHOTOS)}" in shown
+
+
+def test_a_checkpoint_written_again_at_the_same_path_is_loaded_again(tmp_path):
+    """The process's model cache knows a local file by its size and modification time as well as
+    its path: `fit` or `convert` writing over a file does not leave the old model in use."""
+    from conftest import small_vit_file
+
+    from tinyvit.runtime import cached_model
+
+    path = small_vit_file(tmp_path, seed=1)
+    first = cached_model(path)
+    assert cached_model(path) is first
+    assert small_vit_file(tmp_path, seed=2) == path
+    second = cached_model(path)
+    assert second is not first and not torch.equal(second.head.weight, first.head.weight)

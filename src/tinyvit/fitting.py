@@ -40,7 +40,7 @@ from tinyvit.preprocessing import PreprocessSpec
 from tinyvit.probe import ProbeReport, fit_probe
 from tinyvit.record import Fit, Source, Weights
 from tinyvit.runner import Runner, check_run_options, model_output
-from tinyvit.runtime import clear_model_cache, model_for
+from tinyvit.runtime import model_for
 
 __all__ = ["FitOptions", "Fitted", "TrainingSet", "fit", "fit_and_report", "read_training_set"]
 
@@ -456,12 +456,9 @@ def _warnings(tset: TrainingSet, counts: list[int]) -> list[str]:
 
 
 def _write(out: Path, model: VisionTransformer, head: dict[str, torch.Tensor], cache: EmbeddingCache) -> list[Path]:
-    overwriting = out.exists()
     record = model.weights
     state = head if record.fit.head_only else {k: v.detach().cpu() for k, v in model.state_dict().items()}
     written = [save(out, state, record)]
-    if overwriting:  # a model loaded from the old file is cached by its path
-        clear_model_cache()
     cached = cache.write()
     return written + ([cached] if cached else [])
 

@@ -18,7 +18,7 @@ from tinyvit.loading import LabelsArg, load_model, resolve_preprocess
 from tinyvit.model import VisionTransformer
 from tinyvit.options import canonical_dtype
 from tinyvit.preprocessing import PreprocessSpec
-from tinyvit.specs import ModelSpec, parse_spec
+from tinyvit.specs import ModelSpec, PathSpec, parse_spec
 
 __all__ = [
     "MODEL_CACHE_SIZE",
@@ -99,11 +99,13 @@ def cached_model(
     preprocess: PreprocessSpec | str | None = None,
 ) -> VisionTransformer:
     """A loaded model, shared within the process per (spec, device, dtype, labels, preprocess);
-    at most :data:`MODEL_CACHE_SIZE` are kept. ``preprocess``: a spec, or a zoo ``name[:tag]`` to
-    preprocess like."""
+    at most :data:`MODEL_CACHE_SIZE` are kept. A local file is known by its size and modification
+    time too: written again (``convert``, ``fit``), it is loaded again. ``preprocess``: a spec, or
+    a zoo ``name[:tag]`` to preprocess like."""
     parsed, d, t = parse_spec(spec), parse_device(device), parse_dtype(dtype)
     preprocess = None if preprocess is None else resolve_preprocess(preprocess)
-    key = (parsed, str(d), str(t), tuple(labels) if isinstance(labels, (list, tuple)) else labels, preprocess)
+    key = (parsed, str(d), str(t), tuple(labels) if isinstance(labels, (list, tuple)) else labels, preprocess,
+           _stamp(parsed))  # fmt: skip
     with _MODELS_LOCK:
         model = _MODELS.get(key)
         if model is None:
@@ -113,6 +115,14 @@ def cached_model(
                 _MODELS.popitem(last=False)
         _MODELS.move_to_end(key)
         return model
+
+
+def _stamp(spec: ModelSpec) -> tuple[int, int] | None:
+    """(size, mtime) of a local checkpoint file; None for anything else."""
+    if isinstance(spec, PathSpec) and spec.path.is_file():
+        st = spec.path.stat()
+        return st.st_size, st.st_mtime_ns
+    return None
 
 
 def clear_model_cache() -> None:
