@@ -335,7 +335,7 @@ def _embed(runner: Runner, files: list[Path], cache: EmbeddingCache, options: Fi
                 cache.rows[key] = e.vector
                 cache.added += 1
         else:
-            errors[key] = str(e.error)
+            errors[key] = str(e.error)  # the reason (the file is named where it is reported)
     return {"rows": rows, "keys": keys, "errors": errors, "embedded": len(todo), "cached": len(files) - len(todo)}
 
 
@@ -347,7 +347,7 @@ def _features(
     keys = embedded["keys"][offset : offset + len(tset.files)]
     rows, errors = embedded["rows"], embedded["errors"]
     kept = [i for i, k in enumerate(keys) if k in rows]
-    failed = [f"{str(tset.files[i])!r}: {errors[k].split(': ', 1)[-1]}" for i, k in enumerate(keys) if k in errors]
+    failed = [f"{str(tset.files[i])!r}: {errors[k]}" for i, k in enumerate(keys) if k in errors]
     x = torch.stack([rows[keys[i]].float() for i in kept]) if kept else torch.empty(0)
     return x, torch.tensor([tset.labels[i] for i in kept], dtype=torch.long), failed
 
