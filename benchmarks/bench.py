@@ -29,10 +29,10 @@ import torch
 from PIL import Image
 
 import tinyvit
-from tinyvit.loading import resolve_preprocess
-from tinyvit.manifest import entries
-from tinyvit.model import count_macs
-from tinyvit.runtime import cached_model
+from tinyvit.models.vit import count_macs
+from tinyvit.run.runtime import cached_model
+from tinyvit.weights._builder import resolve_preprocess
+from tinyvit.weights.manifest import entries
 
 TIMM_NAMES = {  # the timm architecture of each zoo model, for side-by-side runs
     "vit-base-p32-384": "vit_base_patch32_384",
@@ -184,7 +184,7 @@ def bench_startup(report: Report, paths: dict, name: str, rounds: int) -> None:
     imports = {
         "import torch": "import torch",
         "import tinyvit": "import tinyvit",
-        "import torch + tinyvit's loading path": "import torch, tinyvit.api, tinyvit.images",
+        "import torch + tinyvit's loading path": "import torch, tinyvit.api, tinyvit.images.transforms",
     }
     walls: dict[str, list[float]] = {k: [] for k in imports}
     for _ in range(max(rounds, 7)):  # cheap, and noisy: more rounds

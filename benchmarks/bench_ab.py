@@ -85,7 +85,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         weights = str(Path(tmp) / "b32.safetensors")
         model = tinyvit.get_model("vit-base-p32-384")
-        from tinyvit.files import save
+        from tinyvit.weights.files import save
 
         save(weights, model.state_dict(), model.weights)
         sets = {

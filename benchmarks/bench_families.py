@@ -76,7 +76,7 @@ def forward_bench(timm_name: str, size: int, batch: int, rounds: int, with_ort: 
         if with_ort:
             import onnxruntime as ort
 
-            from tinyvit.export import export_onnx
+            from tinyvit.deploy.export import export_onnx
 
             path = export_onnx(tv, Path(tmp) / "m.onnx")
             options = ort.SessionOptions()

@@ -39,8 +39,8 @@ from bench_pipeline import make_weights  # noqa: E402  (this folder: zoo-shaped 
 from bench_ray import machine_line  # noqa: E402
 
 import tinyvit  # noqa: E402
-from tinyvit.cli import main as cli  # noqa: E402
-from tinyvit.probe import GRID, MAX_FOLDS  # noqa: E402
+from tinyvit.deploy.cli import main as cli  # noqa: E402
+from tinyvit.run.probe import GRID, MAX_FOLDS  # noqa: E402
 
 PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")
 

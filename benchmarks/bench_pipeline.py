@@ -37,7 +37,7 @@ import torch
 from PIL import Image
 
 import tinyvit
-from tinyvit.runtime import fast_dtype, native_bf16_cpu
+from tinyvit.run.runtime import fast_dtype, native_bf16_cpu
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTOS = sorted((ROOT / "tests" / "fixtures" / "photos").glob("*.jpg"))

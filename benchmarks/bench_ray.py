@@ -63,7 +63,7 @@ def main() -> None:
 
     import ray
 
-    import tinyvit.ray as tvray
+    import tinyvit.deploy.ray as tvray
 
     cores = len(os.sched_getaffinity(0))
     work = Path(tempfile.mkdtemp(prefix="bench_ray_"))

@@ -40,7 +40,7 @@ import torch
 from PIL import Image
 
 import tinyvit
-from tinyvit.model import VisionTransformer, ViTConfig
+from tinyvit.models.vit import VisionTransformer, ViTConfig
 
 ARCHS = {  # random-weight models, by --model
     "b32": ViTConfig(image_size=384, patch_size=32, embed_dim=768, depth=12, num_heads=12, num_classes=1000),

@@ -70,17 +70,17 @@ def cli(
     terminal: bool = False,
 ) -> Ran:  # fmt: skip
     """``tinyvit ARGS``: in this process (an interpreter start and torch's import, ~4 s, saved per
-    call), or in a new ``python -m tinyvit.cli`` where ``env`` or ``cwd`` is given: settings read at
+    call), or in a new ``python -m tinyvit`` where ``env`` or ``cwd`` is given: settings read at
     import (``HF_ENDPOINT``, ``HF_HUB_OFFLINE``) need a fresh process. An exception that escapes
     (``--debug``) is printed as the interpreter would, exit code 1. ``terminal``: stderr says it is
     a terminal (progress bars are drawn only there)."""
     if env is not None or cwd is not None:
         out = subprocess.run(
-            [sys.executable, "-m", "tinyvit.cli", *map(str, args)],
+            [sys.executable, "-m", "tinyvit", *map(str, args)],
             capture_output=True, text=True, cwd=cwd, env={**os.environ, **(env or {})}, timeout=timeout,
         )  # fmt: skip
         return Ran(out.returncode, out.stdout, out.stderr)
-    from tinyvit.cli import main
+    from tinyvit.deploy.cli import main
 
     stdout, stderr = io.StringIO(), _Stream(terminal)
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):

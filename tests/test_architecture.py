@@ -16,8 +16,8 @@ from hubserver import HubServer
 from layering import LAYERS, UPWARD_LAZY, rank, trace_climbs
 from test_hub import run_py, weights_bytes
 
-import tinyvit.runtime as runtime
-from tinyvit.manifest import resolve
+import tinyvit.run.runtime as runtime
+from tinyvit.weights.manifest import resolve
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src" / "tinyvit"
@@ -84,14 +84,14 @@ def test_the_model_file_needs_only_torch():
         "for name in ('PIL', 'numpy', 'safetensors', 'huggingface_hub'):\n"
         "    sys.modules[name] = None  # blocked: importing it raises ImportError\n"
         "import torch\n"
-        "from tinyvit.model import VisionTransformer, ViTConfig\n"
+        "from tinyvit.models.vit import VisionTransformer, ViTConfig\n"
         "m = VisionTransformer(ViTConfig(image_size=32, patch_size=8, embed_dim=64, depth=1, num_heads=4))\n"
         "print(tuple(m.init_weights().eval()(torch.zeros(1, 3, 40, 24)).shape))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "(1, 1000)"
-    blocked = "import sys\nsys.modules['PIL'] = None\nimport tinyvit.manifest, tinyvit.preprocessing, tinyvit.specs\n"
+    blocked = "import sys\nsys.modules['PIL'] = None\nimport tinyvit.weights.manifest, tinyvit.preprocessing, tinyvit.specs\n"
     assert subprocess.run([sys.executable, "-c", blocked], capture_output=True, timeout=60).returncode == 0
 
 
@@ -136,7 +136,7 @@ def test_loading_a_local_checkpoint_climbs_back_at_most_4_times(weights, tmp_pat
 TRACE_HUB = """
     import json, sys
     from layering import trace_climbs
-    import tinyvit.runtime as runtime
+    import tinyvit.run.runtime as runtime
     out = {{}}
     for spec in {specs!r}:
         _, seq, climbs = trace_climbs(lambda: runtime.model_for(spec), ("loading", "load_model"))

@@ -14,9 +14,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 import tinyvit
-from tinyvit.layouts import detect_layout
-from tinyvit.manifest import resolve
-from tinyvit.record import imagenet_classes
+from tinyvit.weights.layouts import detect_layout
+from tinyvit.weights.manifest import resolve
+from tinyvit.weights.record import imagenet_classes
 
 META, EXPECTED = load_parity()
 CASES = META["cases"]

@@ -19,10 +19,10 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from tinyvit.errors import TinyViTError
+from tinyvit.core.errors import TinyViTError
 from tinyvit.export import EXPORT_KEY, check_onnx, export_onnx, read_onnx_metadata
-from tinyvit.model import VisionTransformer, ViTConfig, resample_pos_embed
-from tinyvit.preprocessing import PreprocessSpec
+from tinyvit.images.spec import PreprocessSpec
+from tinyvit.models.vit import VisionTransformer, ViTConfig, resample_pos_embed
 
 B32_384 = ViTConfig(image_size=384, patch_size=32, embed_dim=768, depth=12, num_heads=12, num_classes=1000)
 B32_MAIN = replace(B32_384, depth=4)

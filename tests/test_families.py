@@ -18,8 +18,8 @@ from refdata import fill, make_input
 from safetensors.torch import load_file, save_file
 
 import tinyvit
-from tinyvit.conversion import preprocess_from_hf, preprocess_from_open_clip, preprocess_from_timm
-from tinyvit.manifest import resolve
+from tinyvit.weights.convert import preprocess_from_hf, preprocess_from_open_clip, preprocess_from_timm
+from tinyvit.weights.manifest import resolve
 
 FX = json.loads((FIXTURES / "families.json").read_text())
 REF = load_file(FIXTURES / "families.safetensors")
@@ -237,7 +237,7 @@ def test_an_embedding_model_is_not_a_classifier(models):
 def test_explain_maps_the_patches_only(models, name, tmp_path):
     """The prefix tokens (distillation token, registers) are left out of the map; a model without
     a class token maps the mean attention."""
-    from tinyvit.explain import class_token_map, explain
+    from tinyvit.run.explain import class_token_map, explain
 
     model = models[name]
     x = inputs(name, 0)

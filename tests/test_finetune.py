@@ -23,7 +23,7 @@ from hubserver import HubServer
 from safetensors.torch import save_file
 
 import tinyvit
-from tinyvit.loading import resolve_preprocess
+from tinyvit.weights._builder import resolve_preprocess
 
 FT = json.loads((FIXTURES / "finetune.json").read_text())
 PIXELS = np.load(FIXTURES / "finetune_pixels.npz")
@@ -163,7 +163,7 @@ def test_squash_preprocessing_is_pixel_exact_with_the_pil_vit_image_processor(hf
     assert x.shape == ref.shape and (x - ref).abs().max().item() <= 1e-6
     # the second processor config: 224 px, bilinear
     (tmp_path / "preprocessor_config.json").write_text(FT["hf"]["processor_224"]["files"]["preprocessor_config.json"])
-    from tinyvit.conversion import preprocess_from_hf
+    from tinyvit.weights.convert import preprocess_from_hf
 
     spec = preprocess_from_hf(json.loads((tmp_path / "preprocessor_config.json").read_text()), "test", backend="pil")
     x224 = spec(PHOTOS[photo])

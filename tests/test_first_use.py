@@ -17,7 +17,7 @@ from safetensors.torch import save
 from test_hub import run_py
 
 import tinyvit
-import tinyvit.images
+import tinyvit.images.decode
 
 META, EXPECTED = load_parity()
 PHOTOS = sorted((FIXTURES / "photos").glob("*.jpg"))
@@ -128,7 +128,7 @@ def test_http_image_urls_are_fetched_like_files(three_classes, monkeypatch):
         rows = json.loads(ran.stdout)
         assert ran.returncode == 1 and rows[0]["pred_class"] == want.name and rows[1]["error"].startswith("HTTP 404")
         assert ran.stderr.splitlines()[0] == f"tinyvit: error: {missing!r}: HTTP 404 Not Found"
-        monkeypatch.setattr(tinyvit.images, "URL_MAX_BYTES", 1000)
+        monkeypatch.setattr(tinyvit.images.decode, "URL_MAX_BYTES", 1000)
         with pytest.raises(tinyvit.ImageError, match="more than the 1000 bytes"):
             tinyvit.predict(url, model)
     with pytest.raises(tinyvit.ImageError, match="could not fetch it"):
@@ -205,7 +205,7 @@ def test_a_checkpoint_written_again_at_the_same_path_is_loaded_again(tmp_path):
     its path: `fit` or `convert` writing over a file does not leave the old model in use."""
     from conftest import small_vit_file
 
-    from tinyvit.runtime import cached_model
+    from tinyvit.run.runtime import cached_model
 
     path = small_vit_file(tmp_path, seed=1)
     first = cached_model(path)

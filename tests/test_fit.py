@@ -21,11 +21,11 @@ from PIL import Image, ImageEnhance
 from safetensors import safe_open
 
 import tinyvit
-from tinyvit.cli import main as cli
-from tinyvit.fitting import FitOptions, fit_and_report
-from tinyvit.fsutil import sha256_file
-from tinyvit.model import VisionTransformer, ViTConfig
-from tinyvit.probe import fit_probe, train
+from tinyvit.core.fsutil import sha256_file
+from tinyvit.deploy.cli import main as cli
+from tinyvit.models.vit import VisionTransformer, ViTConfig
+from tinyvit.run.fit import FitOptions, fit_and_report
+from tinyvit.run.probe import fit_probe, train
 
 PHOTOS = Path(__file__).parent / "fixtures" / "photos"
 CLASSES = ("astronaut", "chelsea", "coffee")
@@ -179,7 +179,7 @@ def test_serve_answers_with_the_class_names(data, fitted):
     from fastapi.testclient import TestClient
     from litserve.utils import wrap_litserve_start
 
-    from tinyvit.options import ServeOptions
+    from tinyvit.run.options import ServeOptions
     from tinyvit.serve import build_server
 
     files, _ = files_of(data["val"])
@@ -303,7 +303,7 @@ def test_bad_input_is_one_line_and_writes_nothing(data, base, tmp_path, capsys):
     with pytest.raises(tinyvit.FitError, match="only the class"):
         tinyvit.fit(single, base, out)
     # the process: one line on stderr, exit 1
-    command = [sys.executable, "-m", "tinyvit.cli", "fit", str(single), "--model", str(base), "-o", str(out)]
+    command = [sys.executable, "-m", "tinyvit", "fit", str(single), "--model", str(base), "-o", str(out)]
     run = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert run.returncode == 1 and run.stderr.count("\n") == 1 and "only the class 'rose'" in run.stderr
     assert not out.exists()

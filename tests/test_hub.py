@@ -21,7 +21,7 @@ from hubserver import HubServer
 from safetensors.torch import save
 
 import tinyvit
-from tinyvit.manifest import resolve
+from tinyvit.weights.manifest import resolve
 
 META, EXPECTED = load_parity()
 TIMM_REPO = resolve("vit-base-p32-384").source.repo_id
@@ -110,7 +110,7 @@ def test_hf_layout_source_is_converted_once(hub, tmp_path):
 
 FETCH = """
     import json, os, tinyvit
-    from tinyvit.fetch import fetch_hf_hub
+    from tinyvit.weights._hub import fetch_hf_hub
     try:
         p = fetch_hf_hub("acme/vit", "model.safetensors", sha256={sha!r})
         print(json.dumps({{"path": str(p), "blob": os.path.realpath(p)}}))
@@ -156,8 +156,8 @@ def test_unpinned_file_is_checked_against_the_hub_etag(hub, tmp_path):
 URL_FETCH = """
     import json, tinyvit
     from conftest import small_config, load_parity
-    from tinyvit.fetch import fetch
-    from tinyvit.specs import ZooSpec
+    from tinyvit.weights._hub import fetch
+    from tinyvit.weights.specs import ZooSpec
     meta, _ = load_parity()
     spec = tinyvit.PreprocessSpec(40, 32, "bilinear", (127.5,) * 3, (127.5,) * 3)
     source = tinyvit.Source(kind="url", layout="mmpretrain", url={url!r}, sha256_prefix={prefix!r})
@@ -227,7 +227,7 @@ def test_offline_without_cache_is_one_clear_error(tmp_path):
     )
     assert "offline" in out["error"] and "tinyvit download vit-base-p32-384:augreg_in21k_ft_in1k" in out["error"]
     cli = subprocess.run(
-        [sys.executable, "-m", "tinyvit.cli", "download", "vit-base-p32-384:mmpretrain"],
+        [sys.executable, "-m", "tinyvit", "download", "vit-base-p32-384:mmpretrain"],
         env={**os.environ, "HF_HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"},
         capture_output=True,
         text=True,
@@ -256,7 +256,7 @@ def test_cli_download_then_offline_load(hub, tmp_path):
     hub.add_file(TIMM_REPO, "model.safetensors", weights_bytes("timm_b32_384"))
     env = {**os.environ, "HF_HOME": str(tmp_path), "HF_ENDPOINT": hub.url, "HF_HUB_DISABLE_TELEMETRY": "1"}
     out = subprocess.run(
-        [sys.executable, "-m", "tinyvit.cli", "download", "vit-base-p32-384"], env=env, capture_output=True, text=True
+        [sys.executable, "-m", "tinyvit", "download", "vit-base-p32-384"], env=env, capture_output=True, text=True
     )
     assert out.returncode == 0, out.stderr
     endpoint = hub.url

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 import tinyvit
-from tinyvit.manifest import entries, manifest_path, parse_manifest, resolve
-from tinyvit.record import SIZE_RULES, imagenet_classes
+from tinyvit.weights.manifest import entries, manifest_path, parse_manifest, resolve
+from tinyvit.weights.record import SIZE_RULES, imagenet_classes
 
 ROOT = Path(__file__).resolve().parents[1]
 RAW = json.loads((ROOT / "weights_manifest.json").read_text())
@@ -178,10 +178,10 @@ def test_names_help_and_version_never_import_torch(argv, tmp_path):
         code = (
             "import sys, tinyvit\n"
             "tinyvit.list_models(); tinyvit.list_models(tags=True, aliases=True)\n"
-            "from tinyvit.manifest import resolve; resolve('vit-base-p16_32xb128-mae_in1k').describe()\n"
+            "from tinyvit.weights.manifest import resolve; resolve('vit-base-p16_32xb128-mae_in1k').describe()\n"
         )
     else:
-        code = f"import sys\nfrom tinyvit.cli import main\ntry:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
+        code = f"import sys\nfrom tinyvit.deploy.cli import main\ntry:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
     code += "assert 'torch' not in sys.modules, 'torch was imported'\n"
     env = {**__import__("os").environ, "HF_HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)

@@ -11,8 +11,8 @@ import torch
 from conftest import case_state, load_parity, small_config
 
 import tinyvit
-from tinyvit.manifest import entries
-from tinyvit.model import count_macs, resample_pos_embed
+from tinyvit.models.vit import count_macs, resample_pos_embed
+from tinyvit.weights.manifest import entries
 
 META, _ = load_parity()
 
@@ -153,7 +153,7 @@ def _mapped_ranges(path) -> list[tuple[int, int]]:
 
 def _small_file(path):
     """The small timm case as a tinyvit file (its record states the architecture)."""
-    from tinyvit.files import save
+    from tinyvit.weights.files import save
 
     record = tinyvit.Weights(
         config=small_config(META), preprocess=None, categories=None, source=tinyvit.Source(kind="file", layout="timm")

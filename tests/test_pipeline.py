@@ -23,12 +23,13 @@ from PIL import Image
 from safetensors import safe_open
 
 import tinyvit
-import tinyvit.runner as runner
-import tinyvit.runtime as runtime
-from tinyvit.images import image_files, preprocess_one
-from tinyvit.runner import PREFETCH_BATCHES
-from tinyvit.runtime import fast_dtype, native_bf16_cpu
-from tinyvit.specs import parse_spec
+import tinyvit.run.runner as runner
+import tinyvit.run.runtime as runtime
+from tinyvit.images.inputs import image_files
+from tinyvit.images.transforms import preprocess_one
+from tinyvit.run.runner import PREFETCH_BATCHES
+from tinyvit.run.runtime import fast_dtype, native_bf16_cpu
+from tinyvit.weights.specs import parse_spec
 
 META, _ = load_parity()
 PHOTOS = sorted((FIXTURES / "photos").glob("*.jpg"))
@@ -136,7 +137,7 @@ def test_cli_prints_the_first_result_before_the_last_image_is_decoded(weights, t
         files.append(tmp_path / f"{i:02d}.jpg")
         files[-1].write_bytes(PHOTOS[0].read_bytes())
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tinyvit.cli", "predict", *map(str, files), "--model", str(weights), "--jsonl",
+        [sys.executable, "-m", "tinyvit", "predict", *map(str, files), "--model", str(weights), "--jsonl",
          "--batch-size", "1", "--top-k", "1000"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
@@ -166,7 +167,7 @@ def test_ctrl_c_keeps_what_was_printed_and_exits_130(weights, tmp_path):
         files[-1].write_bytes(PHOTOS[i % len(PHOTOS)].read_bytes())
     for fmt in ("--jsonl", "--json"):
         proc = subprocess.Popen(
-            [sys.executable, "-m", "tinyvit.cli", "predict", *map(str, files), "--model", str(weights), fmt,
+            [sys.executable, "-m", "tinyvit", "predict", *map(str, files), "--model", str(weights), fmt,
              "--batch-size", "1"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
@@ -261,7 +262,7 @@ def test_interrupted_embed_leaves_no_file(weights, tmp_path):
         files[-1].write_bytes(PHOTOS[0].read_bytes())
     out_file = tmp_path / "feats.safetensors"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tinyvit.cli", "embed", *map(str, files), "-o", str(out_file), "--model",
+        [sys.executable, "-m", "tinyvit", "embed", *map(str, files), "-o", str(out_file), "--model",
          str(weights), "--batch-size", "1"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip

@@ -15,8 +15,8 @@ from conftest import cli, load_parity, readme_block
 from PIL import Image
 
 import tinyvit
-from tinyvit.explain import attention_rollout
-from tinyvit.record import imagenet_classes
+from tinyvit.run.explain import attention_rollout
+from tinyvit.weights.record import imagenet_classes
 
 META, _ = load_parity()
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,7 +90,7 @@ def test_a_bad_image_does_not_lose_the_others(model, images, tmp_path):
 
 
 def test_models_are_cached_per_spec_device_dtype(weights, images):
-    from tinyvit.runtime import cached_model
+    from tinyvit.run.runtime import cached_model
 
     a = tinyvit.predict(images[0], str(weights))
     assert cached_model(str(weights)) is cached_model(str(weights))
@@ -187,7 +187,7 @@ def test_cli_models(tmp_path):
     out = cli("models", "--json", env={"HF_HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"})
     assert out.returncode == 0, out.stderr
     rows = json.loads(out.stdout)
-    assert len(rows) == sum(len(e.weights) for e in tinyvit.manifest.entries().values())
+    assert len(rows) == sum(len(e.weights) for e in tinyvit.weights.manifest.entries().values())
     first = rows[0]
     assert (first["name"], first["tag"], first["default"], first["cached"]) == (
         "vit-base-p32-384",
@@ -200,7 +200,7 @@ def test_cli_models(tmp_path):
 
 
 def test_readme_model_table_is_the_manifest():
-    from tinyvit.manifest import markdown_table
+    from tinyvit.weights.manifest import markdown_table
 
     assert readme_block("models") == markdown_table(), "regenerate it: tinyvit models --markdown"
 

@@ -14,9 +14,10 @@ from conftest import FIXTURES
 from PIL import Image
 
 import tinyvit
-from tinyvit.images import load_image, resize_and_crop
-from tinyvit.loading import resolve_preprocess
-from tinyvit.preprocessing import PreprocessSpec
+from tinyvit.images.decode import load_image
+from tinyvit.images.spec import PreprocessSpec
+from tinyvit.images.transforms import resize_and_crop
+from tinyvit.weights._builder import resolve_preprocess
 
 META = json.loads((FIXTURES / "preprocess.json").read_text())
 PIXELS = dict(np.load(FIXTURES / "preprocess_pixels.npz"))

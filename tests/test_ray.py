@@ -27,7 +27,7 @@ from PIL import Image  # noqa: E402
 
 import tinyvit  # noqa: E402
 import tinyvit.ray as tvray  # noqa: E402
-from tinyvit.images import image_files  # noqa: E402
+from tinyvit.images.inputs import image_files  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context")  # Ray's own settings
 
@@ -59,7 +59,7 @@ def small_model(tmp_path_factory) -> Path:
     """A small random ViT, saved in timm's layout and converted like any user checkpoint."""
     from safetensors.torch import save_file
 
-    from tinyvit.model import VisionTransformer, ViTConfig
+    from tinyvit.models.vit import VisionTransformer, ViTConfig
 
     folder = tmp_path_factory.mktemp("ray_model")
     config = ViTConfig(image_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4, num_classes=10)
@@ -126,7 +126,7 @@ def test_cli_ray_writes_parquet_with_the_rows_of_predict(small_model, folder, tm
     one), Parquet that reads back with one row per input, each equal to ``tinyvit.predict``."""
     assert not ray.is_initialized()
     out = tmp_path / "preds.parquet"
-    cmd = [sys.executable, "-m", "tinyvit.cli", "predict", str(folder), "--ray", "-o", str(out),
+    cmd = [sys.executable, "-m", "tinyvit", "predict", str(folder), "--ray", "-o", str(out),
            "--model", str(small_model), "--batch-size", "4", "--top-k", "3"]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     files = files_of(folder)

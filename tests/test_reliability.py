@@ -24,8 +24,8 @@ from PIL import Image
 from test_hub import run_py, weights_bytes
 
 import tinyvit
-from tinyvit.images import load_image
-from tinyvit.preprocessing import PreprocessSpec
+from tinyvit.images.decode import load_image
+from tinyvit.images.spec import PreprocessSpec
 
 META, EXPECTED = load_parity()
 SPEC = PreprocessSpec(40, 32, "bicubic", (127.5,) * 3, (127.5,) * 3)
@@ -133,7 +133,7 @@ def test_paths_that_are_not_files(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def small_weights(tmp_path_factory) -> Path:
-    from tinyvit.conversion import convert
+    from tinyvit.weights.convert import convert
 
     folder = tmp_path_factory.mktemp("small")
     from safetensors.torch import save_file
@@ -163,7 +163,7 @@ def test_predict_over_a_folder_keeps_the_good_ones(corpus, small_weights):
 def test_cli_summarises_a_folder_with_bad_images(corpus, small_weights):
     folder, expected = corpus
     out = subprocess.run(
-        [sys.executable, "-m", "tinyvit.cli", "predict", str(folder), "--model", str(small_weights)],
+        [sys.executable, "-m", "tinyvit", "predict", str(folder), "--model", str(small_weights)],
         capture_output=True,
         text=True,
     )
@@ -196,7 +196,7 @@ def test_predict_from_threads_matches_serial(corpus, small_weights):
 
 
 def test_threads_share_one_cached_model(small_weights):
-    from tinyvit.runtime import cached_model
+    from tinyvit.run.runtime import cached_model
 
     got = []
     threads = [threading.Thread(target=lambda: got.append(cached_model(str(small_weights)))) for _ in range(4)]
@@ -257,7 +257,7 @@ def test_config_that_does_not_match_the_tensors(tmp_path):
 
 
 def test_failed_loads_leave_no_model_behind(tmp_path):
-    from tinyvit.runtime import _MODELS
+    from tinyvit.run.runtime import _MODELS
 
     before = dict(_MODELS)
     bad = tmp_path / "bad.safetensors"
@@ -274,8 +274,8 @@ def test_bad_converted_cache_file_is_removed_and_fetched_again(tmp_path):
     code = f"""
         import json, tinyvit
         from conftest import small_config, load_parity
-        from tinyvit.loading import load_model
-        from tinyvit.specs import ZooSpec
+        from tinyvit.weights._builder import load_model
+        from tinyvit.weights.specs import ZooSpec
         spec = tinyvit.PreprocessSpec(40, 32, "bilinear", (127.5,) * 3, (127.5,) * 3)
         source = tinyvit.Source(kind="url", layout="mmpretrain", url=URL, sha256_prefix={sha[:8]!r})
         record = tinyvit.Weights(config=small_config(load_parity()[0]), preprocess=spec, categories=None,
@@ -327,7 +327,7 @@ def test_tampered_hub_file_is_rejected_then_fetched_again(tmp_path):
 
 FETCH = """
     import json, tinyvit
-    from tinyvit.fetch import fetch_hf_hub
+    from tinyvit.weights._hub import fetch_hf_hub
     try:
         print(json.dumps({{"path": str(fetch_hf_hub({repo!r}, "model.safetensors"))}}))
     except tinyvit.WeightsError as e:
@@ -384,11 +384,11 @@ def test_server_slower_than_the_timeout(tmp_path):
         assert "error" in out and _no_blobs(tmp_path)
 
         url_code = """
-            import json, tinyvit, tinyvit.fetch
-            tinyvit.fetch.URL_TIMEOUT = 1
+            import json, tinyvit, tinyvit.weights._hub
+            tinyvit.weights._hub.URL_TIMEOUT = 1
             from pathlib import Path
             try:
-                tinyvit.fetch.download_url(@URL@, Path(tinyvit.fetch.cache_dir()) / "dl", "test")
+                tinyvit.weights._hub.download_url(@URL@, Path(tinyvit.weights._hub.cache_dir()) / "dl", "test")
                 print(json.dumps({"ok": True}))
             except tinyvit.WeightsError as e:
                 print(json.dumps({"error": str(e)}))

@@ -197,7 +197,7 @@ def small_model(tmp_path_factory) -> Path:
     """A small random ViT, saved in timm's layout and converted like any user checkpoint."""
     from safetensors.torch import save_file
 
-    from tinyvit.model import VisionTransformer, ViTConfig
+    from tinyvit.models.vit import VisionTransformer, ViTConfig
 
     folder = tmp_path_factory.mktemp("serve_model")
     config = ViTConfig(image_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4, num_classes=10)
@@ -422,7 +422,7 @@ def bare_checkpoint(tmp_path_factory) -> Path:
     """A timm ``.pth`` that says nothing but its tensors: no preprocessing, no class names."""
     import torch
 
-    from tinyvit.model import VisionTransformer, ViTConfig
+    from tinyvit.models.vit import VisionTransformer, ViTConfig
 
     config = ViTConfig(image_size=32, patch_size=16, embed_dim=192, depth=1, num_heads=3, num_classes=10)
     path = tmp_path_factory.mktemp("bare") / "bare.pth"
@@ -435,7 +435,7 @@ def test_refused_before_anything_starts(small_model, bare_checkpoint, monkeypatc
     exit 1, no banner, nothing started."""
     import torch
 
-    from tinyvit.cli import main
+    from tinyvit.deploy.cli import main
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     port = str(free_port())
@@ -453,7 +453,7 @@ def test_predict_options_for_a_bare_checkpoint_then_ctrl_c(bare_checkpoint, tmp_
     """serve takes predict's model options (--preprocess-like and explicit sizes over it,
     --labels) and answers what ``tinyvit predict`` answers with them. Ctrl-C (SIGINT to the
     process group, as a terminal sends it) then stops every process: one line, exit code 130."""
-    from tinyvit.cli import main
+    from tinyvit.deploy.cli import main
 
     labels = tmp_path / "labels.txt"
     labels.write_text("".join(f"kind {i}\n" for i in range(10)))

@@ -17,9 +17,9 @@ from conftest import FIXTURES, case_state, cli, load_parity, small_config, write
 from PIL import Image
 
 import tinyvit
-import tinyvit.manifest
-from tinyvit.explain import render
-from tinyvit.record import imagenet_classes
+import tinyvit.weights.manifest
+from tinyvit.run.explain import render
+from tinyvit.weights.record import imagenet_classes
 
 META, _ = load_parity()
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,7 +76,7 @@ def test_predict_json_names_the_model_and_weights(weights):
 def test_models_marks_the_default_weights(tmp_path):
     out = cli("models", env={"HF_HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"}).stdout
     marked = [line.split()[0] for line in out.splitlines() if re.match(r"\S+:\S+ \*", line)]
-    assert marked == [f"{name}:{e.weights[0].tag}" for name, e in tinyvit.manifest.entries().items()]
+    assert marked == [f"{name}:{e.weights[0].tag}" for name, e in tinyvit.weights.manifest.entries().items()]
     assert "default" in out
 
 

@@ -13,21 +13,21 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-from tinyvit.errors import FitError, ImageError, TinyViTError, UnknownModelError, WeightsError
+from tinyvit.core.errors import FitError, ImageError, TinyViTError, UnknownModelError, WeightsError
 
 __version__ = "0.1.0"
 
 # public name → the module that defines it, imported on first access
 _LAZY = {
     # torch-free
-    "available_models": "tinyvit.manifest",
-    "list_models": "tinyvit.manifest",
-    "ViTConfig": "tinyvit.config",
-    "PreprocessSpec": "tinyvit.preprocessing",
-    "Weights": "tinyvit.record",
-    "Source": "tinyvit.record",
-    "Metrics": "tinyvit.record",
-    "Fit": "tinyvit.record",
+    "available_models": "tinyvit.weights.manifest",
+    "list_models": "tinyvit.weights.manifest",
+    "ViTConfig": "tinyvit.core.config",
+    "PreprocessSpec": "tinyvit.images.spec",
+    "Weights": "tinyvit.weights.record",
+    "Source": "tinyvit.weights.record",
+    "Metrics": "tinyvit.weights.record",
+    "Fit": "tinyvit.weights.record",
     # these import torch
     "download": "tinyvit.api",
     "get_model": "tinyvit.api",
@@ -37,14 +37,14 @@ _LAZY = {
     "predict_iter": "tinyvit.api",
     "embed": "tinyvit.api",
     "embed_iter": "tinyvit.api",
-    "evaluate": "tinyvit.evaluate",
-    "Evaluation": "tinyvit.evaluate",
-    "Prediction": "tinyvit.runner",
-    "Embedding": "tinyvit.runner",
-    "convert": "tinyvit.conversion",
-    "fit": "tinyvit.fitting",
-    "FitOptions": "tinyvit.fitting",
-    "VisionTransformer": "tinyvit.model",
+    "evaluate": "tinyvit.run.evaluate",
+    "Evaluation": "tinyvit.run.evaluate",
+    "Prediction": "tinyvit.run.runner",
+    "Embedding": "tinyvit.run.runner",
+    "convert": "tinyvit.weights.convert",
+    "fit": "tinyvit.run.fit",
+    "FitOptions": "tinyvit.run.fit",
+    "VisionTransformer": "tinyvit.models.vit",
 }
 
 __all__ = [
@@ -82,15 +82,15 @@ __all__ = [
 
 if TYPE_CHECKING:
     from tinyvit.api import download, embed, embed_iter, get_model, load, predict, predict_iter, preprocess
-    from tinyvit.config import ViTConfig
-    from tinyvit.conversion import convert
-    from tinyvit.evaluate import Evaluation, evaluate
-    from tinyvit.fitting import FitOptions, fit
-    from tinyvit.manifest import available_models, list_models
-    from tinyvit.model import VisionTransformer
-    from tinyvit.preprocessing import PreprocessSpec
-    from tinyvit.record import Fit, Metrics, Source, Weights
-    from tinyvit.runner import Embedding, Prediction
+    from tinyvit.core.config import ViTConfig
+    from tinyvit.images.spec import PreprocessSpec
+    from tinyvit.models.vit import VisionTransformer
+    from tinyvit.run.evaluate import Evaluation, evaluate
+    from tinyvit.run.fit import FitOptions, fit
+    from tinyvit.run.runner import Embedding, Prediction
+    from tinyvit.weights.convert import convert
+    from tinyvit.weights.manifest import available_models, list_models
+    from tinyvit.weights.record import Fit, Metrics, Source, Weights
 
 
 # the optional integrations, as submodules imported on first access: tinyvit.ray.Classifier

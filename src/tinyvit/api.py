@@ -14,16 +14,17 @@ from typing import Any
 
 import torch
 
-from tinyvit.fetch import download as fetch_download
-from tinyvit.images import ImageInput, check_paths, expand_inputs
-from tinyvit.images import preprocess as preprocess_images
-from tinyvit.loading import LabelsArg, bare_model, load_model, resolve_preprocess
-from tinyvit.model import VisionTransformer
-from tinyvit.preprocessing import PreprocessSpec
-from tinyvit.record import Weights
-from tinyvit.runner import Embedding, Prediction, Runner, check_run_options
-from tinyvit.runtime import model_for, parse_device, parse_dtype
-from tinyvit.specs import parse_spec
+from tinyvit.images.decode import ImageInput
+from tinyvit.images.inputs import check_paths, expand_inputs
+from tinyvit.images.spec import PreprocessSpec
+from tinyvit.images.transforms import preprocess as preprocess_images
+from tinyvit.models.vit import VisionTransformer
+from tinyvit.run.runner import Embedding, Prediction, Runner, check_run_options
+from tinyvit.run.runtime import model_for, parse_device, parse_dtype
+from tinyvit.weights._builder import LabelsArg, bare_model, load_model, resolve_preprocess
+from tinyvit.weights._hub import download as fetch_download
+from tinyvit.weights.record import Weights
+from tinyvit.weights.specs import parse_spec
 
 __all__ = ["download", "embed", "embed_iter", "get_model", "load", "predict", "predict_iter", "preprocess"]
 

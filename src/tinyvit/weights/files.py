@@ -20,11 +20,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from tinyvit.config import ViTConfig
-from tinyvit.errors import WeightsError
-from tinyvit.fsutil import atomic_path
-from tinyvit.preprocessing import PreprocessSpec
-from tinyvit.record import NAMED_LABEL_SETS, Source, Weights
+from tinyvit.core.config import ViTConfig
+from tinyvit.core.errors import WeightsError
+from tinyvit.core.fsutil import atomic_path
+from tinyvit.images.spec import PreprocessSpec
+from tinyvit.weights.record import NAMED_LABEL_SETS, Source, Weights
 
 __all__ = ["META_RECORD", "Checkpoint", "read_checkpoint", "read_header", "read_record", "read_tensors", "save"]
 

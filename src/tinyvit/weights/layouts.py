@@ -24,8 +24,8 @@ import re
 
 import torch
 
-from tinyvit.errors import WeightsError
-from tinyvit.record import LAYOUTS
+from tinyvit.core.errors import WeightsError
+from tinyvit.weights.record import LAYOUTS
 
 __all__ = ["detect_layout", "to_timm"]
 

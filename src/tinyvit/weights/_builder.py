@@ -15,16 +15,16 @@ from pathlib import Path
 
 import torch
 
-from tinyvit.conversion import read_weights
-from tinyvit.errors import OfflineError, TinyViTError, WeightsError
-from tinyvit.fetch import Fetched, cache_dir, fetch
-from tinyvit.files import WEIGHTS_FILES, read_tensors
-from tinyvit.fsutil import sha256_file
-from tinyvit.manifest import resolve
-from tinyvit.model import VisionTransformer
-from tinyvit.preprocessing import PreprocessSpec
-from tinyvit.record import Source, Weights, parse_labels
-from tinyvit.specs import ModelSpec, ZooSpec, parse_spec
+from tinyvit.core.errors import OfflineError, TinyViTError, WeightsError
+from tinyvit.core.fsutil import sha256_file
+from tinyvit.images.spec import PreprocessSpec
+from tinyvit.models.vit import VisionTransformer
+from tinyvit.weights._hub import Fetched, cache_dir, fetch
+from tinyvit.weights.convert import read_weights
+from tinyvit.weights.files import WEIGHTS_FILES, read_tensors
+from tinyvit.weights.manifest import resolve
+from tinyvit.weights.record import Source, Weights, parse_labels
+from tinyvit.weights.specs import ModelSpec, ZooSpec, parse_spec
 
 __all__ = [
     "LabelsArg", "bare_model", "build_model", "load_model", "resolve_preprocess", "weights_record", "weights_sha256",

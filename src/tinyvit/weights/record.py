@@ -22,9 +22,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from tinyvit.config import ViTConfig
-from tinyvit.errors import TinyViTError
-from tinyvit.preprocessing import PreprocessSpec
+from tinyvit.core.config import ViTConfig
+from tinyvit.core.errors import TinyViTError
+from tinyvit.images.spec import PreprocessSpec
 
 __all__ = [
     "LAYOUTS",

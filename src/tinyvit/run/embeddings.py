@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from tinyvit.errors import TinyViTError
-from tinyvit.fsutil import atomic_path
-from tinyvit.record import Weights
-from tinyvit.runner import Embedding
+from tinyvit.core.errors import TinyViTError
+from tinyvit.core.fsutil import atomic_path
+from tinyvit.run.runner import Embedding
+from tinyvit.weights.record import Weights
 
 __all__ = ["EmbeddingSummary", "write_embeddings"]
 

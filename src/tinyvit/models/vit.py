@@ -32,11 +32,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tinyvit.config import ViTConfig
-from tinyvit.errors import WeightsError
+from tinyvit.core.config import ViTConfig
+from tinyvit.core.errors import WeightsError
 
 if TYPE_CHECKING:
-    from tinyvit.record import Weights
+    from tinyvit.weights.record import Weights
 
 __all__ = ["Intermediates", "ViTConfig", "VisionTransformer", "check_state_dict", "count_macs", "resample_pos_embed"]
 

@@ -18,9 +18,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from tinyvit.errors import WeightsError
-from tinyvit.manifest import resolve
-from tinyvit.record import Weights
+from tinyvit.core.errors import WeightsError
+from tinyvit.weights.manifest import resolve
+from tinyvit.weights.record import Weights
 
 __all__ = ["HubSpec", "ModelSpec", "PathSpec", "UrlSpec", "ZooSpec", "parse_spec"]
 
@@ -76,7 +76,7 @@ ModelSpec = ZooSpec | PathSpec | HubSpec | UrlSpec
 
 def parse_spec(spec: str | os.PathLike | ModelSpec) -> ModelSpec:
     """The typed value of what a user typed (see the module docstring); a zoo name that the
-    manifest does not know raises :class:`~tinyvit.errors.UnknownModelError` now."""
+    manifest does not know raises :class:`~tinyvit.core.errors.UnknownModelError` now."""
     if isinstance(spec, (ZooSpec, PathSpec, HubSpec, UrlSpec)):
         return spec
     if isinstance(spec, os.PathLike):

@@ -30,16 +30,16 @@ from pathlib import Path
 
 import torch
 
-from tinyvit.architecture import infer_config, refuse_unsupported
-from tinyvit.config import ViTConfig
-from tinyvit.errors import WeightsError
-from tinyvit.files import WEIGHTS_FILES, Checkpoint, read_checkpoint, save
-from tinyvit.fsutil import sha256_file
-from tinyvit.layouts import detect_layout, to_timm
-from tinyvit.manifest import entries
-from tinyvit.model import check_state_dict
-from tinyvit.preprocessing import PreprocessSpec
-from tinyvit.record import Source, Weights, labels_from_mapping, parse_labels
+from tinyvit.core.config import ViTConfig
+from tinyvit.core.errors import WeightsError
+from tinyvit.core.fsutil import sha256_file
+from tinyvit.images.spec import PreprocessSpec
+from tinyvit.models.vit import check_state_dict
+from tinyvit.weights.architecture import infer_config, refuse_unsupported
+from tinyvit.weights.files import WEIGHTS_FILES, Checkpoint, read_checkpoint, save
+from tinyvit.weights.layouts import detect_layout, to_timm
+from tinyvit.weights.manifest import entries
+from tinyvit.weights.record import Source, Weights, labels_from_mapping, parse_labels
 
 __all__ = ["convert", "detect_layout", "read_weights", "to_timm"]
 

@@ -29,11 +29,12 @@ from typing import Any
 
 import torch
 
-from tinyvit.errors import ImageError, TinyViTError
-from tinyvit.images import describe_input, preprocess_one
-from tinyvit.loading import resolve_preprocess
-from tinyvit.model import VisionTransformer
-from tinyvit.preprocessing import PreprocessSpec
+from tinyvit.core.errors import ImageError, TinyViTError
+from tinyvit.images.inputs import describe_input
+from tinyvit.images.spec import PreprocessSpec
+from tinyvit.images.transforms import preprocess_one
+from tinyvit.models.vit import VisionTransformer
+from tinyvit.weights._builder import resolve_preprocess
 
 __all__ = [
     "TASKS", "Embedding", "ItemError", "Prediction", "Runner", "check_run_options", "class_names", "model_output",

@@ -12,11 +12,11 @@ from typing import Any
 
 import torch
 
-from tinyvit.config import ViTConfig
-from tinyvit.errors import WeightsError
-from tinyvit.files import Checkpoint
-from tinyvit.manifest import entry
-from tinyvit.record import SIZE_RULES
+from tinyvit.core.config import ViTConfig
+from tinyvit.core.errors import WeightsError
+from tinyvit.weights.files import Checkpoint
+from tinyvit.weights.manifest import entry
+from tinyvit.weights.record import SIZE_RULES
 
 __all__ = ["HEADS_BY_WIDTH", "infer_config", "refuse_unsupported"]
 

@@ -10,12 +10,12 @@ from typing import Any
 
 import torch
 
-from tinyvit.errors import TinyViTError
-from tinyvit.images import image_files
-from tinyvit.model import VisionTransformer
-from tinyvit.record import imagenet_classes
-from tinyvit.runner import Runner, check_run_options, class_names
-from tinyvit.runtime import model_for
+from tinyvit.core.errors import TinyViTError
+from tinyvit.images.inputs import image_files
+from tinyvit.models.vit import VisionTransformer
+from tinyvit.run.runner import Runner, check_run_options, class_names
+from tinyvit.run.runtime import model_for
+from tinyvit.weights.record import imagenet_classes
 
 __all__ = ["ClassCounts", "Evaluation", "evaluate", "folder_samples"]
 

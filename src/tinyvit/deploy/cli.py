@@ -22,9 +22,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from tinyvit import __version__
-from tinyvit.errors import TinyViTError
-from tinyvit.options import ACCELERATORS, DTYPE_NAMES, HOSTS, ServeOptions
-from tinyvit.preprocessing import INTERPOLATIONS
+from tinyvit.core.errors import TinyViTError
+from tinyvit.images.spec import INTERPOLATIONS
+from tinyvit.run.options import ACCELERATORS, DTYPE_NAMES, HOSTS, ServeOptions
 
 DEFAULT_MODEL = "vit-base-p32-384"
 
@@ -92,8 +92,8 @@ def add_ray_options(p: argparse.ArgumentParser) -> None:
 def preprocess_from_args(args: argparse.Namespace):
     """The preprocessing the options state (``--preprocess-like`` and / or explicit values, which
     override its fields), or None."""
-    from tinyvit.manifest import resolve
-    from tinyvit.preprocessing import build_spec
+    from tinyvit.images.spec import build_spec
+    from tinyvit.weights.manifest import resolve
 
     base = resolve(args.preprocess_like).preprocess if args.preprocess_like else None
     try:
@@ -104,7 +104,7 @@ def preprocess_from_args(args: argparse.Namespace):
 
 
 def model_from_args(args: argparse.Namespace):
-    from tinyvit.runtime import model_for
+    from tinyvit.run.runtime import model_for
 
     return model_for(args.model, device=args.device, dtype=args.dtype, fast=getattr(args, "fast", False),
                      labels=args.labels, preprocess=preprocess_from_args(args))  # fmt: skip
@@ -151,8 +151,8 @@ def add_predict(sub, common) -> argparse.ArgumentParser:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from tinyvit.images import files_from_args
-    from tinyvit.runner import Runner
+    from tinyvit.images.inputs import files_from_args
+    from tinyvit.run.runner import Runner
 
     if args.ray is not None:
         return run_ray_job(args, "predict")
@@ -215,7 +215,7 @@ def run_ray_job(args: argparse.Namespace, kind: str) -> int:
     if Path(args.output).suffix in (".safetensors", ".npy"):
         raise UsageError(f"-o {args.output}: with --ray the output is a folder of Parquet files")
     try:
-        from tinyvit.ray import quiet_logs, run_job
+        from tinyvit.deploy.ray import quiet_logs, run_job
     except ImportError as e:
         raise TinyViTError(str(e) if "tinyvit[ray]" in str(e) else f'pip install "tinyvit[ray]" ({e})') from None
     quiet_logs()
@@ -255,9 +255,9 @@ def add_embed(sub, common) -> argparse.ArgumentParser:
 
 
 def run_embed(args: argparse.Namespace) -> int:
-    from tinyvit.embeddings import write_embeddings
-    from tinyvit.images import files_from_args
-    from tinyvit.runner import Runner
+    from tinyvit.images.inputs import files_from_args
+    from tinyvit.run.embeddings import write_embeddings
+    from tinyvit.run.runner import Runner
 
     if args.ray is not None:
         return run_ray_job(args, "embed")
@@ -309,7 +309,7 @@ def add_eval(sub, common) -> argparse.ArgumentParser:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from tinyvit.evaluate import evaluate
+    from tinyvit.run.evaluate import evaluate
 
     root = Path(args.root)
     if not root.is_dir():  # before the weights are fetched
@@ -338,9 +338,9 @@ def add_explain(sub, common) -> argparse.ArgumentParser:
 
 
 def run_explain(args: argparse.Namespace) -> int:
-    from tinyvit.explain import FORMATS, explain
-    from tinyvit.images import files_from_args
-    from tinyvit.runner import Runner, model_output
+    from tinyvit.images.inputs import files_from_args
+    from tinyvit.run.explain import FORMATS, explain
+    from tinyvit.run.runner import Runner, model_output
 
     image = files_from_args([args.image])[0]
     stem = Path(urllib.parse.urlparse(image).path if isinstance(image, str) else image).stem or "image"
@@ -383,7 +383,7 @@ def add_fit(sub, common) -> argparse.ArgumentParser:
 
 
 def run_fit(args: argparse.Namespace) -> int:
-    from tinyvit.fitting import FitOptions, fit_and_report
+    from tinyvit.run.fit import FitOptions, fit_and_report
 
     if args.labels:
         raise UsageError("--labels: fit takes the class names from TRAIN")
@@ -419,16 +419,16 @@ def add_models(sub, common) -> argparse.ArgumentParser:
 
 
 def run_models(args: argparse.Namespace) -> int:
-    from tinyvit.manifest import entries, markdown_table, resolve, zoo_rows
+    from tinyvit.weights.manifest import entries, markdown_table, resolve, zoo_rows
 
     if args.name:
-        from tinyvit.specs import ZooSpec, parse_spec
+        from tinyvit.weights.specs import ZooSpec, parse_spec
 
         spec = parse_spec(args.name)
         if isinstance(spec, ZooSpec):
             record = spec.record
         else:  # a checkpoint: what its files say (torch is imported only for these)
-            from tinyvit.loading import weights_record
+            from tinyvit.weights._builder import weights_record
 
             record = weights_record(spec)
         if args.json:
@@ -442,7 +442,7 @@ def run_models(args: argparse.Namespace) -> int:
     if args.markdown:
         print(markdown_table())
         return 0
-    from tinyvit.fetch import is_cached
+    from tinyvit.weights._hub import is_cached
 
     rows = zoo_rows()
     for r in rows:
@@ -497,8 +497,8 @@ def add_convert(sub, common) -> argparse.ArgumentParser:
 
 
 def run_convert(args: argparse.Namespace) -> int:
-    from tinyvit.conversion import convert
-    from tinyvit.files import read_header, read_record
+    from tinyvit.weights.convert import convert
+    from tinyvit.weights.files import read_header, read_record
 
     if Path(args.dst).is_file() and not args.overwrite:
         raise TinyViTError(f"{args.dst!r} exists; pass --overwrite to replace it")
@@ -542,7 +542,7 @@ def run_export(args: argparse.Namespace) -> int:
     if output.suffix != ".onnx":
         raise UsageError(f"-o {args.output}: the output is an .onnx file")
     try:
-        from tinyvit.export import check_onnx, default_check_sizes, export_onnx, read_onnx_metadata
+        from tinyvit.deploy.export import check_onnx, default_check_sizes, export_onnx, read_onnx_metadata
     except ImportError as e:
         raise TinyViTError(f'tinyvit export needs the onnx extra ({e}): pip install "tinyvit[onnx]"') from None
 
@@ -597,7 +597,7 @@ def run_serve(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise UsageError(str(e)) from None
     try:
-        from tinyvit.serve import run
+        from tinyvit.deploy.serve import run
     except ImportError as e:
         raise TinyViTError(str(e) if "tinyvit[serve]" in str(e) else f'pip install "tinyvit[serve]" ({e})') from None
     return run(args.model, options)

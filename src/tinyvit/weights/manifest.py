@@ -16,10 +16,10 @@ from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 
-from tinyvit.config import ViTConfig
-from tinyvit.errors import UnknownModelError
-from tinyvit.preprocessing import PreprocessSpec
-from tinyvit.record import LAYOUTS, NAMED_LABEL_SETS, SIZE_RULES, Metrics, Source, Weights
+from tinyvit.core.config import ViTConfig
+from tinyvit.core.errors import UnknownModelError
+from tinyvit.images.spec import PreprocessSpec
+from tinyvit.weights.record import LAYOUTS, NAMED_LABEL_SETS, SIZE_RULES, Metrics, Source, Weights
 
 __all__ = [
     "ModelEntry",
@@ -85,7 +85,7 @@ def manifest_path() -> Path:
     packaged = resources.files("tinyvit") / "weights_manifest.json"
     if packaged.is_file():
         return Path(str(packaged))
-    return Path(__file__).resolve().parents[2] / "weights_manifest.json"
+    return Path(__file__).resolve().parents[3] / "weights_manifest.json"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ embedding model's output, a classifier's feature before its head. A linear probe
 any, are folded into one linear ``head``: the result is an ordinary ViT classifier whose
 ``forward`` is ``head(pooled feature)``, written as one self-describing tinyvit file (the base's
 weights and preprocessing, the new head, the class names, and in its record what it was fitted
-from: :class:`~tinyvit.record.Fit`), or, with ``head_only``, the head and that record alone.
+from: :class:`~tinyvit.weights.record.Fit`), or, with ``head_only``, the head and that record alone.
 
 Embeddings can be cached beside the output, keyed by the base's SHA-256 and its preprocessing and
 each image file's SHA-256, so fitting again with other options skips the model.
@@ -30,17 +30,17 @@ from typing import Any
 
 import torch
 
-from tinyvit.errors import FitError, TinyViTError
-from tinyvit.files import save
-from tinyvit.fsutil import atomic_path, sha256_file
-from tinyvit.images import IMAGE_SUFFIXES, image_files
-from tinyvit.loading import build_model, weights_sha256
-from tinyvit.model import VisionTransformer
-from tinyvit.preprocessing import PreprocessSpec
-from tinyvit.probe import ProbeReport, fit_probe
-from tinyvit.record import Fit, Source, Weights
-from tinyvit.runner import Runner, check_run_options, model_output
-from tinyvit.runtime import model_for
+from tinyvit.core.errors import FitError, TinyViTError
+from tinyvit.core.fsutil import atomic_path, sha256_file
+from tinyvit.images.inputs import IMAGE_SUFFIXES, image_files
+from tinyvit.images.spec import PreprocessSpec
+from tinyvit.models.vit import VisionTransformer
+from tinyvit.run.probe import ProbeReport, fit_probe
+from tinyvit.run.runner import Runner, check_run_options, model_output
+from tinyvit.run.runtime import model_for
+from tinyvit.weights._builder import build_model, weights_sha256
+from tinyvit.weights.files import save
+from tinyvit.weights.record import Fit, Source, Weights
 
 __all__ = ["FitOptions", "Fitted", "TrainingSet", "fit", "fit_and_report", "read_training_set"]
 

@@ -32,10 +32,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from tinyvit.errors import OfflineError, WeightsError
-from tinyvit.fsutil import sha256_file, write_bytes_atomic
-from tinyvit.record import Weights
-from tinyvit.specs import HubSpec, ModelSpec, PathSpec, UrlSpec, ZooSpec
+from tinyvit.core.errors import OfflineError, WeightsError
+from tinyvit.core.fsutil import sha256_file, write_bytes_atomic
+from tinyvit.weights.record import Weights
+from tinyvit.weights.specs import HubSpec, ModelSpec, PathSpec, UrlSpec, ZooSpec
 
 __all__ = ["Fetched", "cache_dir", "download", "fetch", "fetch_hf_hub", "is_cached", "offline", "verify"]
 
@@ -215,7 +215,7 @@ def download_url(url: str, folder: Path, what: str) -> tuple[Path, str]:
 class Fetched:
     """A spec's weights on this machine. ``record``: the zoo's record for zoo weights (the file is
     in tinyvit's layout), else None (the checkpoint's own files say what they are). ``origin``:
-    what to set in the record's :class:`~tinyvit.record.Source` (where it came from)."""
+    what to set in the record's :class:`~tinyvit.weights.record.Source` (where it came from)."""
 
     path: Path  # a file, or a folder (a Hub snapshot)
     record: Weights | None = None
@@ -314,8 +314,8 @@ def _converted_path(record: Weights, key: str) -> Path:
 def _convert_into_cache(raw: Path, dst: Path, record: Weights, sha256: str | None) -> None:
     """Rename a zoo file's tensors to timm's; the manifest's record (with the file's SHA-256) goes
     into the header."""
-    from tinyvit.conversion import read_weights  # torch: imported only when something is converted
-    from tinyvit.files import save
+    from tinyvit.weights.convert import read_weights  # torch: imported only when something is converted
+    from tinyvit.weights.files import save
 
     state, _ = read_weights(raw, layout=record.source.layout, arch=record.config)
     save(dst, state, replace(record, source=replace(record.source, sha256=record.source.sha256 or sha256)))
@@ -330,7 +330,7 @@ def _hub_snapshot(spec: HubSpec) -> Path:
     """The weights file of a Hub repository (the first it has of ``files.WEIGHTS_FILES``:
     safetensors before pickled ``.bin``, timm / transformers before open_clip), in its local
     snapshot folder beside whichever of :data:`SIDE_FILES` the repository has."""
-    from tinyvit.files import WEIGHTS_FILES
+    from tinyvit.weights.files import WEIGHTS_FILES
 
     weights, offline_error = None, None
     for name in WEIGHTS_FILES:
@@ -385,8 +385,8 @@ def _url_file(spec: UrlSpec) -> Path:
     dst = cache_dir() / "converted" / "url" / key / (Path(name).stem + ".safetensors")
     if dst.is_file():
         return dst
-    from tinyvit.conversion import read_weights  # torch: imported only when something is converted
-    from tinyvit.files import save
+    from tinyvit.weights.convert import read_weights  # torch: imported only when something is converted
+    from tinyvit.weights.files import save
 
     raw, actual = _download_checked(spec.url, dst.parent, repr(spec.url), spec.sha256_prefix)
     try:

@@ -13,12 +13,12 @@ import threading
 
 import torch
 
-from tinyvit.errors import TinyViTError
-from tinyvit.loading import LabelsArg, load_model, resolve_preprocess
-from tinyvit.model import VisionTransformer
-from tinyvit.options import canonical_dtype
-from tinyvit.preprocessing import PreprocessSpec
-from tinyvit.specs import ModelSpec, PathSpec, parse_spec
+from tinyvit.core.errors import TinyViTError
+from tinyvit.images.spec import PreprocessSpec
+from tinyvit.models.vit import VisionTransformer
+from tinyvit.run.options import canonical_dtype
+from tinyvit.weights._builder import LabelsArg, load_model, resolve_preprocess
+from tinyvit.weights.specs import ModelSpec, PathSpec, parse_spec
 
 __all__ = [
     "MODEL_CACHE_SIZE",

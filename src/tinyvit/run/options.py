@@ -6,8 +6,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from tinyvit.errors import TinyViTError
-from tinyvit.preprocessing import PreprocessSpec
+from tinyvit.core.errors import TinyViTError
+from tinyvit.images.spec import PreprocessSpec
 
 __all__ = ["DTYPE_NAMES", "ServeOptions", "canonical_dtype"]
 

@@ -120,8 +120,8 @@ class PreprocessSpec:
 
     def __call__(self, image: Any, *, fast: bool = False) -> torch.Tensor:
         """One image → its (3, crop, crop) float32 tensor: the transform that goes with the weights.
-        (Runs :func:`tinyvit.images.preprocess_one`, imported here on first use: it needs Pillow.)"""
-        from tinyvit.images import preprocess_one
+        (Runs :func:`tinyvit.images.transforms.preprocess_one`, imported here on first use: it needs Pillow.)"""
+        from tinyvit.images.transforms import preprocess_one
 
         return preprocess_one(image, self, fast=fast)
 

@@ -18,12 +18,13 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from tinyvit.errors import TinyViTError
-from tinyvit.fsutil import atomic_path
-from tinyvit.images import ImageInput, load_image, normalize, resize_and_crop
-from tinyvit.model import VisionTransformer
-from tinyvit.preprocessing import PreprocessSpec
-from tinyvit.runner import Runner, model_output
+from tinyvit.core.errors import TinyViTError
+from tinyvit.core.fsutil import atomic_path
+from tinyvit.images.decode import ImageInput, load_image
+from tinyvit.images.spec import PreprocessSpec
+from tinyvit.images.transforms import normalize, resize_and_crop
+from tinyvit.models.vit import VisionTransformer
+from tinyvit.run.runner import Runner, model_output
 
 __all__ = ["FORMATS", "attention_rollout", "class_token_map", "explain", "render"]
 

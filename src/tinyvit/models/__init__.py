@@ -1,0 +1,1 @@
+"""The networks, in torch alone: the Vision Transformer (``vit.py``)."""
