@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 
 import tinyvit
-from tinyvit.models.vit import count_macs
+from tinyvit.core.config import count_macs
 from tinyvit.run.runtime import cached_model
 from tinyvit.weights._builder import resolve_preprocess
 from tinyvit.weights.manifest import entries

@@ -2,11 +2,13 @@
 
     .venv/bin/python benchmarks/bench_ab.py --a /path/to/old/src --b src --rounds 6
 
-Each round runs each tree in a fresh process (alternating A B A B …, so drift hits both alike);
-the process loads the weights, warms up on one batch, then times ``tinyvit.predict_iter`` over the
-set (the exact path and the fast path) and, separately, the model's forward on preprocessed
-tensors. Reported: the median time per set and the median of the per-round ratios B/A in
-throughput (>1: B is faster). The sets are real photos re-encoded as JPEGs (tests/fixtures/photos):
+Each round runs each tree in a fresh process (alternating A B A B …, so drift hits both
+alike); the process loads the weights (timed: ``tinyvit.load`` of a timm Hub folder,
+``config.json`` + ``model.safetensors``, as both trees read it), warms up on one batch, then
+times ``tinyvit.predict_iter`` over the set (the exact path and the fast path),
+``tinyvit.embed_iter`` (exact) and, separately, the model's forward on preprocessed tensors.
+Reported: the median time per set and the median of the per-round ratios B/A in throughput (>1:
+B is faster). The sets are real photos re-encoded as JPEGs (tests/fixtures/photos):
 ImageNet-size (500x375) and 12 MP (4000x3000); the weights are a random ViT-B/32-384 (speed does
 not depend on the values).
 """
@@ -34,14 +36,18 @@ sys.path.insert(0, {src!r})
 import torch, tinyvit
 assert tinyvit.__file__.startswith({src!r}), tinyvit.__file__
 files = {files!r}
+t = time.perf_counter()
 model = tinyvit.load({weights!r})
+out = {{"load": time.perf_counter() - t}}
 bs = {batch_size}
 list(tinyvit.predict_iter(files[:bs], model, batch_size=bs))  # warm-up
-out = {{}}
 for mode in ("exact", "fast"):
     t = time.perf_counter()
     n = sum(1 for _ in tinyvit.predict_iter(files, model, batch_size=bs, fast=mode == "fast"))
     out[mode] = time.perf_counter() - t
+t = time.perf_counter()
+n = sum(1 for _ in tinyvit.embed_iter(files, model, batch_size=bs))
+out["embed"] = time.perf_counter() - t
 x = tinyvit.preprocess(files[:bs], model)
 t = time.perf_counter()
 with torch.inference_mode():
@@ -56,6 +62,21 @@ def run(src: str, files: list[str], weights: str, batch_size: int) -> dict[str, 
     code = textwrap.dedent(CHILD.format(src=os.path.abspath(src), files=files, weights=weights, batch_size=batch_size))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def timm_folder(folder: Path, model) -> str:
+    """A timm Hub snapshot of ``model`` (random weights): what every version of tinyvit reads."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
+    pre = model.weights.preprocess
+    pretrained_cfg = {"input_size": [3, pre.crop, pre.crop], "crop_pct": pre.crop / pre.resize,
+                      "interpolation": pre.interpolation, "mean": [m / 255 for m in pre.mean],
+                      "std": [s / 255 for s in pre.std]}  # fmt: skip
+    config = {"architecture": "vit_base_patch32_384", "num_classes": 1000, "pretrained_cfg": pretrained_cfg}
+    (folder / "config.json").write_text(json.dumps(config))
+    return str(folder)
 
 
 def cpu_name() -> str:
@@ -83,11 +104,7 @@ def main() -> None:
     import tinyvit
 
     with tempfile.TemporaryDirectory() as tmp:
-        weights = str(Path(tmp) / "b32.safetensors")
-        model = tinyvit.get_model("vit-base-p32-384")
-        from tinyvit.weights.files import save
-
-        save(weights, model.state_dict(), model.weights)
+        weights = timm_folder(Path(tmp) / "b32", tinyvit.get_model("vit-base-p32-384"))
         sets = {
             "ImageNet-size JPEGs (500x375)": make_set(Path(tmp) / "small", args.images, (500, 375)),
             "12 MP JPEGs (4000x3000)": make_set(Path(tmp) / "big", args.images, (4000, 3000)),
@@ -101,7 +118,7 @@ def main() -> None:
             for _ in range(args.rounds):
                 for label, src in (("A", args.a), ("B", args.b)):
                     times[label].append(run(src, [str(f) for f in files], weights, args.batch_size))
-            for mode in ("exact", "fast", "forward"):
+            for mode in ("load", "exact", "fast", "embed", "forward"):
                 a = [t[mode] for t in times["A"]]
                 b = [t[mode] for t in times["B"]]
                 ratio = statistics.median(x / y for x, y in zip(a, b, strict=True))

@@ -175,4 +175,15 @@ def weights(tmp_path_factory) -> Path:
 
     folder = tmp_path_factory.mktemp("b32")
     src = write_checkpoint("timm_b32_384", load_parity()[0]["cases"]["timm_b32_384"], folder / "src")
-    return tinyvit.convert(src, folder / "b32.safetensors")
+    return tinyvit.convert(src, folder / "b32.safetensors", arch="vit_base_patch32_384")  # a bare timm state dict
+
+
+def mapped_ranges(path) -> list[tuple[int, int]]:
+    """The address ranges of this process's memory mappings of the file ``path`` (Linux)."""
+    ranges = []
+    with open("/proc/self/maps") as f:
+        for line in f:
+            if line.rstrip().endswith(str(path)):
+                start, end = (int(a, 16) for a in line.split()[0].split("-"))
+                ranges.append((start, end))
+    return ranges

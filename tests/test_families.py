@@ -75,7 +75,7 @@ def tinyvit_output(model: tinyvit.VisionTransformer, case: dict, output: str, x:
         if output in ("pre_logits", "pooler_output", "pooled", "x_norm_clstoken"):
             return model.forward_head(tokens, pre_logits=True)
         if output == "last_hidden_state" and case["family"] == "clip":  # CLIP's is before post_layernorm
-            return model.forward_intermediates(x, blocks=[-1]).hidden[0]
+            return model.forward_trace(x, blocks=[-1]).hidden[0]
         if output in ("features", "last_hidden_state"):
             return tokens
         if output == "x_norm_regtokens":

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import subprocess
 import sys
 import zipfile
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
 import tinyvit
+from tinyvit.images.spec import SIZE_RULES
 from tinyvit.weights.manifest import entries, manifest_path, parse_manifest, resolve
-from tinyvit.weights.record import SIZE_RULES, imagenet_classes
+from tinyvit.weights.record import imagenet_classes
 
 ROOT = Path(__file__).resolve().parents[1]
 RAW = json.loads((ROOT / "weights_manifest.json").read_text())
@@ -50,9 +51,8 @@ def test_every_record_is_complete_and_honest():
         assert default.kind == "hub" and default.layout == "timm"  # default: timm's safetensors
         for w in e.weights:
             s = w.source
-            rules = (w.config.dynamic_img_pad, w.config.pos_embed_resize)
-            assert replace(w.config, dynamic_img_pad=True, pos_embed_resize="bicubic") == e.arch
-            assert rules == SIZE_RULES[s.layout] and w.name == e.name  # other sizes: as their library does
+            assert w.config == e.arch and w.name == e.name
+            assert w.size_rule == SIZE_RULES[s.layout]  # other sizes: as their library does
             assert w.preprocess.crop == e.arch.image_size and w.license
             if w.output == "classes":  # classifiers: ImageNet's classes, the accuracy and who published it
                 assert w.categories == imagenet_classes().names and w.metrics.source
@@ -72,11 +72,20 @@ def test_record_round_trips_through_json():
             assert tinyvit.Weights.from_json(w.to_json()) == w
 
 
-def test_known_checksums_are_those_of_vit_facts():
-    # the only SHA-256 values known offline (VIT_FACTS.md §2); the rest stay null until pinned
-    assert resolve("vit-base-p16-224:mmpretrain").source.sha256.startswith("4c544545d506")
-    assert resolve("vit-base-p16-224:orig_in21k_ft_in1k").source.sha256.startswith("1cea07110a4a")
-    assert resolve("vit-base-p32-384").source.revision is None
+def test_pins_agree_with_what_their_sources_say_and_the_readme_counts_them():
+    # What is pinned must be well formed and agree with what the source itself states (the
+    # SHA-256 prefix torch.hub-style file names carry); pinning more (scripts/pin_manifest.py) is
+    # fine, and the README's sentence on what is pinned must follow.
+    sources = [w.source for e in entries().values() for w in e.weights]
+    for s in sources:
+        assert s.revision is None or re.fullmatch(r"[0-9a-f]{40}", s.revision), s
+        assert s.sha256 is None or re.fullmatch(r"[0-9a-f]{64}", s.sha256), s
+        if s.kind == "url":
+            named = re.search(r"-([0-9a-f]{8})\.pth$", s.url).group(1)
+            assert s.sha256_prefix == named and (s.sha256 is None or s.sha256.startswith(named)), s
+    pinned = sum(s.sha256 is not None for s in sources)
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert f"({pinned} of its\n  {len(sources)} sources pin one today)" in readme
 
 
 def test_name_and_tag_lookup():
@@ -164,7 +173,8 @@ def test_wheel_ships_the_manifest(tmp_path):
     with zipfile.ZipFile(wheel) as z:
         assert json.loads(z.read("tinyvit/weights_manifest.json")) == RAW
         names = z.namelist()
-    assert "tinyvit/model.py" in names
+    for module in ("models/vit.py", "weights/timm_archs.json", "imagenet1k_classes.txt", "deploy/cli.py"):
+        assert f"tinyvit/{module}" in names
     assert not [n for n in names if n.startswith("tests/")]
 
 
@@ -181,7 +191,8 @@ def test_names_help_and_version_never_import_torch(argv, tmp_path):
             "from tinyvit.weights.manifest import resolve; resolve('vit-base-p16_32xb128-mae_in1k').describe()\n"
         )
     else:
-        code = f"import sys\nfrom tinyvit.deploy.cli import main\ntry:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
+        code = (f"import sys\nfrom tinyvit.deploy.cli import main\ntry:\n    main({argv!r})\nexcept SystemExit:\n"
+                "    pass\n")  # fmt: skip
     code += "assert 'torch' not in sys.modules, 'torch was imported'\n"
     env = {**__import__("os").environ, "HF_HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)

@@ -8,10 +8,11 @@ import sys
 
 import pytest
 import torch
-from conftest import case_state, load_parity, small_config
+from conftest import case_state, load_parity, mapped_ranges, small_config
 
 import tinyvit
-from tinyvit.models.vit import count_macs, resample_pos_embed
+from tinyvit.core.config import count_macs
+from tinyvit.models.vit import resample_pos_embed
 from tinyvit.weights.manifest import entries
 
 META, _ = load_parity()
@@ -85,7 +86,7 @@ def explicit_attention(block, x):
 def test_attention_maps_match_explicit_computation(small_model):
     x = torch.randn(2, 3, 32, 32)
     with torch.inference_mode():
-        out = small_model.forward_intermediates(x, attention=True)
+        out = small_model.forward_trace(x, attention=True)
         tokens, maps = out.tokens, out.attention
         assert len(maps) == small_model.config.depth
         # walk the blocks by hand, checking each block's map before moving on
@@ -141,16 +142,6 @@ def test_headless_model():
     assert isinstance(model.head, torch.nn.Identity)
 
 
-def _mapped_ranges(path) -> list[tuple[int, int]]:
-    ranges = []
-    with open("/proc/self/maps") as f:
-        for line in f:
-            if line.rstrip().endswith(str(path)):
-                start, end = (int(a, 16) for a in line.split()[0].split("-"))
-                ranges.append((start, end))
-    return ranges
-
-
 def _small_file(path):
     """The small timm case as a tinyvit file (its record states the architecture)."""
     from tinyvit.weights.files import save
@@ -173,8 +164,8 @@ def test_load_is_zero_copy_from_the_file(kind, tmp_path):
     else:
         path = tmp_path / "timm.safetensors"
         save_file(case_state(META["cases"]["timm_b32_384"]), str(path))
-    model = tinyvit.load(path)
-    ranges = _mapped_ranges(path.resolve())
+    model = tinyvit.load(path, arch=None if kind == "tinyvit" else "vit_base_patch32_384")
+    ranges = mapped_ranges(path.resolve())
     assert ranges, "the weights file is not memory-mapped"
     for name, p in model.named_parameters():
         assert any(lo <= p.data_ptr() < hi for lo, hi in ranges), f"{name} was copied"

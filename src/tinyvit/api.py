@@ -1,14 +1,17 @@
 """The public functions: what ``import tinyvit`` offers (``tinyvit.load``, ``tinyvit.predict``, …).
 
-Each is a thin adapter: specs are parsed by ``specs.py``, devices and dtypes by ``runtime.py``,
-weights loaded by ``loading.py`` and images run by ``runner.py``. Nothing inside the package
-imports this module.
+Each is a thin adapter: the model options (``device``, ``dtype``, ``fast``, ``labels``,
+``preprocess``, ``arch``: :class:`~tinyvit.run.options.ModelOptions`, passed as keyword arguments
+or as ``options=``) are checked once, specs parsed by ``weights/specs.py``, weights loaded by
+``weights/_builder.py`` (through ``run/runtime.py``'s per-process cache) and images run by
+``run/runner.py``. Nothing below this layer imports it.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,40 +22,33 @@ from tinyvit.images.inputs import check_paths, expand_inputs
 from tinyvit.images.spec import PreprocessSpec
 from tinyvit.images.transforms import preprocess as preprocess_images
 from tinyvit.models.vit import VisionTransformer
+from tinyvit.run.options import DEFAULT_MODEL, ModelOptions
 from tinyvit.run.runner import Embedding, Prediction, Runner, check_run_options
 from tinyvit.run.runtime import model_for, parse_device, parse_dtype
-from tinyvit.weights._builder import LabelsArg, bare_model, load_model, resolve_preprocess
-from tinyvit.weights._hub import download as fetch_download
+from tinyvit.weights._builder import bare_model, load_model, resolve_preprocess
+from tinyvit.weights._builder import download as fetch_download
 from tinyvit.weights.record import Weights
 from tinyvit.weights.specs import parse_spec
 
 __all__ = ["download", "embed", "embed_iter", "get_model", "load", "predict", "predict_iter", "preprocess"]
 
-DEFAULT_MODEL = "vit-base-p32-384"
 ModelArg = str | os.PathLike | VisionTransformer
 
 
-def load(
-    spec: str | os.PathLike,
-    *,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype | str | None = None,
-    labels: LabelsArg = None,
-    preprocess: PreprocessSpec | str | None = None,
-) -> VisionTransformer:
+def load(spec: str | os.PathLike, *, options: ModelOptions | None = None, **model_options: Any) -> VisionTransformer:
     """A model with weights, in eval mode; ``model.weights`` is their record.
 
     ``spec`` is a zoo name or alias (its default weights), ``"name:tag"``, a local checkpoint
     (a tinyvit or timm ``.safetensors``, a timm / mmpretrain ``.pth``, a JAX ``.npz``, an HF
     ``save_pretrained`` folder), ``"hf-hub:owner/repo[@revision]"`` — a timm- or HF-layout ViT
-    repository on the Hub — or an http(s) URL of a checkpoint file. ``labels`` (a list, a file with
-    one name per line or JSON, or ``"imagenet-1k"``) and ``preprocess`` (a :class:`PreprocessSpec`,
-    or a zoo ``name[:tag]`` to preprocess like) state what a checkpoint does not say, or override
-    it. ``dtype`` takes torch dtypes or ``"fp32"``, ``"bf16"``, ``"float16"``…
+    repository on the Hub — or an http(s) URL of a checkpoint file. ``model_options`` (or
+    ``options``): ``device``, ``dtype`` (torch dtypes or ``"fp32"``, ``"bf16"``, ``"float16"``…),
+    ``labels``, ``preprocess`` and ``arch``, as :class:`~tinyvit.run.options.ModelOptions` says.
     """
-    device_, dtype_ = parse_device(device), parse_dtype(dtype)
-    pre = None if preprocess is None else resolve_preprocess(preprocess)
-    return load_model(parse_spec(spec), device=device_, dtype=dtype_, labels=labels, preprocess=pre)
+    o = ModelOptions.of(options, **model_options)
+    pre = None if o.preprocess is None else resolve_preprocess(o.preprocess)
+    return load_model(parse_spec(spec), device=parse_device(o.device), dtype=parse_dtype(o.dtype), labels=o.labels,
+                      preprocess=pre, arch=o.arch_arg)  # fmt: skip
 
 
 def get_model(
@@ -96,14 +92,19 @@ def preprocess(
 # Many images: adapters over the runner
 
 
-def _stream(images: Any, model: ModelArg, runner_args: dict, run: dict, load: dict) -> Iterator[Any]:
-    """The items first (checked before any weights are fetched), then the model, then the runner."""
-    check_run_options(batch_size=run["batch_size"], errors=run["errors"], top_k=runner_args.get("top_k", 1))
+def _stream(
+    images: Any, model: ModelArg, o: ModelOptions, task: dict[str, Any], *, batch_size: int, workers: int | None,
+    errors: str, progress: bool | str,
+) -> Iterator[Any]:
+    """The items first (checked before any weights are fetched), then the model, then the runner.
+    ``task``: the runner's task arguments (``task``, ``top_k`` / ``normalize``)."""
+    check_run_options(batch_size=batch_size, errors=errors, top_k=task.get("top_k", 1))
     items, _ = expand_inputs(images)
-    if run["errors"] == "raise":
+    if errors == "raise":
         check_paths(items)
-    net = model_for(model, **load, fast=runner_args["fast"])
-    yield from Runner(net, **runner_args).stream(items, **run)
+    net = model_for(model, replace(o, preprocess=None))  # the preprocessing is the runner's: for this run
+    runner = Runner(net, preprocess=o.preprocess, fast=o.fast, **task)
+    yield from runner.stream(items, batch_size=batch_size, workers=workers, errors=errors, progress=progress)
 
 
 def predict_iter(
@@ -112,20 +113,18 @@ def predict_iter(
     *,
     top_k: int = 5,
     batch_size: int = 8,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype | str | None = None,
     errors: str = "raise",
-    fast: bool = False,
-    preprocess: PreprocessSpec | str | None = None,
     workers: int | None = None,
     progress: bool | str = False,
+    options: ModelOptions | None = None,
+    **model_options: Any,
 ) -> Iterator[Prediction]:
     """Classify images, yielding one :class:`Prediction` per image, in input order, as each batch
     finishes. Arguments as :func:`predict`; ``workers``: decoding threads (default: one per core,
     at most 16)."""
-    runner_args = {"task": "classify", "top_k": top_k, "preprocess": preprocess, "fast": fast}
-    run = {"batch_size": batch_size, "workers": workers, "errors": errors, "progress": progress}
-    return _stream(images, model, runner_args, run, {"device": device, "dtype": dtype})
+    o = ModelOptions.of(options, **model_options)
+    return _stream(images, model, o, {"task": "classify", "top_k": top_k}, batch_size=batch_size, workers=workers,
+                   errors=errors, progress=progress)  # fmt: skip
 
 
 def predict(
@@ -134,13 +133,11 @@ def predict(
     *,
     top_k: int = 5,
     batch_size: int = 8,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype | str | None = None,
     errors: str = "raise",
-    fast: bool = False,
-    preprocess: PreprocessSpec | str | None = None,
     workers: int | None = None,
     progress: bool | None = None,
+    options: ModelOptions | None = None,
+    **model_options: Any,
 ) -> Prediction | list[Prediction]:
     """Classify images: one input gives one :class:`Prediction`; a list, or a folder path, a list.
 
@@ -149,17 +146,17 @@ def predict(
     a checkpoint, ``"hf-hub:owner/repo"``, or a loaded model (models loaded by name are cached per
     process). ``errors="raise"`` stops at the first bad image with :class:`tinyvit.ImageError`;
     ``errors="return"`` returns a failed :class:`Prediction` for it and goes on with the rest.
-    ``fast=True``: JPEGs decoded at reduced scale and, for models given by name, the fastest
-    weights dtype of the device (bfloat16 on CPUs that multiply it natively, float16 on CUDA); not
-    bit-exact. ``preprocess``: a :class:`PreprocessSpec` or zoo ``name[:tag]`` that overrides the
-    weights'. ``progress``: a progress bar on stderr (default: for more than one batch).
+    ``progress``: a progress bar on stderr (default: for more than one batch). The model options
+    (``device``, ``dtype``, ``fast``, ``labels``, ``preprocess``, ``arch``) as keyword arguments or
+    ``options=``: see :class:`~tinyvit.run.options.ModelOptions`; ``preprocess`` applies to this
+    call (a loaded model's too).
     """
     items, single = expand_inputs(images)
     show = progress if progress is not None else len(items) > batch_size
     results = list(
         predict_iter(
-            images if single else items, model, top_k=top_k, batch_size=batch_size, device=device, dtype=dtype,
-            errors=errors, fast=fast, preprocess=preprocess, workers=workers, progress=show,
+            images if single else items, model, top_k=top_k, batch_size=batch_size, errors=errors, workers=workers,
+            progress=show, options=ModelOptions.of(options, **model_options),
         )
     )  # fmt: skip
     return results[0] if single else results
@@ -171,19 +168,18 @@ def embed_iter(
     *,
     normalize: bool = False,
     batch_size: int = 8,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype | str | None = None,
     errors: str = "raise",
-    fast: bool = False,
-    preprocess: PreprocessSpec | str | None = None,
     workers: int | None = None,
     progress: bool | str = False,
+    options: ModelOptions | None = None,
+    **model_options: Any,
 ) -> Iterator[Embedding]:
-    """The class-token feature (``model.extract_feat``, float32 (D,)) of each image, in input
-    order, as each batch finishes; ``normalize=True`` scales each to unit L2 norm."""
-    runner_args = {"task": "embed", "normalize": normalize, "preprocess": preprocess, "fast": fast}
-    run = {"batch_size": batch_size, "workers": workers, "errors": errors, "progress": progress}
-    return _stream(images, model, runner_args, run, {"device": device, "dtype": dtype})
+    """The image embedding of each image (an embedding model's output; a classifier's feature
+    before its head), float32 (D,), in input order, as each batch finishes; ``normalize=True``
+    scales each to unit L2 norm. Other arguments as :func:`predict`."""
+    o = ModelOptions.of(options, **model_options)
+    return _stream(images, model, o, {"task": "embed", "normalize": normalize}, batch_size=batch_size,
+                   workers=workers, errors=errors, progress=progress)  # fmt: skip
 
 
 def embed(
@@ -192,14 +188,12 @@ def embed(
     *,
     normalize: bool = False,
     batch_size: int = 8,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype | str | None = None,
-    fast: bool = False,
-    preprocess: PreprocessSpec | str | None = None,
     workers: int | None = None,
     progress: bool | None = None,
+    options: ModelOptions | None = None,
+    **model_options: Any,
 ) -> torch.Tensor:
-    """Images → their class-token features: (D,) for one image, (N, D) float32 for a list or a
+    """Images → their image embeddings: (D,) for one image, (N, D) float32 for a list or a
     folder. A bad image raises :class:`tinyvit.ImageError` (:func:`embed_iter` with
     ``errors="return"`` goes on instead, and ``tinyvit embed -o`` writes a file)."""
     items, single = expand_inputs(images)
@@ -207,8 +201,8 @@ def embed(
     rows = [
         e.vector
         for e in embed_iter(
-            images if single else items, model, normalize=normalize, batch_size=batch_size, device=device,
-            dtype=dtype, errors="raise", fast=fast, preprocess=preprocess, workers=workers, progress=show,
+            images if single else items, model, normalize=normalize, batch_size=batch_size, errors="raise",
+            workers=workers, progress=show, options=ModelOptions.of(options, **model_options),
         )
     ]  # fmt: skip
     return rows[0] if single else torch.stack(rows)  # type: ignore[arg-type]

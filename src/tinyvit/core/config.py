@@ -2,25 +2,23 @@
 
 The fields after ``layer_norm_eps`` are the options that change the graph, with timm's names and
 meanings (``timm.models.vision_transformer.VisionTransformer``); their defaults give the original
-ViT. The last two say what the weights' home library does with other input sizes.
+ViT. What the weights' home library does with images of another size is not the architecture: it
+travels with the preprocessing (:class:`tinyvit.images.spec.SizeRule`).
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
-__all__ = ["ACT_LAYERS", "GLOBAL_POOLS", "POS_EMBED_RESIZES", "ViTConfig"]
+__all__ = ["ACT_LAYERS", "GLOBAL_POOLS", "NORM_LAYERS", "ROPE_TYPES", "ViTConfig", "count_macs"]
 
 ACT_LAYERS = ("gelu", "quick_gelu", "gelu_tanh")  # exact GELU; CLIP's x * sigmoid(1.702 x); GELU, tanh form
 GLOBAL_POOLS = ("token", "avg", "map")  # class token; mean of the patch tokens; attention pooling (SigLIP)
-# How the position embedding follows another patch grid (model.resample_pos_embed):
-#   "bicubic"     bicubic to the new grid, no antialiasing (mmpretrain, transformers' ViT / CLIP / SigLIP /
-#                 Dinov2Model)
-#   "bicubic_aa"  the same, antialiased (timm's resample_abs_pos_embed, transformers' Dinov2WithRegisters,
-#                 DINOv2's own code for its register models)
-#   "dinov2"      DINOv2's own code for its models without registers: bicubic with the scale factor
-#                 (n + 0.1) / grid, no antialiasing; none at the trained grid of a square image
-POS_EMBED_RESIZES = ("bicubic", "bicubic_aa", "dinov2")
+NORM_LAYERS = ("layernorm", "rmsnorm")  # every norm of the model: LayerNorm, or RMSNorm (AIMv2)
+# Rotary position embeddings (timm's Eva ``rope_type``): EVA02's / PE's / RoPE-ViT axial "cat" (index grid,
+# optionally rescaled to ref_feat_shape), RoPE-ViT's learned per-block "mixed" frequencies (rope.freqs), DINOv3's
+# "dinov3" (patch centres normalised to [-1, 1], periods rope_temperature ** (4 i / Dh))
+ROPE_TYPES = ("cat", "mixed", "dinov3")
 
 
 @dataclass(frozen=True)
@@ -45,8 +43,23 @@ class ViTConfig:
     fc_norm: bool = False  # the final norm after pooling (fc_norm) instead of on all tokens (norm)
     head_bias: bool = True  # False: a bias-free projection head (CLIP's)
     qkv_bias: bool = True
-    dynamic_img_pad: bool = True  # other sizes: zero-pad to whole patches (mmpretrain); False: the remainder is dropped
-    pos_embed_resize: str = "bicubic"  # other sizes: one of POS_EMBED_RESIZES
+    # -- the ViTs of 2025-26 (timm's Eva and AIMv2 options, timm's names)
+    norm_layer: str = "layernorm"  # one of NORM_LAYERS, for every norm (eps: layer_norm_eps)
+    embed_norm: bool = False  # a norm after the patch projection (patch_embed.norm, AIMv2)
+    proj_bias: bool = True  # biases of the attention output projection and of the MLPs (False: AIMv2)
+    swiglu_mlp: bool = False  # SwiGLU MLPs: fc2(norm(silu(fc1_g(x)) * fc1_x(x))), mlp_dim wide
+    scale_mlp: bool = False  # a norm inside the MLP before fc2 (mlp.norm, EVA02's sub-LN)
+    scale_attn_inner: bool = False  # a norm on the attention output before proj (attn.norm, EVA02-CLIP)
+    use_abs_pos_emb: bool = True  # the learned absolute position embedding (pos_embed)
+    use_rot_pos_emb: bool = False  # rotary position embeddings on the patch tokens' queries and keys
+    rope_type: str = "cat"  # one of ROPE_TYPES
+    rope_temperature: float = 10000.0
+    rope_grid_offset: float = 0.0  # added to the patch coordinates
+    rope_grid_indexing: str = "ij"  # "ij": (row, column) coordinate order; "xy": (column, row)
+    rope_rotate_half: bool = False  # rotate halves (DINOv3) instead of interleaved pairs
+    ref_feat_shape: int | None = None  # "cat": coordinates rescaled so that any grid spans this one (EVA02, PE)
+    attn_pool_num_heads: int | None = None  # heads of the attention pool (default: num_heads)
+    pool_include_prefix: bool = False  # attention pooling over the prefix tokens too (timm's Eva)
 
     def __post_init__(self) -> None:
         for name in ("image_size", "patch_size", "embed_dim", "depth", "num_heads", "in_chans"):
@@ -65,12 +78,14 @@ class ViTConfig:
             )
         if not self.mlp_ratio > 0 or not self.layer_norm_eps > 0:
             raise ValueError("ViTConfig.mlp_ratio and layer_norm_eps must be > 0")
-        for name, allowed in (("act_layer", ACT_LAYERS), ("global_pool", GLOBAL_POOLS),
-                              ("pos_embed_resize", POS_EMBED_RESIZES)):  # fmt: skip
+        for name, allowed in (("act_layer", ACT_LAYERS), ("global_pool", GLOBAL_POOLS), ("norm_layer", NORM_LAYERS),
+                              ("rope_type", ROPE_TYPES), ("rope_grid_indexing", ("ij", "xy"))):  # fmt: skip
             if getattr(self, name) not in allowed:
                 raise ValueError(f"ViTConfig.{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         if self.global_pool == "token" and not self.class_token:
             raise ValueError("ViTConfig: global_pool='token' needs the class token")
+        if self.use_rot_pos_emb and (self.embed_dim // self.num_heads) % 4:
+            raise ValueError("ViTConfig: rotary position embeddings need embed_dim / num_heads divisible by 4")
         if self.dist_token and (not self.class_token or self.reg_tokens or self.global_pool != "token"):
             raise ValueError("ViTConfig: the distillation token goes with a class token, no registers, token pooling")
 
@@ -81,12 +96,6 @@ class ViTConfig:
     @property
     def mlp_dim(self) -> int:
         return round(self.embed_dim * self.mlp_ratio)
-
-    @property
-    def any_size_graph(self) -> bool:
-        """Whether one traced graph serves every input size (all but DINOv2's own resize rule,
-        which branches on the size as its code does)."""
-        return self.pos_embed_resize != "dinov2"
 
     @property
     def num_prefix_tokens(self) -> int:
@@ -102,6 +111,7 @@ class ViTConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> ViTConfig:
+        d = {k: v for k, v in d.items() if k not in _SIZE_RULE_FIELDS}  # read by SizeRule.from_legacy_config
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -110,3 +120,19 @@ class ViTConfig:
 
 
 _DEFAULT = ViTConfig()
+# Written into records by tinyvit 0.1 (as config fields); now SizeRule's (images/spec.py)
+_SIZE_RULE_FIELDS = ("dynamic_img_pad", "pos_embed_resize")
+
+
+def count_macs(config: ViTConfig, image_size: int | None = None, *, pad: bool = False) -> int:
+    """Multiply-accumulates of one forward pass at ``image_size`` (default: the config's); ``pad``:
+    a remainder of a patch is zero-padded to a whole one (mmpretrain) rather than dropped (timm)."""
+    size = image_size or config.image_size
+    side = -(-size // config.patch_size) if pad else size // config.patch_size
+    n = side**2
+    t, d, m = n + config.num_prefix_tokens, config.embed_dim, config.mlp_dim
+    patch = n * d * config.in_chans * config.patch_size**2
+    block = t * d * (3 * d + d + 2 * m) + 2 * t * t * d  # qkv, proj, mlp; q·k and attn·v
+    pool = n * 2 * d * d + 2 * d * d + 2 * n * d + 2 * d * m if config.global_pool == "map" else 0
+    heads = 2 if config.dist_token else 1
+    return patch + config.depth * block + pool + heads * d * config.num_classes

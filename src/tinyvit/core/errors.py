@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-__all__ = ["FitError", "ImageError", "OfflineError", "TinyViTError", "UnknownModelError", "WeightsError"]
+__all__ = [
+    "FitError", "ImageError", "OfflineError", "TinyViTError", "UnknownModelError", "WeightsError", "one_line",
+]  # fmt: skip
 
 
 class TinyViTError(Exception):
@@ -39,3 +41,13 @@ class UnknownModelError(TinyViTError, ValueError):
 class FitError(TinyViTError, ValueError):
     """A classifier cannot be fitted (``tinyvit fit``): an empty class, a single class, a label
     file naming missing files, a base model that gives no embedding to fit on."""
+
+
+def one_line(e: BaseException) -> str:
+    """An error's message on one line, as the command line and job summaries print it: its lines
+    joined (after a colon with a space, else with "; "), the type's name when it has no message."""
+    out = ""
+    for part in (line.strip() for line in str(e).splitlines()):
+        if part:
+            out += part if not out else (" " if out.endswith(":") else "; ") + part
+    return out or type(e).__name__

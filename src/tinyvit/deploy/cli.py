@@ -22,11 +22,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from tinyvit import __version__
-from tinyvit.core.errors import TinyViTError
+from tinyvit.core.errors import TinyViTError, one_line
 from tinyvit.images.spec import INTERPOLATIONS
-from tinyvit.run.options import ACCELERATORS, DTYPE_NAMES, HOSTS, ServeOptions
-
-DEFAULT_MODEL = "vit-base-p32-384"
+from tinyvit.run.options import ACCELERATORS, DEFAULT_MODEL, DTYPE_NAMES, HOSTS, ModelOptions, ServeOptions
 
 
 class UsageError(Exception):
@@ -58,6 +56,8 @@ def add_model_options(p: argparse.ArgumentParser, batch: bool = True, model: boo
     g.add_argument("--device", default=None, help="e.g. cpu, cuda, cuda:1 (default: cpu)")
     g.add_argument("--dtype", choices=tuple(DTYPE_NAMES), default=None, help="weights dtype (default float32)")
     g.add_argument("--labels", metavar="FILE", help="class names: a file (one per line, or JSON), or imagenet-1k")
+    g.add_argument("--arch", metavar="NAME|num_heads=N", help="what the checkpoint's tensors cannot show: a zoo or "
+                   "timm architecture name, or fields such as num_heads=6")  # fmt: skip
     if batch:
         g.add_argument(
             "--batch-size", type=positive_int, default=8, help="images per forward pass (default %(default)s)"
@@ -103,11 +103,17 @@ def preprocess_from_args(args: argparse.Namespace):
         raise UsageError(f"preprocessing options: {e} (--crop, --mean, --std; or --preprocess-like NAME)") from None
 
 
+def options_from_args(args: argparse.Namespace) -> ModelOptions:
+    """The model options the command line states (``--device``, ``--dtype``, ``--fast``, ``--labels``,
+    the preprocessing options, ``--arch``)."""
+    return ModelOptions(device=args.device, dtype=args.dtype, fast=getattr(args, "fast", False), labels=args.labels,
+                        preprocess=preprocess_from_args(args), arch=args.arch)  # fmt: skip
+
+
 def model_from_args(args: argparse.Namespace):
     from tinyvit.run.runtime import model_for
 
-    return model_for(args.model, device=args.device, dtype=args.dtype, fast=getattr(args, "fast", False),
-                     labels=args.labels, preprocess=preprocess_from_args(args))  # fmt: skip
+    return model_for(args.model, options_from_args(args))
 
 
 def _images(n: int) -> str:
@@ -220,14 +226,12 @@ def run_ray_job(args: argparse.Namespace, kind: str) -> int:
         raise TinyViTError(str(e) if "tinyvit[ray]" in str(e) else f'pip install "tinyvit[ray]" ({e})') from None
     quiet_logs()
 
-    options = {"device": args.device, "dtype": args.dtype, "fast": args.fast, "labels": args.labels,
-               "preprocess": preprocess_from_args(args)}  # fmt: skip
-    options |= {"top_k": args.top_k or 5} if kind == "predict" else {"normalize": args.normalize}
+    task = {"top_k": args.top_k or 5} if kind == "predict" else {"normalize": args.normalize}
     try:
         summary = run_job(
             args.images, args.output, args.model, kind=kind, address=None if args.ray == "local" else args.ray,
             actors=args.ray_actors, num_gpus=args.num_gpus, batch_size=args.batch_size, overwrite=args.overwrite,
-            **options,
+            options=options_from_args(args), **task,
         )  # fmt: skip
     except KeyboardInterrupt:
         kept = "it keeps the rows written so far" if "://" in args.output else "nothing was written there"
@@ -388,8 +392,7 @@ def run_fit(args: argparse.Namespace) -> int:
     if args.labels:
         raise UsageError("--labels: fit takes the class names from TRAIN")
     options = FitOptions(val=args.val, head_only=args.head_only, cache=args.cache, seed=args.seed,
-                         batch_size=args.batch_size, device=args.device, dtype=args.dtype, fast=args.fast,
-                         preprocess=preprocess_from_args(args), progress=not args.json)  # fmt: skip
+                         batch_size=args.batch_size, model=options_from_args(args), progress=not args.json)  # fmt: skip
     fitted = fit_and_report(args.train, args.model, args.output, options)
     for error in fitted.errors:
         print(f"tinyvit: error: {error} (left out)", file=sys.stderr)
@@ -581,6 +584,11 @@ def add_serve(sub, common) -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=d.top_k, help="results per image (default %(default)s)")
     p.add_argument("--timeout", type=float, default=d.timeout, help="seconds per request (default %(default)s)")
     p.add_argument("--log-level", default=d.log_level, choices=("critical", "error", "warning", "info", "debug"))
+    auth = p.add_mutually_exclusive_group()
+    auth.add_argument("--api-key", metavar="KEY", help="require 'Authorization: Bearer KEY' on every request but "
+                      "GET /health (default: $TINYVIT_API_KEY; the variable keeps the key out of the process list)")
+    auth.add_argument("--no-auth", action="store_true", help="serve --host 0.0.0.0 or :: without a key (behind a "
+                      "proxy that authenticates)")  # fmt: skip
     add_model_options(p, batch=False, model=False)  # --device, --dtype, --labels, the preprocessing: as predict
     p.set_defaults(run=run_serve)
     return p
@@ -589,18 +597,18 @@ def add_serve(sub, common) -> argparse.ArgumentParser:
 def run_serve(args: argparse.Namespace) -> int:
     """Exit status: 130 after Ctrl-C, 0 after SIGTERM, 1 when a server process died (``serve.run``)."""
     names = ("host", "port", "max_batch_size", "batch_timeout", "max_body_bytes", "workers_per_device", "accelerator",
-             "device", "dtype", "labels", "top_k", "timeout", "log_level")  # fmt: skip
-    preprocess = preprocess_from_args(args)
+             "top_k", "timeout", "log_level")  # fmt: skip
+    model = options_from_args(args)
     try:
         devices = args.devices if args.devices == "auto" else int(args.devices)
-        options = ServeOptions(devices=devices, preprocess=preprocess, **{k: getattr(args, k) for k in names})
+        options = ServeOptions(devices=devices, model=model, **{k: getattr(args, k) for k in names})
     except ValueError as e:
         raise UsageError(str(e)) from None
     try:
         from tinyvit.deploy.serve import run
     except ImportError as e:
         raise TinyViTError(str(e) if "tinyvit[serve]" in str(e) else f'pip install "tinyvit[serve]" ({e})') from None
-    return run(args.model, options)
+    return run(args.model, options, api_key=args.api_key, no_auth=args.no_auth)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -623,14 +631,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _one_line(e: BaseException) -> str:
-    parts = [line.strip() for line in str(e).splitlines() if line.strip()]
-    out = ""
-    for part in parts:
-        out += part if not out else (" " if out.endswith(":") else "; ") + part
-    return out or type(e).__name__
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
     try:
@@ -643,7 +643,7 @@ def main(argv: list[str] | None = None) -> int:
     except (TinyViTError, OSError, ValueError, RuntimeError) as e:
         if getattr(args, "debug", False):
             raise
-        print(f"tinyvit: error: {_one_line(e)}", file=sys.stderr)
+        print(f"tinyvit: error: {one_line(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("tinyvit: interrupted", file=sys.stderr)

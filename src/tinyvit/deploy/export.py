@@ -111,7 +111,7 @@ def export_onnx(
     written when anything fails. Check the file with :func:`check_onnx`.
     """
     path, dtype_name = Path(path), _dtype_name(dtype)
-    _check_target(path, opset, dynamic_size and not model.config.any_size_graph)
+    _check_target(path, opset, dynamic_size and not model.size_rule.any_size_graph)
     props = _metadata(model, metadata)
     proto, exporter = _trace(_converted(model, DTYPES[dtype_name]), dynamic_size, opset)
     size = model.config.image_size

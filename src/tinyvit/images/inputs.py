@@ -17,6 +17,7 @@ __all__ = [
     "is_tensor",
     "check_path",
     "check_paths",
+    "class_folders",
     "describe_input",
     "expand_inputs",
     "files_from_args",
@@ -77,6 +78,14 @@ def check_path(image: str | os.PathLike, name: str | None = None) -> Path:
 def image_files(folder: Path) -> list[Path]:
     """Image files under ``folder`` (by extension, case-insensitive), recursively, sorted."""
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def class_folders(root: Path) -> list[tuple[str, list[Path]]]:
+    """An ImageFolder tree (one subfolder of images per class): (subfolder name, its image files)
+    per subfolder, sorted by name; hidden ones (``.ipynb_checkpoints``, ``.git``) are not classes.
+    A class folder without images is listed with none: what that means is the caller's to say."""
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return [(folder.name, image_files(folder)) for folder in folders]
 
 
 def _folder_files(folder: Path, shown: str) -> list[Path]:

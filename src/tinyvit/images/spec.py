@@ -30,7 +30,10 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["INTERPOLATIONS", "MEAN_PRESETS", "RESIZE_MODES", "STD_PRESETS", "PreprocessSpec", "build_spec"]
+__all__ = [
+    "INTERPOLATIONS", "MEAN_PRESETS", "POS_EMBED_RESIZES", "RESIZE_MODES", "SIZE_RULES", "STD_PRESETS",
+    "PreprocessSpec", "SizeRule", "build_spec", "size_rule",
+]  # fmt: skip
 
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")  # Pillow's filters, timm's names
 RESIZE_MODES = ("short-edge", "squash", "longest")
@@ -139,6 +142,71 @@ class PreprocessSpec:
         mean = ", ".join(f"{m:g}" for m in self.mean)
         std = ", ".join(f"{v:g}" for v in self.std)
         return f"{geometry}, {self.interpolation}{backend}; mean ({mean}), std ({std})"
+
+
+# ---------------------------------------------------------------------------------------------
+# Other sizes: what the weights' home library does with an image the size of no crop
+
+
+# How the position embedding follows another patch grid (models.vit.resample_pos_embed):
+#   "bicubic"     bicubic to the new grid, no antialiasing (mmpretrain, transformers' ViT / CLIP / SigLIP /
+#                 Dinov2Model, open_clip)
+#   "bicubic_aa"  the same, antialiased (timm's resample_abs_pos_embed, transformers' Dinov2WithRegisters,
+#                 DINOv2's own code for its register models)
+#   "dinov2"      DINOv2's own code for its models without registers: bicubic with the scale factor
+#                 (n + 0.1) / grid, no antialiasing; none at the trained grid of a square image
+POS_EMBED_RESIZES = ("bicubic", "bicubic_aa", "dinov2")
+
+
+@dataclass(frozen=True)
+class SizeRule:
+    """What the weights' home library does with an input of another size than the trained one.
+    Not the architecture (the same ViT runs under any rule): a property of how its library feeds
+    it, like the preprocessing. The defaults are timm's (``dynamic_img_size=True``)."""
+
+    pad: bool = False  # zero-pad to whole patches (mmpretrain); False: the remainder is dropped
+    pos_embed: str = "bicubic_aa"  # how the position embedding is resampled: one of POS_EMBED_RESIZES
+
+    def __post_init__(self) -> None:
+        if self.pos_embed not in POS_EMBED_RESIZES:
+            allowed = ", ".join(POS_EMBED_RESIZES)
+            raise ValueError(f"SizeRule.pos_embed must be one of {allowed}, got {self.pos_embed!r}")
+
+    @property
+    def any_size_graph(self) -> bool:
+        """Whether one traced graph serves every input size (all but DINOv2's own rule, which
+        branches on the size as its code does)."""
+        return self.pos_embed != "dinov2"
+
+    def to_dict(self) -> dict:
+        return {"pad": self.pad, "pos_embed": self.pos_embed}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SizeRule:
+        if unknown := sorted(set(d) - {"pad", "pos_embed"}):
+            raise ValueError(f"unknown SizeRule field(s): {', '.join(unknown)}")
+        return cls(**d)
+
+    @classmethod
+    def from_legacy_config(cls, config: dict) -> SizeRule:
+        """The rule tinyvit 0.1 wrote into a record's config (``dynamic_img_pad``, default True;
+        ``pos_embed_resize``, default ``"bicubic"``)."""
+        return cls(bool(config.get("dynamic_img_pad", True)), str(config.get("pos_embed_resize", "bicubic")))
+
+
+# Each layout's home library (weights.layouts): timm, transformers, mmpretrain, Google's JAX code, open_clip, DINOv2
+SIZE_RULES = {
+    "timm": SizeRule(False, "bicubic_aa"), "hf": SizeRule(False, "bicubic"), "mmpretrain": SizeRule(True, "bicubic"),
+    "npz": SizeRule(True, "bicubic"), "open_clip": SizeRule(False, "bicubic"), "dinov2": SizeRule(False, "dinov2"),
+}  # fmt: skip
+
+
+def size_rule(layout: str, *, registers: bool = False) -> SizeRule:
+    """The size rule of weights in ``layout``: its library's. DINOv2 with registers (its own code,
+    transformers' ``Dinov2WithRegisters``) resamples antialiased, with no offset."""
+    if registers and layout in ("hf", "dinov2"):
+        return SizeRule(False, "bicubic_aa")
+    return SIZE_RULES[layout]
 
 
 def _triple(name: str, value: Any, presets: dict) -> tuple[float, float, float]:

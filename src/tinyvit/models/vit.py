@@ -9,16 +9,22 @@ converted to these names in ``conversion.py``):
   embedding with or without their slots (``no_embed_class``);
 * LayerScale (DeiT III, DINOv2), a norm before the blocks (CLIP), GELU / QuickGELU / tanh-GELU;
 * pooling: the class token, the mean of the patch tokens (with ``fc_norm``), or attention pooling
-  with a learned query (SigLIP's MAP head); a classifier or a projection head (CLIP, no bias).
+  with a learned query (SigLIP's MAP head); a classifier or a projection head (CLIP, no bias);
+* the ViTs of 2025–26 (timm's ``Eva`` and AIMv2 options, under timm's ``Eva`` names once the
+  loader has fused its q/k/v pieces): rotary position embeddings on the patch tokens' queries and
+  keys (:class:`Rope`: EVA02 / PE / RoPE-ViT axial, RoPE-ViT's learned mixed frequencies, DINOv3's),
+  with or without an absolute position embedding; SwiGLU MLPs and sub-LN norms inside the MLP and
+  the attention (EVA02); RMSNorm and a norm after the patch projection (AIMv2); no output biases.
 
-One forward pass serves every input size, eagerly and when exported: the image is padded to
-whole patches (or its remainder dropped, as the weights' home library does) and the position
-embedding always resampled to the input's patch grid (:func:`resample_pos_embed`). Both are exact
-no-ops at the trained size, so there is no branch on the shape, and ``torch.export`` traces the
-same code that runs eagerly.
+One forward pass serves every input size, eagerly and when exported, as the weights' home library
+does it (the model's :class:`~tinyvit.images.spec.SizeRule`): the image is padded to whole patches
+or its remainder dropped, and the position embedding always resampled to the input's patch grid
+(:func:`resample_pos_embed`). Both are exact no-ops at the trained size, so there is no branch on
+the shape and ``torch.export`` traces the same code that runs eagerly — except under DINOv2's own
+rule, which skips the resampling for a square image at the trained grid, as DINOv2's code does.
 
 Shapes: B batch, C channels, D embed dim, (h, w) patch grid, N = h * w patches, P prefix tokens,
-T = P + N tokens (prefix first), H heads, Dh = D / H.
+T = P + N tokens (prefix first), H heads, Dh = D / H, L = depth.
 """
 
 from __future__ import annotations
@@ -34,11 +40,12 @@ from torch import nn
 
 from tinyvit.core.config import ViTConfig
 from tinyvit.core.errors import WeightsError
+from tinyvit.images.spec import SizeRule
 
 if TYPE_CHECKING:
     from tinyvit.weights.record import Weights
 
-__all__ = ["Intermediates", "ViTConfig", "VisionTransformer", "check_state_dict", "count_macs", "resample_pos_embed"]
+__all__ = ["SizeRule", "Trace", "ViTConfig", "VisionTransformer", "check_state_dict", "resample_pos_embed"]
 
 
 def resample_pos_embed(
@@ -50,7 +57,7 @@ def resample_pos_embed(
     square_image: bool = True,
 ) -> torch.Tensor:
     """(1, P + g_h * g_w, D) → (1, P + h * w, D): the grid part resampled to the new grid (in
-    float32), the ``P = num_prefix`` leading slots kept. ``mode`` (``ViTConfig.pos_embed_resize``):
+    float32), the ``P = num_prefix`` leading slots kept. ``mode`` (``SizeRule.pos_embed``):
 
     * ``"bicubic"``: bicubic to the new size, half-pixel centres, no antialiasing (mmpretrain,
       transformers); ``"bicubic_aa"``: the same, antialiased (timm). At the same grid both are the
@@ -74,15 +81,23 @@ def resample_pos_embed(
     return torch.cat((prefix, resized), dim=1)
 
 
-class PatchEmbed(nn.Module):
-    """Non-overlapping patches → tokens, one strided convolution."""
+def make_norm(config: ViTConfig, dim: int) -> nn.Module:
+    """The model's norm over ``dim`` features: LayerNorm, or RMSNorm (``norm_layer="rmsnorm"``)."""
+    if getattr(config, "norm_layer", "layernorm") == "rmsnorm":
+        return nn.RMSNorm(dim, eps=config.layer_norm_eps)
+    return nn.LayerNorm(dim, eps=config.layer_norm_eps)
 
-    def __init__(self, config: ViTConfig):
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping patches → tokens, one strided convolution (then a norm, AIMv2)."""
+
+    def __init__(self, config: ViTConfig, pad: bool = False):
         super().__init__()
         p = config.patch_size
         self.patch_size = p
-        self.pad = config.dynamic_img_pad
+        self.pad = pad
         self.proj = nn.Conv2d(config.in_chans, config.embed_dim, kernel_size=p, stride=p, bias=not config.pre_norm)
+        self.norm = make_norm(config, config.embed_dim) if config.embed_norm else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         # Sizes that are not a multiple of the patch: zero padding at the bottom and right to whole
@@ -93,7 +108,103 @@ class PatchEmbed(nn.Module):
             x = F.pad(x, (0, -x.shape[-1] % p, 0, -x.shape[-2] % p))
         x = self.proj(x)  # (B, D, h, w)
         grid = (x.shape[-2], x.shape[-1])
-        return x.flatten(2).transpose(1, 2), grid  # (B, N, D)
+        return self.norm(x.flatten(2).transpose(1, 2)), grid  # (B, N, D)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rotary position embeddings: timm's tables (timm.layers.pos_embed_sincos), the same operations in
+# the same order, in float32. A table is (N, 2 Dh): sin then cos of each patch's angles, laid out
+# for interleaved pairs (x0, x1), (x2, x3), … or for halves (DINOv3's rotate-half).
+
+
+def _grid_coords(shape: list, indexing: str, ref: list | None, offset: float, centred: bool) -> torch.Tensor:
+    """(h, w, 2) patch coordinates, channels (row, col) for "ij" or (col, row) for "xy": indices
+    plus ``offset``, rescaled to span ``ref`` (EVA02), or DINOv3's patch centres in [-1, 1]."""
+    if indexing == "xy":
+        shape, ref = shape[::-1], ref[::-1] if ref is not None else None
+    if centred:
+        axes = [(torch.arange(0.5, s, dtype=torch.float32) + offset) / s for s in shape]
+    else:
+        axes = [torch.arange(s, dtype=torch.int64).to(torch.float32) + offset for s in shape]
+    if ref is not None:
+        axes = [t / s * r for t, s, r in zip(axes, shape, ref, strict=True)]
+    grid = torch.stack(torch.meshgrid(axes, indexing=indexing), dim=-1)  # (h, w, 2)
+    return 2.0 * grid - 1.0 if centred else grid
+
+
+def _layout(x: torch.Tensor, half: bool) -> torch.Tensor:
+    """(..., Dh / 2) per-frequency values → (..., Dh): halves [f0, f1, …, f0, f1, …] or pairs [f0, f0, f1, f1, …]."""
+    return torch.cat([x, x], dim=-1) if half else x.repeat_interleave(2, -1)
+
+
+def _tracing() -> bool:
+    exporting = getattr(torch.compiler, "is_exporting", lambda: False)
+    return torch.compiler.is_compiling() or exporting() or torch.jit.is_tracing() or torch.jit.is_scripting()
+
+
+class Rope(nn.Module):
+    """The rotary tables of a patch grid (timm's ``rope_type``): ``"cat"`` (EVA02, PE, RoPE-ViT axial:
+    index coordinates × bands ``1 / T ** (i / (Dh / 4))``), ``"dinov3"`` (patch centres in [-1, 1],
+    angles ``2π c / T ** (4 i / Dh)``), ``"mixed"`` (RoPE-ViT: learned per-block, per-head 2-D
+    frequencies ``freqs`` (2, L, H, Dh / 2)). Computed once per grid and kept (eagerly); inside a
+    traced or exported graph they are computed from the input's grid, so one graph serves any size."""
+
+    def __init__(self, config: ViTConfig):
+        super().__init__()
+        self.config = config
+        self.head_dim = config.embed_dim // config.num_heads
+        mixed = config.rope_type == "mixed"
+        self.freqs = nn.Parameter(torch.zeros(2, config.depth, config.num_heads, self.head_dim // 2)) if mixed else None
+        self._tables: dict[tuple, torch.Tensor] = {}
+
+    def forward(self, grid: tuple[int, int], device: torch.device) -> torch.Tensor:
+        """(N, 2 Dh) for the grid's patches; (L, H, N, 2 Dh) for ``"mixed"`` (one table per block and head)."""
+        if _tracing():
+            return self.table(grid, device)
+        f = self.freqs
+        key = (tuple(grid), device, None if f is None else (id(f), f._version))
+        if key not in self._tables:
+            if len(self._tables) >= 16:
+                self._tables.pop(next(iter(self._tables)))
+            self._tables[key] = self.table(grid, device)
+        return self._tables[key]
+
+    def table(self, grid: tuple[int, int], device: torch.device) -> torch.Tensor:
+        c, nb = self.config, self.head_dim // 4
+        if c.rope_type == "dinov3":
+            periods = c.rope_temperature ** (2.0 * torch.arange(nb, dtype=torch.float32) / (self.head_dim // 2))
+            coords = _grid_coords(list(grid), c.rope_grid_indexing, None, c.rope_grid_offset, True).flatten(0, 1)
+            angles = (2 * math.pi * coords[:, :, None] / periods[None, None, :]).flatten(1)  # (N, Dh / 2)
+        elif c.rope_type == "mixed":
+            t = _grid_coords(list(grid), c.rope_grid_indexing, None, 0.0, False).reshape(-1, 2)  # (N, 2)
+            t, freqs = t.to(device), self.freqs.float()  # freqs: (2, L, H, Dh / 2)
+            angles = t[:, 0, None] * freqs[0].unsqueeze(-2) + t[:, 1, None] * freqs[1].unsqueeze(-2)  # (L, H, N, Dh/2)
+        else:
+            bands = 1.0 / (c.rope_temperature ** (torch.arange(nb, dtype=torch.int64).to(torch.float32) / nb))
+            ref = None if c.ref_feat_shape is None else [c.ref_feat_shape] * 2
+            coords = _grid_coords(list(grid), c.rope_grid_indexing, ref, c.rope_grid_offset, False)
+            angles = (coords.unsqueeze(-1) * bands).flatten(-2).flatten(0, -2)  # (N, Dh / 2)
+        half = c.rope_rotate_half and c.rope_type != "mixed"
+        table = torch.cat([_layout(angles.sin(), half), _layout(angles.cos(), half)], dim=-1)
+        return table.to(device)
+
+
+def apply_rope(x: torch.Tensor, table: torch.Tensor, num_prefix: int, half: bool) -> torch.Tensor:
+    """Queries or keys (B, H, T, Dh) with the patch tokens rotated by ``table`` ((N, 2 Dh) or
+    (H, N, 2 Dh)); the prefix tokens have no position and stay as they are."""
+    sin, cos = table.chunk(2, dim=-1)
+    patches = x[:, :, num_prefix:]  # (B, H, N, Dh)
+    if half:
+        x1, x2 = patches.chunk(2, dim=-1)
+        rotated = torch.cat([-x2, x1], dim=-1)
+    else:
+        rotated = torch.stack([-patches[..., 1::2], patches[..., ::2]], dim=-1).reshape(patches.shape)
+    patches = (patches * cos + rotated * sin).to(x.dtype)
+    return torch.cat([x[:, :, :num_prefix], patches], dim=2)
+
+
+# ---------------------------------------------------------------------------------------------
+# Blocks
 
 
 class Attention(nn.Module):
@@ -101,22 +212,42 @@ class Attention(nn.Module):
         super().__init__()
         self.num_heads = config.num_heads
         self.head_dim = config.embed_dim // config.num_heads
+        self.num_prefix = getattr(config, "num_prefix_tokens", 0)
+        self.rotate_half = getattr(config, "rope_rotate_half", False) and getattr(config, "rope_type", "") != "mixed"
         self.qkv = nn.Linear(config.embed_dim, 3 * config.embed_dim, bias=config.qkv_bias)  # rows: q, k, v
-        self.proj = nn.Linear(config.embed_dim, config.embed_dim)
+        inner = getattr(config, "scale_attn_inner", False)
+        self.norm = make_norm(config, config.embed_dim) if inner else nn.Identity()  # EVA02-CLIP's sub-LN
+        self.proj = nn.Linear(config.embed_dim, config.embed_dim, bias=getattr(config, "proj_bias", True))
 
-    def forward(self, x: torch.Tensor, need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(
+        self,
+        x: torch.Tensor,
+        need_weights: bool = False,
+        attn_mask: torch.Tensor | None = None,
+        rope: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``attn_mask``: as SDPA takes it, (T, T) or broadcastable to (B, H, T, T), bool (True: may
+        attend) or float (added to the scores); the text towers' causal and padding masks.
+        ``rope``: the rotary table of the patch grid (:class:`Rope`), applied to q and k."""
         B, T, D = x.shape
         qkv = self.qkv(x).reshape(B, T, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (B, H, T, Dh)
+        if rope is not None:
+            q = apply_rope(q, rope, self.num_prefix, self.rotate_half).type_as(v)
+            k = apply_rope(k, rope, self.num_prefix, self.rotate_half).type_as(v)
         attn = None
         if need_weights:
             # SDPA never materialises the probabilities, so compute them explicitly when asked.
-            attn = ((q * self.head_dim**-0.5) @ k.transpose(-2, -1)).softmax(dim=-1)  # (B, H, T, T)
+            scores = (q * self.head_dim**-0.5) @ k.transpose(-2, -1)  # (B, H, T, T)
+            if attn_mask is not None:
+                scores = scores.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else (
+                    scores + attn_mask)  # fmt: skip
+            attn = scores.softmax(dim=-1)
             x = attn @ v
         else:
-            x = F.scaled_dot_product_attention(q, k, v)  # (B, H, T, Dh)
+            x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, H, T, Dh)
         x = x.transpose(1, 2).reshape(B, T, D)
-        return self.proj(x), attn
+        return self.proj(self.norm(x)), attn
 
 
 class QuickGELU(nn.Module):
@@ -133,14 +264,39 @@ def activation(name: str) -> nn.Module:
 
 
 class Mlp(nn.Module):
-    def __init__(self, config: ViTConfig):
+    """fc2(norm(act(fc1(x)))); the norm only with ``inner_norm`` (EVA02's sub-LN, ``scale_mlp``)."""
+
+    def __init__(self, config: ViTConfig, inner_norm: bool = False, bias: bool = True):
         super().__init__()
-        self.fc1 = nn.Linear(config.embed_dim, config.mlp_dim)
+        self.fc1 = nn.Linear(config.embed_dim, config.mlp_dim, bias=bias)
         self.act = activation(config.act_layer)
-        self.fc2 = nn.Linear(config.mlp_dim, config.embed_dim)
+        self.norm = make_norm(config, config.mlp_dim) if inner_norm else nn.Identity()
+        self.fc2 = nn.Linear(config.mlp_dim, config.embed_dim, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+        return self.fc2(self.norm(self.act(self.fc1(x))))
+
+
+class SwiGLU(nn.Module):
+    """fc2(norm(silu(fc1_g(x)) * fc1_x(x))): EVA02's, DINOv3 S+ / H+'s and AIMv2's MLP (timm's names)."""
+
+    def __init__(self, config: ViTConfig):
+        super().__init__()
+        D, M, bias = config.embed_dim, config.mlp_dim, config.proj_bias
+        self.fc1_g = nn.Linear(D, M, bias=bias)
+        self.fc1_x = nn.Linear(D, M, bias=bias)
+        self.act = nn.SiLU()
+        self.norm = make_norm(config, M) if config.scale_mlp else nn.Identity()
+        self.fc2 = nn.Linear(M, D, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.norm(self.act(self.fc1_g(x)) * self.fc1_x(x)))
+
+
+def make_mlp(config: ViTConfig) -> nn.Module:
+    if getattr(config, "swiglu_mlp", False):
+        return SwiGLU(config)
+    return Mlp(config, getattr(config, "scale_mlp", False), getattr(config, "proj_bias", True))
 
 
 class LayerScale(nn.Module):
@@ -156,15 +312,21 @@ class Block(nn.Module):
     def __init__(self, config: ViTConfig):
         super().__init__()
         scaled = config.init_values is not None
-        self.norm1 = nn.LayerNorm(config.embed_dim, eps=config.layer_norm_eps)
+        self.norm1 = make_norm(config, config.embed_dim)
         self.attn = Attention(config)
         self.ls1 = LayerScale(config) if scaled else nn.Identity()
-        self.norm2 = nn.LayerNorm(config.embed_dim, eps=config.layer_norm_eps)
-        self.mlp = Mlp(config)
+        self.norm2 = make_norm(config, config.embed_dim)
+        self.mlp = make_mlp(config)
         self.ls2 = LayerScale(config) if scaled else nn.Identity()
 
-    def forward(self, x: torch.Tensor, need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        y, attn = self.attn(self.norm1(x), need_weights)
+    def forward(
+        self,
+        x: torch.Tensor,
+        need_weights: bool = False,
+        attn_mask: torch.Tensor | None = None,
+        rope: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        y, attn = self.attn(self.norm1(x), need_weights, attn_mask, rope)
         x = x + self.ls1(y)
         x = x + self.ls2(self.mlp(self.norm2(x)))
         return x, attn
@@ -177,12 +339,12 @@ class AttentionPool(nn.Module):
     def __init__(self, config: ViTConfig):
         super().__init__()
         D = config.embed_dim
-        self.num_heads = config.num_heads
+        self.num_heads = config.attn_pool_num_heads or config.num_heads
         self.latent = nn.Parameter(torch.zeros(1, 1, D))
         self.q = nn.Linear(D, D, bias=config.qkv_bias)
         self.kv = nn.Linear(D, 2 * D, bias=config.qkv_bias)  # rows: k, then v
         self.proj = nn.Linear(D, D)
-        self.norm = nn.LayerNorm(D, eps=config.layer_norm_eps)
+        self.norm = make_norm(config, D)
         self.mlp = Mlp(config)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -195,8 +357,8 @@ class AttentionPool(nn.Module):
 
 
 @dataclass
-class Intermediates:
-    """What :meth:`VisionTransformer.forward_intermediates` gives."""
+class Trace:
+    """What :meth:`VisionTransformer.forward_trace` gives."""
 
     tokens: torch.Tensor  # (B, T, D): all tokens after the final norm (what forward_features gives)
     grid: tuple[int, int]  # (h, w): the patch grid of the input
@@ -205,26 +367,30 @@ class Intermediates:
 
 
 class VisionTransformer(nn.Module):
-    """The ViT. ``weights`` is the record of the weights it carries (architecture, preprocessing,
+    """The ViT. ``size_rule``: what its weights' home library does with other input sizes (timm's
+    by default). ``weights`` is the record of the weights it carries (architecture, preprocessing,
     class names, source), attached by the loader; None for a bare architecture."""
 
-    def __init__(self, config: ViTConfig):
+    def __init__(self, config: ViTConfig, size_rule: SizeRule | None = None):
         super().__init__()
         c = config
         self.config = c
+        self.size_rule = size_rule or SizeRule()
         self.weights: Weights | None = None
         D = c.embed_dim
-        self.patch_embed = PatchEmbed(c)
+        self.patch_embed = PatchEmbed(c, pad=self.size_rule.pad)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, D)) if c.class_token else None
         self.dist_token = nn.Parameter(torch.zeros(1, 1, D)) if c.dist_token else None
         self.reg_token = nn.Parameter(torch.zeros(1, c.reg_tokens, D)) if c.reg_tokens else None
         slots = c.grid_size**2 + (0 if c.no_embed_class else c.num_prefix_tokens)
-        self.pos_embed = nn.Parameter(torch.zeros(1, slots, D))  # prefix slots first, then the grid row by row
-        self.norm_pre = nn.LayerNorm(D, eps=c.layer_norm_eps) if c.pre_norm else nn.Identity()
+        # prefix slots first, then the grid row by row
+        self.pos_embed = nn.Parameter(torch.zeros(1, slots, D)) if c.use_abs_pos_emb else None
+        self.rope = Rope(c) if c.use_rot_pos_emb else None
+        self.norm_pre = make_norm(c, D) if c.pre_norm else nn.Identity()
         self.blocks = nn.ModuleList(Block(c) for _ in range(c.depth))
-        self.norm = nn.Identity() if c.fc_norm else nn.LayerNorm(D, eps=c.layer_norm_eps)
+        self.norm = nn.Identity() if c.fc_norm else make_norm(c, D)
         self.attn_pool = AttentionPool(c) if c.global_pool == "map" else None
-        self.fc_norm = nn.LayerNorm(D, eps=c.layer_norm_eps) if c.fc_norm else nn.Identity()
+        self.fc_norm = make_norm(c, D) if c.fc_norm else nn.Identity()
         self.head = nn.Linear(D, c.num_classes, bias=c.head_bias) if c.num_classes else nn.Identity()
         self.head_dist = nn.Linear(D, c.num_classes) if c.dist_token and c.num_classes else None
 
@@ -234,6 +400,7 @@ class VisionTransformer(nn.Module):
         config: ViTConfig,
         state: dict[str, torch.Tensor],
         *,
+        size_rule: SizeRule | None = None,
         what: str = "the state dict",
         device: torch.device | None = None,
         dtype: torch.dtype | None = None,
@@ -243,7 +410,7 @@ class VisionTransformer(nn.Module):
         tensors stay so unless a device or dtype change needs a copy. A state dict that does not fit
         ``config`` raises :class:`WeightsError` naming ``what`` and every mismatch."""
         with torch.device("meta"):
-            model = cls(config)
+            model = cls(config, size_rule)
         check_state_dict(config, state, what, model)
         dtype = dtype or torch.float32
         model.load_state_dict({k: v.to(device=device, dtype=dtype) for k, v in state.items()}, strict=True, assign=True)
@@ -252,7 +419,10 @@ class VisionTransformer(nn.Module):
     @torch.no_grad()
     def init_weights(self) -> VisionTransformer:
         """Random initialisation (timm's scheme); not needed when weights are loaded."""
-        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        if self.pos_embed is not None:
+            nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        if self.rope is not None and self.rope.freqs is not None:
+            nn.init.normal_(self.rope.freqs, std=0.1)
         for token in (self.cls_token, self.dist_token, self.reg_token):
             if token is not None:
                 nn.init.normal_(token, std=1e-6)
@@ -261,7 +431,7 @@ class VisionTransformer(nn.Module):
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
-            elif isinstance(m, (nn.LayerNorm, nn.Conv2d)):
+            elif isinstance(m, (nn.LayerNorm, nn.RMSNorm, nn.Conv2d)):
                 m.reset_parameters()
             elif isinstance(m, LayerScale):
                 nn.init.constant_(m.gamma, float(self.config.init_values or 0.0))
@@ -271,24 +441,26 @@ class VisionTransformer(nn.Module):
 
     def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """Images (B, C, H, W) → the tokens that enter the first block (B, T, D), and the grid."""
-        c = self.config
-        square = c.pos_embed_resize != "dinov2" or x.shape[-2] == x.shape[-1]  # only DINOv2's rule asks
+        c, rule = self.config, self.size_rule
+        square = rule.pos_embed != "dinov2" or x.shape[-2] == x.shape[-1]  # only DINOv2's rule asks
         x, grid = self.patch_embed(x)  # (B, N, D)
-        pos = resample_pos_embed(
-            self.pos_embed, (c.grid_size, c.grid_size), grid, 0 if c.no_embed_class else c.num_prefix_tokens,
-            c.pos_embed_resize, square,
-        )  # fmt: skip
         tokens = (self.cls_token, self.dist_token, self.reg_token)
         prefix = [t.expand(x.shape[0], -1, -1) for t in tokens if t is not None]
+        if self.pos_embed is None:  # rotary positions only (DINOv3, RoPE-ViT): applied in the attention
+            return self.norm_pre(torch.cat([*prefix, x], dim=1)), grid
+        pos = resample_pos_embed(
+            self.pos_embed, (c.grid_size, c.grid_size), grid, 0 if c.no_embed_class else c.num_prefix_tokens,
+            rule.pos_embed, square,
+        )  # fmt: skip
         if c.no_embed_class:  # the prefix tokens have no position: add, then prepend them
             x = torch.cat([*prefix, x + pos], dim=1)
         else:
             x = torch.cat([*prefix, x], dim=1) + pos  # (B, T, D)
         return self.norm_pre(x), grid
 
-    def forward_intermediates(
+    def forward_trace(
         self, x: torch.Tensor, *, blocks: Sequence[int] | None = None, attention: bool = False
-    ) -> Intermediates:
+    ) -> Trace:
         """Images (B, C, H, W) → the final tokens and what the blocks computed on the way.
 
         ``blocks``: the blocks whose outputs (and, with ``attention=True``, attention
@@ -296,24 +468,26 @@ class VisionTransformer(nn.Module):
         """
         keep = set(range(self.config.depth)) if blocks is None else {i % self.config.depth for i in blocks}
         x, grid = self.embed(x)
+        rope = self.rope(grid, x.device) if self.rope is not None else None  # (N, 2 Dh), "mixed": (L, H, N, 2 Dh)
+        per_block = rope is not None and self.config.rope_type == "mixed"
         hidden, attentions = [], []
         for i, block in enumerate(self.blocks):
-            x, attn = block(x, need_weights=attention and i in keep)
+            x, attn = block(x, need_weights=attention and i in keep, rope=rope[i] if per_block else rope)
             if i in keep:
                 hidden.append(x)
                 if attention:
                     attentions.append(attn)
-        return Intermediates(self.norm(x), grid, hidden, attentions)
+        return Trace(self.norm(x), grid, hidden, attentions)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) → all tokens after the final norm (B, T, D), prefix tokens first."""
-        return self.forward_intermediates(x, blocks=()).tokens
+        return self.forward_trace(x, blocks=()).tokens
 
     def pool(self, tokens: torch.Tensor) -> torch.Tensor:
         """Tokens (B, T, D) → one feature per image (B, D), by ``config.global_pool``."""
         P = self.config.num_prefix_tokens
-        if self.attn_pool is not None:
-            return self.attn_pool(tokens[:, P:])
+        if self.attn_pool is not None:  # over the patch tokens (timm's VisionTransformer), or all (its Eva)
+            return self.attn_pool(tokens if self.config.pool_include_prefix else tokens[:, P:])
         if self.config.global_pool == "avg":
             return tokens[:, P:].mean(dim=1)
         return tokens[:, 0]
@@ -372,14 +546,3 @@ def check_state_dict(
         msg += listing("shape mismatches", mismatched)
     raise WeightsError(msg)
 
-
-def count_macs(config: ViTConfig, image_size: int | None = None) -> int:
-    """Multiply-accumulates of one forward pass at ``image_size`` (default: the config's)."""
-    size = image_size or config.image_size
-    n = math.ceil(size / config.patch_size) ** 2
-    t, d, m = n + config.num_prefix_tokens, config.embed_dim, config.mlp_dim
-    patch = n * d * config.in_chans * config.patch_size**2
-    block = t * d * (3 * d + d + 2 * m) + 2 * t * t * d  # qkv, proj, mlp; q·k and attn·v
-    pool = n * 2 * d * d + 2 * d * d + 2 * n * d + 2 * d * m if config.global_pool == "map" else 0
-    heads = 2 if config.dist_token else 1
-    return patch + config.depth * block + pool + heads * d * config.num_classes

@@ -8,11 +8,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from tinyvit.core.errors import TinyViTError
-from tinyvit.images.inputs import image_files
+from tinyvit.images.inputs import class_folders
 from tinyvit.models.vit import VisionTransformer
+from tinyvit.run.options import DEFAULT_MODEL, ModelOptions
 from tinyvit.run.runner import Runner, check_run_options, class_names
 from tinyvit.run.runtime import model_for
 from tinyvit.weights.record import imagenet_classes
@@ -59,18 +58,20 @@ def folder_samples(
         raise TinyViTError(f"{str(root)!r}: not a folder (eval reads an ImageFolder tree: one subfolder per class)")
     index = {name: i for i, name in enumerate(ids)} | {name: i for i, name in enumerate(categories)}
     per_class = []
-    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-        if folder.name in index:
-            label = index[folder.name]
-        elif folder.name.isdigit():
-            label = int(folder.name)
+    for name, files in class_folders(root):
+        if name in index:
+            label = index[name]
+        elif name.isdigit():
+            label = int(name)
             if label >= len(categories):
                 raise TinyViTError(
-                    f"{str(folder)!r}: class index {label} is out of range (the model has {len(categories)} classes)"
+                    f"{str(root / name)!r}: class index {label} is out of range (the model has {len(categories)} "
+                    "classes)"
                 )
         else:
-            raise TinyViTError(f"{str(folder)!r}: folder name is neither a class id, a class name nor a class index")
-        per_class.append([(f, label) for f in image_files(folder)])
+            raise TinyViTError(f"{str(root / name)!r}: folder name is neither a class id, a class name nor a class "
+                               "index")  # fmt: skip
+        per_class.append([(f, label) for f in files])
     if not per_class:
         raise TinyViTError(f"{str(root)!r}: no class subfolders")
     samples = [s for group in per_class for s in group]
@@ -84,23 +85,25 @@ def folder_samples(
 
 def evaluate(
     folder: str | os.PathLike,
-    model: str | os.PathLike | VisionTransformer = "vit-base-p32-384",
+    model: str | os.PathLike | VisionTransformer = DEFAULT_MODEL,
     *,
     batch_size: int = 8,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype | str | None = None,
-    fast: bool = False,
     limit: int | None = None,
     progress: bool | str = False,
+    options: ModelOptions | None = None,
+    **model_options: Any,
 ) -> Evaluation:
     """Top-1 / top-5 accuracy of ``model`` on an ImageFolder tree: subfolders named by class id
-    (WordNet ids such as ``n01440764`` for ImageNet), class name or class index. Unreadable images
-    are counted as failed, not scored. ``limit``: at most N images, taken from all classes in turn."""
+    (WordNet ids such as ``n01440764`` for ImageNet), class name or class index (hidden folders
+    are not classes). Unreadable images are counted as failed, not scored. ``limit``: at most N
+    images, taken from all classes in turn. The model options as :func:`tinyvit.predict` takes them."""
     check_run_options(batch_size=batch_size)
+    o = ModelOptions.of(options, **model_options)
     root = Path(folder)
     if not root.is_dir():  # before the weights are fetched
         raise TinyViTError(f"{os.fspath(folder)!r}: " + ("not a folder" if root.exists() else "no such folder"))
-    net = model_for(model, device=device, dtype=dtype, fast=fast)
+    fast = o.fast
+    net = model_for(model, o)
     names = class_names(net)
     ids = list(imagenet_classes().ids) if tuple(names) == imagenet_classes().names else names
     samples = folder_samples(root, names, ids, limit)

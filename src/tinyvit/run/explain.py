@@ -56,7 +56,7 @@ def class_token_map(model: VisionTransformer, x: torch.Tensor) -> torch.Tensor:
     (each map sums to 1 over the patches; the other prefix tokens — distillation token, registers —
     are left out). A model without a class token (SigLIP) gives the mean over all tokens' rows."""
     with torch.inference_mode():
-        out = model.forward_intermediates(x, attention=True)
+        out = model.forward_trace(x, attention=True)
     rollout = attention_rollout(out.attention)
     rows = rollout[:, 0] if model.config.class_token else rollout.mean(dim=1)  # (B, T)
     weights = rows[:, model.config.num_prefix_tokens :].reshape(-1, *out.grid)

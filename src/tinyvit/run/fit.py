@@ -24,7 +24,7 @@ import json
 import os
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +32,9 @@ import torch
 
 from tinyvit.core.errors import FitError, TinyViTError
 from tinyvit.core.fsutil import atomic_path, sha256_file
-from tinyvit.images.inputs import IMAGE_SUFFIXES, image_files
-from tinyvit.images.spec import PreprocessSpec
+from tinyvit.images.inputs import IMAGE_SUFFIXES, class_folders
 from tinyvit.models.vit import VisionTransformer
+from tinyvit.run.options import DEFAULT_MODEL, ModelOptions
 from tinyvit.run.probe import ProbeReport, fit_probe
 from tinyvit.run.runner import Runner, check_run_options, model_output
 from tinyvit.run.runtime import model_for
@@ -44,7 +44,6 @@ from tinyvit.weights.record import Fit, Source, Weights
 
 __all__ = ["FitOptions", "Fitted", "TrainingSet", "fit", "fit_and_report", "read_training_set"]
 
-DEFAULT_MODEL = "vit-base-p32-384"
 LABEL_FILES = (".csv", ".jsonl")
 FEW_IMAGES = 5  # a class with fewer images gets a warning
 HEAD_KEYS = ("head.", "head_dist.")
@@ -57,17 +56,15 @@ class FitOptions:
     and measures the accuracy, instead of cross-validation; ``head_only``: write only the head and
     the record naming the base; ``cache``: keep the embeddings in a file (True: beside the output,
     ``OUTPUT.embeddings.safetensors``; or its path); ``seed``: the cross-validation folds. The rest
-    run the base model as :func:`tinyvit.embed` does."""
+    run the base model as :func:`tinyvit.embed` does; ``model``: the base's
+    :class:`~tinyvit.run.options.ModelOptions` (device, dtype, fast, preprocess, arch)."""
 
     val: str | os.PathLike | None = None
     head_only: bool = False
     cache: bool | str | os.PathLike = False
     seed: int = 0
     batch_size: int = 8
-    device: torch.device | str | None = None
-    dtype: torch.dtype | str | None = None
-    fast: bool = False
-    preprocess: PreprocessSpec | str | None = None
+    model: ModelOptions = ModelOptions()
     workers: int | None = None
     progress: bool | str | None = None  # None: a progress bar for more than one batch
 
@@ -163,15 +160,15 @@ def read_training_set(src: str | os.PathLike, classes: Sequence[str] | None = No
 
 
 def _image_folder(root: Path, where: str) -> list[tuple[Path, str]]:
-    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not folders:
+    classes = class_folders(root)
+    if not classes:
         raise FitError(f"{where}: no class subfolders (one subfolder of images per class, named by the class)")
     pairs = []
-    for folder in folders:
-        files = image_files(folder)
+    for name, files in classes:
         if not files:
-            raise FitError(f"{str(folder)!r}: the class folder holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-        pairs += [(f, folder.name) for f in files]
+            kinds = ", ".join(sorted(IMAGE_SUFFIXES))
+            raise FitError(f"{str(root / name)!r}: the class folder holds no images ({kinds})")
+        pairs += [(f, name) for f in files]
     return pairs
 
 
@@ -255,7 +252,8 @@ def _check_base(model: VisionTransformer, options: FitOptions) -> Runner:
         raise FitError(f"--head-only: {model.weights.spec} cannot be loaded again by name or path; write the whole "
                        "model instead")  # fmt: skip
     try:
-        return Runner(model, task="embed", normalize=False, preprocess=options.preprocess, fast=options.fast)
+        return Runner(model, task="embed", normalize=False, preprocess=options.model.preprocess,
+                      fast=options.model.fast)  # fmt: skip
     except TinyViTError as e:
         raise FitError(f"the base model gives no embedding: {e}") from None
 
@@ -420,7 +418,7 @@ def fit_and_report(
     out = _check(output, options)
     tset = read_training_set(train)  # every input checked before the base is loaded
     vset = None if options.val is None else read_training_set(options.val, tset.classes)
-    net = model_for(model, device=options.device, dtype=options.dtype, fast=options.fast)
+    net = model_for(model, replace(options.model, preprocess=None))  # the preprocessing is the runner's
     runner = _check_base(net, options)
     base_sha = weights_sha256(net.weights)
     cache = _cache_for(runner, base_sha, out, options)
@@ -479,12 +477,16 @@ def fit(
     ``train``: an ImageFolder tree (a subfolder of images per class, named by the class) or a CSV
     / JSON-lines file of ``path,label``. ``model``: the base, anything :func:`tinyvit.load` takes,
     or a loaded model. ``options`` (a :class:`FitOptions`) or its fields as keywords: ``val``,
-    ``head_only``, ``cache``, ``seed``, ``batch_size``, ``device``, ``dtype``, ``fast``,
-    ``preprocess``, ``workers``, ``progress``. Unreadable images are left out, with a warning;
-    so are classes of fewer than 5 images. Bad input raises :class:`tinyvit.FitError` and writes
-    nothing.
+    ``head_only``, ``cache``, ``seed``, ``batch_size``, ``workers``, ``progress``, and the base's
+    model options (``device``, ``dtype``, ``fast``, ``preprocess``, ``arch``). Unreadable images
+    are left out, with a warning; so are classes of fewer than 5 images. Bad input raises
+    :class:`tinyvit.FitError` and writes nothing.
     """
-    fitted = fit_and_report(train, model, output, replace(options or FitOptions(), **knobs))
+    options = options or FitOptions()
+    own = {f.name for f in fields(FitOptions)}
+    model_options = ModelOptions.of(options.model, **{k: v for k, v in knobs.items() if k not in own})
+    options = replace(options, model=model_options, **{k: v for k, v in knobs.items() if k in own})
+    fitted = fit_and_report(train, model, output, options)
     for message in fitted.warnings + [f"left out: {e}" for e in fitted.errors]:
         warnings.warn(f"tinyvit: {message}", stacklevel=2)
     return fitted.model

@@ -1,15 +1,21 @@
-"""Choices a user makes about how to run, as typed values (no torch here): the dtype names, and
-the server's options. Parsed and checked once, where they enter (the CLI, the Python API)."""
+"""Choices a user makes, as typed values (no torch here): :class:`ModelOptions` — which model and
+how to run it, the one bundle the Python API, evaluate, fit, serve, Ray and the CLI take — the
+dtype names, and the server's options. Checked once, where they enter."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, fields, replace
+from typing import Any
 
+from tinyvit.core.config import ViTConfig
 from tinyvit.core.errors import TinyViTError
 from tinyvit.images.spec import PreprocessSpec
 
-__all__ = ["DTYPE_NAMES", "ServeOptions", "canonical_dtype"]
+__all__ = ["DEFAULT_MODEL", "DTYPE_NAMES", "ModelOptions", "ServeOptions", "canonical_dtype"]
+
+DEFAULT_MODEL = "vit-base-p32-384"  # what predict, embed, fit and the CLI run when no model is named
 
 # Every spelling tinyvit accepts for a weights dtype → its canonical (torch) name.
 DTYPE_NAMES = {
@@ -27,6 +33,74 @@ def canonical_dtype(name: str) -> str:
     return DTYPE_NAMES[key]
 
 
+@dataclass(frozen=True)
+class ModelOptions:
+    """Which model and how to run it — the options every entry point takes (as keyword arguments
+    of :func:`tinyvit.predict` and the other public functions, as ``--device`` … on the command
+    line, as a field of ``FitOptions`` and ``ServeOptions``, as the arguments of Ray's
+    ``Classifier`` and ``Embedder``):
+
+    * ``device``: ``"cpu"`` (the default), ``"cuda"``, ``"cuda:1"``, ``"mps"`` (a torch device too);
+    * ``dtype``: the weights' dtype, ``"float32"`` (the default), ``"bf16"``, ``"float16"``… (a torch
+      dtype too);
+    * ``fast``: JPEGs decoded at reduced scale and, unless ``dtype`` says otherwise, the device's
+      fast dtype (bfloat16 on CPUs that multiply it natively, float16 on CUDA); not bit-exact;
+    * ``labels``: class names the checkpoint does not say, or that replace its own: a list, a file
+      (one per line, or JSON), or ``"imagenet-1k"``;
+    * ``preprocess``: a :class:`~tinyvit.images.spec.PreprocessSpec`, or a zoo ``name[:tag]`` to
+      preprocess like, instead of what the checkpoint says;
+    * ``arch``: what the checkpoint's tensors cannot show (the number of attention heads): a zoo or
+      timm architecture name, ``"num_heads=6"`` / ``{"num_heads": 6}``, or a ``ViTConfig``.
+
+    ``labels``, ``preprocess`` and ``arch`` describe weights being loaded; a model already loaded
+    refuses them.
+    """
+
+    device: str | None = None
+    dtype: str | None = None
+    fast: bool = False
+    labels: str | tuple[str, ...] | None = None
+    preprocess: PreprocessSpec | str | None = None
+    arch: ViTConfig | str | tuple[tuple[str, Any], ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.device is not None:
+            object.__setattr__(self, "device", str(self.device))
+        if self.dtype is not None:
+            object.__setattr__(self, "dtype", canonical_dtype(str(self.dtype)))
+        if not isinstance(self.fast, bool):
+            raise TinyViTError(f"fast must be True or False, got {self.fast!r}")
+        if isinstance(self.labels, Sequence) and not isinstance(self.labels, str):
+            object.__setattr__(self, "labels", tuple(self.labels))
+        elif isinstance(self.labels, os.PathLike):
+            object.__setattr__(self, "labels", os.fspath(self.labels))
+        if self.preprocess is not None and not isinstance(self.preprocess, (PreprocessSpec, str)):
+            kind = type(self.preprocess).__name__
+            raise TinyViTError(f"preprocess must be a PreprocessSpec or a zoo name to preprocess like, not {kind}")
+        if isinstance(self.arch, dict):  # kept hashable: options key the models a process keeps loaded
+            object.__setattr__(self, "arch", tuple(sorted(self.arch.items())))
+
+    @classmethod
+    def of(cls, options: ModelOptions | None = None, **given: Any) -> ModelOptions:
+        """``options`` with the fields ``given`` as keyword arguments (None: not given) replaced;
+        an unknown name is a ``TypeError`` that lists the known ones."""
+        known = {f.name for f in fields(cls)}
+        if unknown := sorted(set(given) - known):
+            raise TypeError(f"unknown model option(s) {', '.join(unknown)}; the options are {', '.join(sorted(known))}")
+        changes = {k: v for k, v in given.items() if v is not None and not (k == "fast" and v is False)}
+        return replace(options or cls(), **changes)
+
+    @property
+    def arch_arg(self) -> ViTConfig | str | dict | None:
+        """``arch`` as the loader takes it."""
+        return dict(self.arch) if isinstance(self.arch, tuple) else self.arch
+
+    @property
+    def describes_weights(self) -> bool:
+        """Whether it states something about weights being loaded (labels, preprocessing, arch)."""
+        return self.labels is not None or self.preprocess is not None or self.arch is not None
+
+
 HOSTS = ("127.0.0.1", "0.0.0.0", "::")  # what LitServe can bind
 ACCELERATORS = ("auto", "cpu", "cuda", "mps")
 DEVICE_TYPES = ("cpu", "cuda", "mps")  # what a served model may run on
@@ -39,12 +113,11 @@ class ServeOptions:
     ``batch_timeout``: seconds a worker waits for a batch to fill before running what it has.
     ``accelerator``: ``"auto"`` (CUDA or MPS when torch can use them, else CPU), ``"cpu"``,
     ``"cuda"`` or ``"mps"``; ``devices``: how many (``"auto"``: all); ``workers_per_device``:
-    inference processes per device, each with its own copy of the model. ``device``, instead of
-    ``accelerator``: as ``predict`` takes it (``"cpu"``, ``"cuda"``, ``"cuda:1"`` for that GPU
-    alone, ``"mps"``). ``dtype``: ``None`` (float32) or a dtype name. ``labels`` (a class-names
-    file, or ``"imagenet-1k"``) and ``preprocess`` (a :class:`PreprocessSpec`): what a checkpoint
-    does not say, or overrides, as for ``predict``. ``top_k``: results per image unless a request
-    asks otherwise. ``timeout``: seconds a request may wait for its answer (then 504).
+    inference processes per device, each with its own copy of the model. ``model``: the
+    :class:`ModelOptions` every worker loads the model with, as ``predict`` takes them (its
+    ``device``, instead of ``accelerator``: ``"cuda:1"`` for that GPU alone). ``top_k``: results per
+    image unless a request asks otherwise. ``timeout``: seconds a request may wait for its answer
+    (then 504).
     """
 
     host: str = "127.0.0.1"
@@ -55,10 +128,7 @@ class ServeOptions:
     workers_per_device: int = 1
     accelerator: str = "auto"
     devices: int | str = "auto"
-    device: str | None = None
-    dtype: str | None = None
-    labels: str | None = None
-    preprocess: PreprocessSpec | None = None
+    model: ModelOptions = ModelOptions()
     top_k: int = 5
     timeout: float = 30.0
     log_level: str = "warning"
@@ -80,23 +150,20 @@ class ServeOptions:
             )
         if self.devices != "auto":
             self._positive_int("devices")
+        if not isinstance(self.model, ModelOptions):
+            raise ValueError(f"ServeOptions.model must be ModelOptions, got {type(self.model).__name__}")
         self._check_device()
-        if self.labels is not None:
-            object.__setattr__(self, "labels", os.fspath(self.labels))
-        if self.preprocess is not None and not isinstance(self.preprocess, PreprocessSpec):
-            raise ValueError(f"ServeOptions.preprocess must be a PreprocessSpec, got {type(self.preprocess).__name__}")
-        if self.dtype is not None:
-            try:
-                object.__setattr__(self, "dtype", canonical_dtype(self.dtype))
-            except TinyViTError as e:
-                raise ValueError(f"ServeOptions.dtype: {e}") from None
+
+    @property
+    def device(self) -> str | None:
+        return self.model.device
 
     def _check_device(self) -> None:
         if self.device is None:
             return
         kind, _, index = str(self.device).partition(":")
         if kind not in DEVICE_TYPES or (index and not index.isdigit()):
-            raise ValueError(f"ServeOptions.device must be {', '.join(DEVICE_TYPES)} or cuda:N, got {self.device!r}")
+            raise ValueError(f"ServeOptions: device must be {', '.join(DEVICE_TYPES)} or cuda:N, got {self.device!r}")
         if self.accelerator not in ("auto", kind):
             raise ValueError(f"ServeOptions: device {self.device!r} and accelerator {self.accelerator!r} disagree")
         if index and self.devices != "auto":

@@ -10,14 +10,14 @@ from __future__ import annotations
 import collections
 import os
 import threading
+from dataclasses import replace
 
 import torch
 
 from tinyvit.core.errors import TinyViTError
-from tinyvit.images.spec import PreprocessSpec
 from tinyvit.models.vit import VisionTransformer
-from tinyvit.run.options import canonical_dtype
-from tinyvit.weights._builder import LabelsArg, load_model, resolve_preprocess
+from tinyvit.run.options import ModelOptions, canonical_dtype
+from tinyvit.weights._builder import load_model, resolve_preprocess
 from tinyvit.weights.specs import ModelSpec, PathSpec, parse_spec
 
 __all__ = [
@@ -90,26 +90,19 @@ _MODELS: collections.OrderedDict[tuple, VisionTransformer] = collections.Ordered
 _MODELS_LOCK = threading.Lock()
 
 
-def cached_model(
-    spec: str | os.PathLike | ModelSpec,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype | str | None = None,
-    *,
-    labels: LabelsArg = None,
-    preprocess: PreprocessSpec | str | None = None,
-) -> VisionTransformer:
-    """A loaded model, shared within the process per (spec, device, dtype, labels, preprocess);
-    at most :data:`MODEL_CACHE_SIZE` are kept. A local file is known by its size and modification
-    time too: written again (``convert``, ``fit``), it is loaded again. ``preprocess``: a spec, or
-    a zoo ``name[:tag]`` to preprocess like."""
-    parsed, d, t = parse_spec(spec), parse_device(device), parse_dtype(dtype)
-    preprocess = None if preprocess is None else resolve_preprocess(preprocess)
-    key = (parsed, str(d), str(t), tuple(labels) if isinstance(labels, (list, tuple)) else labels, preprocess,
-           _stamp(parsed))  # fmt: skip
+def cached_model(spec: str | os.PathLike | ModelSpec, options: ModelOptions | None = None) -> VisionTransformer:
+    """A loaded model, shared within the process per (spec, options); at most
+    :data:`MODEL_CACHE_SIZE` are kept. A local file is known by its size and modification time
+    too: written again (``convert``, ``fit``), it is loaded again."""
+    o = options or ModelOptions()
+    parsed, device, dtype = parse_spec(spec), parse_device(o.device), parse_dtype(o.dtype)
+    preprocess = None if o.preprocess is None else resolve_preprocess(o.preprocess)
+    key = (parsed, str(device), str(dtype), o.labels, preprocess, o.arch, _stamp(parsed))
     with _MODELS_LOCK:
         model = _MODELS.get(key)
         if model is None:
-            model = load_model(parsed, device=d, dtype=t, labels=labels, preprocess=preprocess)
+            model = load_model(parsed, device=device, dtype=dtype, labels=o.labels, preprocess=preprocess,
+                               arch=o.arch_arg)  # fmt: skip
             _MODELS[key] = model
             while len(_MODELS) > MODEL_CACHE_SIZE:
                 _MODELS.popitem(last=False)
@@ -132,26 +125,22 @@ def clear_model_cache() -> None:
 
 
 def model_for(
-    model: str | os.PathLike | ModelSpec | VisionTransformer,
-    *,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype | str | None = None,
-    fast: bool = False,
-    labels: LabelsArg = None,
-    preprocess: PreprocessSpec | str | None = None,
+    model: str | os.PathLike | ModelSpec | VisionTransformer, options: ModelOptions | None = None
 ) -> VisionTransformer:
-    """The model to run. A spec is loaded (and cached); with ``fast`` and no dtype, in the fast
-    dtype of the device (:func:`fast_dtype`). A loaded model is used as it is: a ``device`` or
-    ``dtype`` it does not have is refused rather than silently ignored, as are ``labels`` and
-    ``preprocess`` (which describe weights being loaded)."""
+    """The model to run. A spec is loaded (and cached) as ``options`` say; with ``fast`` and no
+    dtype, in the fast dtype of the device (:func:`fast_dtype`). A loaded model is used as it is: a
+    ``device`` or ``dtype`` it does not have is refused rather than silently ignored, as are
+    ``labels``, ``preprocess`` and ``arch`` (which describe weights being loaded)."""
+    o = options or ModelOptions()
     if not isinstance(model, torch.nn.Module):
-        if fast and dtype is None:
-            dtype = fast_dtype(device)
-        return cached_model(model, device, dtype, labels=labels, preprocess=preprocess)
-    if labels is not None or preprocess is not None:
-        raise TinyViTError("labels= and preprocess= apply to a model given by name or path, not a loaded model")
+        if o.fast and o.dtype is None:
+            fast = fast_dtype(o.device)
+            o = replace(o, dtype=None if fast is None else str(fast))
+        return cached_model(model, o)
+    if o.describes_weights:
+        raise TinyViTError("labels=, preprocess= and arch= apply to a model given by name or path, not a loaded model")
     param = next(model.parameters())
-    want_device, want_dtype = parse_device(device), parse_dtype(dtype)
+    want_device, want_dtype = parse_device(o.device), parse_dtype(o.dtype)
     if want_device is not None and (
         want_device.type != param.device.type or (want_device.index is not None and want_device != param.device)
     ):

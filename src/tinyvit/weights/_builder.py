@@ -1,15 +1,17 @@
-"""Loading: a parsed spec → its local source → tensors + weights record → the model.
+"""Loading, one way: a parsed spec → its checkpoint on this machine → tensors + record → the model.
 
-Read top-down: :func:`load_model` asks ``fetch`` for the local file, ``conversion`` (or, for the
-zoo's own files, ``files``) for the tensors under timm's names and their record, and builds the
-model on the meta device with the tensors assigned, not copied (:func:`build_model`). Device and
-dtype arrive parsed (``runtime.py`` parses what users type).
+:func:`load_model` reads top-down and never climbs back: ``_hub.fetch`` downloads and verifies
+(nothing else), ``convert.prepare`` turns what was fetched into tensors under tinyvit's names and
+a record, checked against each other (once per content: a converted file in the cache is read
+instead, and a URL's is found without downloading anything), then the model is built on the meta
+device with the tensors assigned, not copied (:func:`build_model`). What the user states (class
+names, preprocessing, architecture) is applied on the way; devices and dtypes arrive parsed
+(``run/runtime.py`` parses what users type).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,18 +21,17 @@ from tinyvit.core.errors import OfflineError, TinyViTError, WeightsError
 from tinyvit.core.fsutil import sha256_file
 from tinyvit.images.spec import PreprocessSpec
 from tinyvit.models.vit import VisionTransformer
-from tinyvit.weights._hub import Fetched, cache_dir, fetch
-from tinyvit.weights.convert import read_weights
-from tinyvit.weights.files import WEIGHTS_FILES, read_tensors
+from tinyvit.weights._hub import Fetched, fetch
+from tinyvit.weights.architecture import ArchArg
+from tinyvit.weights.convert import cached, prepare, with_overrides
+from tinyvit.weights.files import weights_file_of
 from tinyvit.weights.manifest import resolve
-from tinyvit.weights.record import Source, Weights, parse_labels
-from tinyvit.weights.specs import ModelSpec, ZooSpec, parse_spec
+from tinyvit.weights.record import LabelsArg, Source, Weights
+from tinyvit.weights.specs import HubSpec, ModelSpec, PathSpec, UrlSpec, ZooSpec, parse_spec
 
 __all__ = [
-    "LabelsArg", "bare_model", "build_model", "load_model", "resolve_preprocess", "weights_record", "weights_sha256",
-]
-
-LabelsArg = str | os.PathLike | Sequence[str] | None
+    "bare_model", "build_model", "download", "load_model", "resolve_preprocess", "weights_record", "weights_sha256",
+]  # fmt: skip
 
 
 def load_model(
@@ -40,11 +41,40 @@ def load_model(
     dtype: torch.dtype | None = None,
     labels: LabelsArg = None,
     preprocess: PreprocessSpec | None = None,
+    arch: ArchArg = None,
 ) -> VisionTransformer:
-    """The model ``spec`` names, in eval mode, with its record as ``model.weights``. ``labels`` and
-    ``preprocess`` state what a checkpoint does not say, or override it."""
+    """The model ``spec`` names, in eval mode, with its record as ``model.weights``. ``labels``,
+    ``preprocess`` and ``arch`` state what a checkpoint does not say, or override it."""
+    state, record = _tensors(spec, arch)
+    what = f"{record.source.location!r} ({record.source.layout} layout)"
+    record = with_overrides(record, labels=labels, preprocess=preprocess, what=repr(record.source.location))
+    if record.fit is not None and record.fit.head_only:
+        return _with_base(record, state, what=what, device=device, dtype=dtype)
+    return build_model(record, state, what=what, device=device, dtype=dtype)
+
+
+def _tensors(spec: ModelSpec, arch: ArchArg) -> tuple[dict[str, torch.Tensor], Weights]:
+    """The spec's tensors under tinyvit's names and its record: a converted file the cache has for
+    a spec that names its content (no download), else fetched and prepared."""
+    zoo = spec.record if isinstance(spec, ZooSpec) else None
+    key = spec.content_key if isinstance(spec, (ZooSpec, UrlSpec)) else None
+    if key is not None and (hit := cached(key, zoo, arch)) is not None:
+        return hit
+    fetched = _fetch(spec)
     try:
-        fetched = fetch(spec)
+        return prepare(fetched, arch=arch)
+    except WeightsError as e:
+        if zoo is None:
+            raise
+        raise type(e)(f"{spec}: {e}") from e
+    finally:
+        if fetched.temporary:
+            fetched.path.unlink(missing_ok=True)
+
+
+def _fetch(spec: ModelSpec) -> Fetched:
+    try:
+        return fetch(spec)
     except OfflineError as e:
         if not isinstance(spec, ZooSpec):
             raise
@@ -52,32 +82,6 @@ def load_model(
             f"{spec}: {e}. Fetch it once where the Hub can be reached (`tinyvit download {spec}`), "
             "or load a local copy by its path"
         ) from e
-    try:
-        state, record = _read(fetched, labels, preprocess)
-        what = f"{str(fetched.path)!r} ({record.source.layout} layout)"
-        if record.fit is not None and record.fit.head_only:
-            return _with_base(record, state, what=what, device=device, dtype=dtype)
-        return build_model(record, state, what=what, device=device, dtype=dtype)
-    except WeightsError as e:
-        if not isinstance(spec, ZooSpec):
-            raise
-        note = ""
-        if cache_dir() in fetched.path.resolve().parents:  # our own converted copy went bad: fetch it afresh
-            fetched.path.unlink(missing_ok=True)
-            note = "; the cached file was removed, load again to fetch it afresh"
-        raise WeightsError(f"{spec}: {e}{note}") from e
-
-
-def _read(fetched: Fetched, labels: LabelsArg, preprocess: PreprocessSpec | None) -> tuple[dict, Weights]:
-    """The tensors under timm's names and their record: the zoo's own file and record as they are,
-    any other checkpoint through ``conversion`` (which reads what its files say)."""
-    if fetched.record is not None:
-        categories = None if labels is None else parse_labels(labels)
-        return read_tensors(fetched.path), fetched.record.with_overrides(categories=categories, preprocess=preprocess)
-    state, record = read_weights(fetched.path, labels=labels, preprocess=preprocess)
-    if fetched.origin:
-        record = replace(record, source=replace(record.source, **fetched.origin))
-    return state, record
 
 
 def build_model(
@@ -91,9 +95,11 @@ def build_model(
     """The model in eval mode with ``state`` as its parameters and ``record`` as ``model.weights``.
 
     Built on the meta device (no random initialisation), then the tensors are assigned, not
-    copied (:meth:`VisionTransformer.from_state_dict`).
+    copied (:meth:`VisionTransformer.from_state_dict`), under the record's size rule.
     """
-    model = VisionTransformer.from_state_dict(record.config, state, what=what, device=device, dtype=dtype)
+    model = VisionTransformer.from_state_dict(
+        record.config, state, size_rule=record.size_rule, what=what, device=device, dtype=dtype
+    )
     model.weights = record
     return model
 
@@ -119,7 +125,8 @@ def _with_base(
         raise WeightsError(f"{what}: its head was fitted on {fit.base} with SHA-256 {fit.base_sha256[:12]}…, but "
                            f"that base now has {str(sha)[:12]}…; fit the head again")  # fmt: skip
     state = {k: v for k, v in base.state_dict().items() if not k.startswith(("head.", "head_dist."))}
-    return build_model(record, state | head, what=what, device=device, dtype=dtype)
+    return build_model(replace(record, size_rule=base.size_rule), state | head, what=what, device=device,
+                       dtype=dtype)  # fmt: skip
 
 
 def weights_sha256(record: Weights, expected: str | None = None) -> str | None:
@@ -128,28 +135,38 @@ def weights_sha256(record: Weights, expected: str | None = None) -> str | None:
     known = record.source.sha256
     if known is not None and expected in (None, known):
         return known
-    path = Path(record.source.path) if record.source.path else None
-    if path is not None and path.is_dir():
-        path = next((path / n for n in WEIGHTS_FILES if (path / n).is_file()), None)
-    return sha256_file(path) if path is not None and path.is_file() else known
+    path = weights_file_of(Path(record.source.path)) if record.source.path else None
+    return sha256_file(path) if path is not None else known
+
+
+def download(spec: ModelSpec) -> Path:
+    """Fetch, verify and convert (where needed) weights into the caches, for offline use; returns
+    the local checkpoint (a Hub repository: its snapshot folder)."""
+    if isinstance(spec, PathSpec):
+        raise WeightsError(f"{str(spec)!r} is a local path; there is nothing to download")
+    if isinstance(spec, HubSpec):
+        fetched = _fetch(spec)
+        prepare(fetched)
+        return fetched.path
+    return Path(str(_tensors(spec, None)[1].source.path))
 
 
 def bare_model(name: str) -> VisionTransformer:
     """A zoo architecture, randomly initialised, in eval mode; its record says so."""
     record = resolve(name)
     record = replace(record, source=Source(kind="init", layout="timm"), metrics=None, tag=None, note=None)
-    model = VisionTransformer(record.config).init_weights()
+    model = VisionTransformer(record.config, record.size_rule).init_weights()
     model.weights = record
     return model.eval()
 
 
-def weights_record(spec: str | os.PathLike | ModelSpec) -> Weights:
+def weights_record(spec: str | os.PathLike | ModelSpec, *, arch: ArchArg = None) -> Weights:
     """The record of the weights ``spec`` names — the zoo's, or what a checkpoint's own files say
-    (fetched as ``load`` fetches them) — without building the model."""
+    (fetched and prepared as ``load`` does) — without building the model."""
     parsed = parse_spec(spec)
     if isinstance(parsed, ZooSpec):
         return parsed.record
-    return _read(fetch(parsed), None, None)[1]
+    return _tensors(parsed, arch)[1]
 
 
 def resolve_preprocess(spec: str | os.PathLike | PreprocessSpec | torch.nn.Module | Weights) -> PreprocessSpec:

@@ -1,9 +1,10 @@
-"""Fetching and caching weights: zoo files, Hub repositories, checkpoints at URLs. Nothing else.
-(No torch at import: ``tinyvit models`` asks :func:`is_cached` without it.)
+"""Fetching weights: zoo files, Hub repositories, checkpoints at URLs — downloaded and verified,
+nothing else (converting them is ``convert.py``'s). No torch here: ``tinyvit models`` asks
+:func:`is_cached` without it.
 
-:func:`fetch` turns a parsed spec (``specs.py``) into a local file or folder, downloading,
-verifying and — where the published file is in another layout — converting it once into
-tinyvit's cache; :func:`is_cached` says whether that would need the network.
+:func:`fetch` turns a parsed spec (``specs.py``) into a local file or folder as published, with
+its content's identity (``Fetched.key``); :func:`converted_path` is where conversion keeps what it
+made of a key; :func:`is_cached` says whether loading zoo weights would need the network.
 
 Hub files go through ``huggingface_hub.hf_hub_download``: its cache, ``HF_HOME``,
 ``HF_HUB_OFFLINE``, ``HF_ENDPOINT`` and progress bar. URL files (mmpretrain's ``.pth``) are
@@ -37,7 +38,9 @@ from tinyvit.core.fsutil import sha256_file, write_bytes_atomic
 from tinyvit.weights.record import Weights
 from tinyvit.weights.specs import HubSpec, ModelSpec, PathSpec, UrlSpec, ZooSpec
 
-__all__ = ["Fetched", "cache_dir", "download", "fetch", "fetch_hf_hub", "is_cached", "offline", "verify"]
+__all__ = [
+    "Fetched", "cache_dir", "converted_path", "fetch", "fetch_hf_hub", "is_cached", "offline", "verify",
+]  # fmt: skip
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 URL_TIMEOUT = 60.0  # seconds without data before a URL download is abandoned
@@ -48,6 +51,16 @@ def cache_dir() -> Path:
     from huggingface_hub import constants
 
     return Path(constants.HF_HOME) / "tinyvit"
+
+
+CONVERSION_FORMAT = 2  # changes when conversion writes something else: older converted files are not used
+
+
+def converted_path(key: str, arch: Any, layout: str) -> Path:
+    """Where conversion keeps its tinyvit file of the checkpoint ``key`` (``Fetched.key``), read as
+    ``layout`` with the stated architecture ``arch`` (JSON-able, or None)."""
+    ident = json.dumps([CONVERSION_FORMAT, key, layout, arch], sort_keys=True, default=str)
+    return cache_dir() / "converted" / (hashlib.sha256(ident.encode()).hexdigest()[:32] + ".safetensors")
 
 
 def offline() -> bool:
@@ -213,87 +226,86 @@ def download_url(url: str, folder: Path, what: str) -> tuple[Path, str]:
 
 @dataclass(frozen=True)
 class Fetched:
-    """A spec's weights on this machine. ``record``: the zoo's record for zoo weights (the file is
-    in tinyvit's layout), else None (the checkpoint's own files say what they are). ``origin``:
-    what to set in the record's :class:`~tinyvit.weights.record.Source` (where it came from)."""
+    """A spec's checkpoint on this machine, as published (conversion is ``convert.py``'s).
 
-    path: Path  # a file, or a folder (a Hub snapshot)
-    record: Weights | None = None
+    ``path``: a file, or a folder (a Hub snapshot, with its side files). ``origin``: the fields of
+    the record's :class:`~tinyvit.weights.record.Source` (where it came from). ``key``: the content's
+    identity for a checkpoint that is not a local file (the zoo's, a Hub file's SHA-256, a URL),
+    which conversion caches by. ``record``: the zoo's record, for zoo weights. ``temporary``: a
+    download the caller removes once it is converted."""
+
+    path: Path
     origin: dict[str, Any] = field(default_factory=dict)
+    key: str | None = None
+    record: Weights | None = None
+    temporary: bool = False
 
 
 def fetch(spec: ModelSpec) -> Fetched:
-    """The local file or folder holding ``spec``'s weights: fetched, verified and converted as
-    needed (each only once; later calls read the cache)."""
+    """The local file or folder holding ``spec``'s checkpoint: downloaded (once; later calls read
+    huggingface_hub's cache) and verified. URL downloads are temporary files: their converted copy
+    is what is kept."""
     if isinstance(spec, ZooSpec):
-        path = _zoo_file(spec.record)
-        return Fetched(path, replace(spec.record, source=replace(spec.record.source, path=str(path))))
+        return _zoo_file(spec.record)
     if isinstance(spec, HubSpec):
         weights = _hub_snapshot(spec)
         blob = weights.resolve().name
+        sha = blob if _SHA256.fullmatch(blob) else None
         origin = {
             "kind": "hub", "repo_id": spec.repo_id, "filename": weights.name, "revision": weights.parent.name,
-            "sha256": blob if _SHA256.fullmatch(blob) else None, "path": str(weights),
+            "sha256": sha, "path": str(weights),
         }  # fmt: skip
-        return Fetched(weights.parent, origin=origin)
+        key = f"hub:{sha or weights.resolve()}:{_side_files_digest(weights.parent)}"
+        return Fetched(weights.parent, origin, key=key)
     if isinstance(spec, UrlSpec):
-        return Fetched(_url_file(spec))
+        name = Path(urllib.parse.urlparse(spec.url).path).name or "checkpoint"
+        raw, actual = _download_checked(spec.url, cache_dir() / "downloads", repr(spec.url), spec.sha256_prefix)
+        origin = {"kind": "url", "url": spec.url, "sha256": actual, "filename": name}
+        return Fetched(raw, origin, key=spec.content_key, temporary=True)
     if isinstance(spec, PathSpec):
         return Fetched(spec.path)
     raise TypeError(f"not a model spec: {spec!r}")
 
 
-def download(spec: ModelSpec) -> Path:
-    """Fetch (and verify, and convert where needed) weights into the cache, for offline use;
-    returns the local file (a Hub repository: its snapshot folder)."""
-    if isinstance(spec, PathSpec):
-        raise WeightsError(f"{str(spec)!r} is a local path; there is nothing to download")
-    try:
-        return fetch(spec).path
-    except WeightsError as e:
-        if isinstance(spec, ZooSpec):
-            raise type(e)(f"{spec}: {e}") from e
-        raise
+def _side_files_digest(folder: Path) -> str:
+    """What the side files of a snapshot hold (they make the record), as a short digest."""
+    h = hashlib.sha256()
+    for name in SIDE_FILES:
+        if (folder / name).is_file():
+            h.update(name.encode() + b"\0" + (folder / name).read_bytes())
+    return h.hexdigest()[:16]
 
 
 def is_cached(record: Weights) -> bool:
-    """Whether zoo weights are on this machine already (loading them needs no network)."""
+    """Whether zoo weights are on this machine already (loading them needs no network): the Hub
+    file in huggingface_hub's cache, or a URL checkpoint's converted copy in tinyvit's."""
     s = record.source
-    if s.kind == "hub" and s.layout == "timm":
+    if s.kind == "hub":
         from huggingface_hub import try_to_load_from_cache
 
         return isinstance(try_to_load_from_cache(s.repo_id, s.filename, revision=s.revision), str)
-    return any((cache_dir() / "converted" / str(record.name)).glob(f"{record.tag}-*.safetensors"))
+    return converted_path(str(ZooSpec(record).content_key), record.config.to_dict(), s.layout).is_file()
 
 
-def _zoo_file(record: Weights) -> Path:
-    """A local, verified timm-layout safetensors file for zoo weights: fetched (and converted once
-    into tinyvit's cache where the published file is in another layout)."""
+def _zoo_file(record: Weights) -> Fetched:
+    """Zoo weights as published, verified: a Hub file (huggingface_hub's cache), or a URL's file
+    downloaded into a temporary file whose SHA-256 must match the manifest's."""
     src = record.source
     if src.kind == "hub":
         path = fetch_hf_hub(str(src.repo_id), str(src.filename), revision=src.revision, sha256=src.sha256)
         assert path is not None
-        if src.layout == "timm":
-            return path
         blob = path.resolve().name  # the verified content's SHA-256 for LFS files: a new upload converts anew
-        dst = _converted_path(record, blob)
-        if not dst.is_file():
-            _convert_into_cache(path, dst, record, blob if _SHA256.fullmatch(blob) else None)
-        return dst
-    dst = _converted_path(record, src.sha256 or src.sha256_prefix or "")
-    if dst.is_file():
-        return dst
+        sha = src.sha256 or (blob if _SHA256.fullmatch(blob) else None)
+        found = replace(record, source=replace(src, sha256=sha, path=str(path)))
+        return Fetched(path, key=f"zoo:{record.spec}:{sha or path.resolve()}", record=found)
     what = f"{record.spec} ({src.url})"
     if not (src.sha256 or src.sha256_prefix):
         raise WeightsError(f"{what}: the manifest pins no SHA-256 for it; an unverified download is not used")
-    # Each process downloads and converts into files of its own and renames the result into
-    # place, so concurrent loads of the same model all succeed and leave one file.
-    raw, actual = _download_checked(str(src.url), dst.parent, what, src.sha256 or src.sha256_prefix)
-    try:
-        _convert_into_cache(raw, dst, record, actual)
-    finally:
-        raw.unlink(missing_ok=True)
-    return dst
+    # Each process downloads into a file of its own; conversion renames its result into place, so
+    # concurrent loads of the same model all succeed and leave one file.
+    raw, actual = _download_checked(str(src.url), cache_dir() / "downloads", what, src.sha256 or src.sha256_prefix)
+    found = replace(record, source=replace(src, sha256=src.sha256 or actual, path=None))
+    return Fetched(raw, key=ZooSpec(record).content_key, record=found, temporary=True)
 
 
 def _download_checked(url: str, folder: Path, what: str, expected: str | None) -> tuple[Path, str]:
@@ -305,20 +317,6 @@ def _download_checked(url: str, folder: Path, what: str, expected: str | None) -
         raw.unlink(missing_ok=True)
         raise WeightsError(f"{what}: SHA-256 mismatch (expected {expected}…, got {actual}); nothing was kept")
     return raw, actual
-
-
-def _converted_path(record: Weights, key: str) -> Path:
-    return cache_dir() / "converted" / str(record.name) / f"{record.tag}-{key}.safetensors"
-
-
-def _convert_into_cache(raw: Path, dst: Path, record: Weights, sha256: str | None) -> None:
-    """Rename a zoo file's tensors to timm's; the manifest's record (with the file's SHA-256) goes
-    into the header."""
-    from tinyvit.weights.convert import read_weights  # torch: imported only when something is converted
-    from tinyvit.weights.files import save
-
-    state, _ = read_weights(raw, layout=record.source.layout, arch=record.config)
-    save(dst, state, replace(record, source=replace(record.source, sha256=record.source.sha256 or sha256)))
 
 
 # What a Hub repository of a ViT holds beside its weights: timm's or transformers' config, the
@@ -375,24 +373,3 @@ def _hub_shards(spec: HubSpec) -> Path | None:
             raise WeightsError(f"{spec}: {SHARD_INDEX} names {shard!r}, not a safetensors file beside it")
         fetch_hf_hub(spec.repo_id, shard, revision=spec.revision)
     return index
-
-
-def _url_file(spec: UrlSpec) -> Path:
-    """A checkpoint at a URL, downloaded and converted once into tinyvit's cache (keyed by the
-    URL); its record's source names the URL and the SHA-256 of what was downloaded."""
-    key = hashlib.sha256(spec.url.encode()).hexdigest()[:16]
-    name = Path(urllib.parse.urlparse(spec.url).path).name or "checkpoint"
-    dst = cache_dir() / "converted" / "url" / key / (Path(name).stem + ".safetensors")
-    if dst.is_file():
-        return dst
-    from tinyvit.weights.convert import read_weights  # torch: imported only when something is converted
-    from tinyvit.weights.files import save
-
-    raw, actual = _download_checked(spec.url, dst.parent, repr(spec.url), spec.sha256_prefix)
-    try:
-        state, record = read_weights(raw)
-        source = replace(record.source, kind="url", url=spec.url, sha256=actual, filename=name, path=None)
-        save(dst, state, replace(record, source=source))
-    finally:
-        raw.unlink(missing_ok=True)
-    return dst

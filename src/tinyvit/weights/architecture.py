@@ -1,13 +1,17 @@
-"""The architecture of a checkpoint, from its tensors (under timm's names) and the config its
-library published beside it: what the shapes show (sizes, prefix tokens, LayerScale, norms,
-heads), and what only the config can say (heads, norm eps, activation, pooling), per layout.
-What neither says is asked for (``arch=`` / ``--arch``), never guessed.
+"""The architecture of a checkpoint, from its tensors (under timm's names) and what states the rest:
+the config its library published beside it, the library's own definition of its architectures,
+or the user (``arch=`` / ``--arch``). What the shapes show (sizes, prefix tokens, LayerScale,
+norms, heads) is read from them; what they cannot show — the number of attention heads above all —
+is never guessed: without a statement, loading stops with one line that says what to pass.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import math
-from dataclasses import replace
+from dataclasses import asdict, fields
+from importlib import resources
 from typing import Any
 
 import torch
@@ -15,32 +19,41 @@ import torch
 from tinyvit.core.config import ViTConfig
 from tinyvit.core.errors import WeightsError
 from tinyvit.weights.files import Checkpoint
-from tinyvit.weights.manifest import entry
-from tinyvit.weights.record import SIZE_RULES
+from tinyvit.weights.manifest import entries, entry
+from tinyvit.weights.record import LAYOUTS
 
-__all__ = ["HEADS_BY_WIDTH", "infer_config", "refuse_unsupported"]
+__all__ = ["ArchArg", "infer_config", "parse_arch", "refuse_unsupported", "timm_architecture"]
 
-# Heads of the standard ViT widths (Ti, S, B, L, H, SigLIP so400m, g, DINOv2 g, bigG); tensors do not show them.
-HEADS_BY_WIDTH = {192: 3, 384: 6, 768: 12, 1024: 16, 1152: 16, 1280: 16, 1408: 16, 1536: 24, 1664: 16}
-# timm 1.0.31 registers these with act_layer='gelu_tanh' (SigLIP 2); its "*quickgelu*" ones with quick_gelu
-TIMM_GELU_TANH = frozenset({
-    "vit_base_patch32_siglip_256", "vit_large_patch16_siglip_512", "vit_so400m_patch16_siglip_256",
-    "vit_so400m_patch16_siglip_384", "vit_so400m_patch16_siglip_512", "vit_giantopt_patch16_siglip_256",
-    "vit_giantopt_patch16_siglip_384", "vit_base_patch32_siglip_gap_256", "vit_large_patch16_siglip_gap_512",
-    "vit_so400m_patch16_siglip_gap_256", "vit_so400m_patch16_siglip_gap_384", "vit_so400m_patch16_siglip_gap_512",
-    "vit_giantopt_patch16_siglip_gap_256", "vit_giantopt_patch16_siglip_gap_384",
-})  # fmt: skip
+ArchArg = ViTConfig | str | dict | None  # a config; a zoo or timm architecture name; fields ("num_heads=6" or a dict)
+
+# Heads the widths of the standard ViTs have (Ti, S, B, L, H): named in refusals, never taken silently
+USUAL_HEADS = {192: 3, 384: 6, 768: 12, 1024: 16, 1280: 16}
+# Libraries that define their architectures by size, so that a checkpoint's shapes name one of them:
+# DINOv2's own code (vit_small / base / large / giant2: one width each) and mmpretrain's
+# VisionTransformer arch_zoo (by width and depth)
+DINOV2_HEADS = {384: 6, 768: 12, 1024: 16, 1536: 24}
+MMPRETRAIN_HEADS = {(768, 8): 8, (768, 12): 12, (1024, 24): 16, (1280, 32): 16, (192, 12): 3, (384, 12): 6}
 HF_ACTS = {"gelu": "gelu", "quick_gelu": "quick_gelu", "gelu_pytorch_tanh": "gelu_tanh"}
 HF_EPS = {"vit": 1e-12, "dinov2": 1e-6, "dinov2_with_registers": 1e-6, "clip": 1e-5, "siglip": 1e-6}
-# Parts of key names (as their libraries save them) that show a family outside timm's
-# VisionTransformer, which rotary position embeddings, SwiGLU MLPs or EVA blocks make
-_ROTARY = "rotary position embeddings (EVA02, DINOv3, Perception Encoder)"
+# Parts of key names (as their libraries save them) that show a family tinyvit's ViT does not load
+_META_DINOV3 = "checkpoints in Meta's own DINOv3 layout (load its timm or transformers conversion instead)"
 _UNSUPPORTED = [
-    (lambda part: part.startswith("rope") or part in ("freqs", "periods", "storage_tokens"), _ROTARY),
-    (lambda part: part in ("gamma_1", "gamma_2", "fc1_g", "fc1_x", "q_bias"), f"EVA-style blocks with {_ROTARY}"),
-    (lambda part: part in ("w12", "w3", "weights_in", "weights_out"), "SwiGLU MLPs (DINOv2 giant)"),
-]
-_ROTARY_ARCHS = ("eva", "vit_pe_", "dinov3", "rope")  # timm names of rotary families (timm.models.eva)
+    (lambda part: part in ("storage_tokens", "periods", "rope_embed", "local_cls_norm"), _META_DINOV3),
+    (lambda part: part in ("w12", "w3", "weights_in", "weights_out"), "SwiGLU MLPs in DINOv2's own layout (giant)"),
+    (lambda part: part in ("q_norm", "k_norm"), "query / key norms (qk_norm)"),
+]  # fmt: skip
+# transformers model types of families out of reach, and why (a one-line refusal each)
+_HF_REFUSED = {
+    "siglip2": "SigLIP 2 NaFlex (variable resolution over patch sequences) is not supported; its fixed-resolution "
+    "weights (timm vit_*_siglip_*.v2_webli) are",
+    "aimv2_vision_model": "transformers' AIMv2 layout is not supported; timm's aimv2_* folders are",
+    "aimv2": "transformers' AIMv2 layout is not supported; timm's aimv2_* folders are",
+}
+# ViTConfig fields timm's Eva architectures state (timm_archs.json) and its model_args may override
+_EVA_FIELDS = (
+    "use_rot_pos_emb", "rope_type", "rope_temperature", "rope_grid_offset", "rope_grid_indexing", "rope_rotate_half",
+    "ref_feat_shape", "attn_pool_num_heads", "pool_include_prefix", "layer_norm_eps",
+)  # fmt: skip
 
 
 def refuse_unsupported(keys, what: str, timm_architecture: str | None = None, hf_model_type: str | None = None) -> None:
@@ -51,18 +64,46 @@ def refuse_unsupported(keys, what: str, timm_architecture: str | None = None, hf
         if shown:
             more = f", … ({len(shown)} in all)" if len(shown) > 3 else ""
             raise WeightsError(f"{what}: {family} are not supported (keys {', '.join(shown[:3])}{more})")
-    if timm_architecture and any(m in timm_architecture for m in _ROTARY_ARCHS):
-        raise WeightsError(f"{what}: timm architecture {timm_architecture!r} uses {_ROTARY}, which are not supported")
-    if hf_model_type and any(m in hf_model_type for m in ("dinov3", "eva", "perception")):
-        raise WeightsError(f"{what}: config.json model_type {hf_model_type!r} uses {_ROTARY}, which are not supported")
+    refused = _timm_refusals().get((timm_architecture or "").split(".", 1)[0])
+    if refused:
+        raise WeightsError(f"{what}: timm architecture {timm_architecture!r} is not supported: {refused}")
+    reason = _HF_REFUSED.get(str(hf_model_type)) or _HF_REFUSED.get(str(hf_model_type).removesuffix("_vision_model"))
+    if reason:
+        raise WeightsError(f"{what}: config.json model_type {hf_model_type!r}: {reason}")
+
+
+@functools.cache
+def _timm_refusals() -> dict[str, str]:
+    """timm architectures of the families tinyvit loads (Eva's) with an option its ViT does not have."""
+    text = (resources.files("tinyvit.weights") / "timm_archs.json").read_text(encoding="utf-8")
+    return json.loads(text).get("refused", {})
+
+
+@functools.cache
+def _timm_archs() -> dict[str, dict[str, Any]]:
+    """timm's registered VisionTransformer architectures: heads, activation, pooling (timm_archs.json,
+    made by scripts/make_timm_archs.py from timm's own registry)."""
+    text = (resources.files("tinyvit.weights") / "timm_archs.json").read_text(encoding="utf-8")
+    return json.loads(text)["architectures"]
+
+
+def timm_architecture(name: str) -> dict[str, Any] | None:
+    """What timm's registry says of an architecture (``vit_base_patch16_224``, a tag allowed)."""
+    return _timm_archs().get(name.split(".", 1)[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# What the tensors show
 
 
 def _shapes(state: dict[str, torch.Tensor], what: str, no_embed_class: bool | None) -> dict[str, Any]:
-    """The fields the tensor shapes determine: sizes, prefix tokens, which optional parts exist."""
+    """The fields the tensor shapes determine: sizes, prefix tokens, which optional parts exist. A
+    checkpoint without an absolute position embedding (rotary only) does not show its trained size,
+    which changes nothing in its graph: 224 px (to whole patches) unless a config states it."""
     try:
         d, c, p, _ = state["patch_embed.proj.weight"].shape
-        length = state["pos_embed"].shape[1]
-        mlp = state["blocks.0.mlp.fc1.weight"].shape[0]
+        mlp = state.get("blocks.0.mlp.fc1_g.weight", state.get("blocks.0.mlp.fc1.weight"))
+        mlp = mlp if mlp is not None else state["blocks.0.mlp.fc1.weight"]
     except (KeyError, ValueError) as e:
         raise WeightsError(f"{what}: cannot read the architecture from the tensors (missing {e})") from e
     depth = 0
@@ -70,21 +111,38 @@ def _shapes(state: dict[str, torch.Tensor], what: str, no_embed_class: bool | No
         depth += 1
     reg = state["reg_token"].shape[1] if "reg_token" in state else 0
     prefix = int("cls_token" in state) + int("dist_token" in state) + reg
-    side, no_embed_class = _grid(length, prefix, no_embed_class)
-    if side is None:
-        raise WeightsError(
-            f"{what}: a position embedding of {length} tokens is not a square patch grid, with or without the "
-            f"{prefix} prefix token(s) the checkpoint has"
-        )
+    side = max(224 // p, 1)
+    if "pos_embed" in state:
+        length = state["pos_embed"].shape[1]
+        side, no_embed_class = _grid(length, prefix, no_embed_class)
+        if side is None:
+            raise WeightsError(
+                f"{what}: a position embedding of {length} tokens is not a square patch grid, with or without the "
+                f"{prefix} prefix token(s) the checkpoint has"
+            )
     head = state.get("head.weight")
     return {
-        "image_size": side * p, "patch_size": p, "embed_dim": d, "depth": depth, "mlp_ratio": mlp / d,
-        "num_classes": 0 if head is None else head.shape[0], "in_chans": c,
+        "image_size": side * p, "patch_size": p, "embed_dim": d, "depth": depth,
+        "mlp_ratio": mlp.shape[0] / d, "num_classes": 0 if head is None else head.shape[0], "in_chans": c,
         "class_token": "cls_token" in state, "dist_token": "dist_token" in state, "reg_tokens": reg,
-        "no_embed_class": no_embed_class, "init_values": 1.0 if "blocks.0.ls1.gamma" in state else None,
+        "no_embed_class": bool(no_embed_class), "init_values": 1.0 if "blocks.0.ls1.gamma" in state else None,
         "pre_norm": "norm_pre.weight" in state, "fc_norm": "fc_norm.weight" in state,
         "head_bias": head is None or "head.bias" in state, "qkv_bias": "blocks.0.attn.qkv.bias" in state,
         "global_pool": "map" if "attn_pool.latent" in state else ("token" if "cls_token" in state else "avg"),
+        **_block_parts(state),
+    }  # fmt: skip
+
+
+def _block_parts(state: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """The parts of the newer families that show in the tensors: RMSNorm (norms without bias), a
+    norm after the patch projection, output biases, SwiGLU, sub-LN norms, the position embeddings."""
+    rmsnorm = "blocks.0.norm1.weight" in state and "blocks.0.norm1.bias" not in state
+    return {
+        "norm_layer": "rmsnorm" if rmsnorm else "layernorm", "embed_norm": "patch_embed.norm.weight" in state,
+        "proj_bias": "blocks.0.attn.proj.bias" in state, "swiglu_mlp": "blocks.0.mlp.fc1_g.weight" in state,
+        "scale_mlp": "blocks.0.mlp.norm.weight" in state, "scale_attn_inner": "blocks.0.attn.norm.weight" in state,
+        "use_abs_pos_emb": "pos_embed" in state,
+        **({"use_rot_pos_emb": True, "rope_type": "mixed"} if "rope.freqs" in state else {}),
     }  # fmt: skip
 
 
@@ -98,29 +156,54 @@ def _grid(length: int, prefix: int, no_embed_class: bool | None) -> tuple[int | 
     return None, False
 
 
+# ---------------------------------------------------------------------------------------------
+# What the published configs say
+
+
 def _timm_options(cfg: dict, what: str) -> dict[str, Any]:
-    """What timm's config.json says beyond the tensors (``architecture``, ``model_args``)."""
+    """What timm's config.json says beyond the tensors: ``model_args``, and what timm's registry
+    builds the named ``architecture`` with (for its Eva class: the rotary embedding and pooling)."""
     args = cfg.get("model_args") or {}
     arch = str(cfg.get("architecture", ""))
-    pool = args.get("global_pool", cfg.get("global_pool", None))
+    registered = timm_architecture(arch) or {}
+    pool = args.get("global_pool", cfg.get("global_pool", registered.get("global_pool")))
     if pool not in (None, "token", "avg", "map"):
         raise WeightsError(f"{what}: timm global_pool={pool!r} is not supported (token, avg and map are)")
     for flag, ok in (("qk_norm", (None, False)), ("final_norm", (None, True)), ("class_token", (None, True, False))):
         if args.get(flag) not in ok:
             raise WeightsError(f"{what}: timm model_args {flag}={args.get(flag)!r} is not supported by tinyvit's ViT")
-    act = args.get("act_layer")
-    if act is None:
-        act = "quick_gelu" if "quickgelu" in arch else "gelu_tanh" if arch.split(".")[0] in TIMM_GELU_TANH else "gelu"
-    out = {"num_heads": args.get("num_heads"), "act_layer": act, "no_embed_class": args.get("no_embed_class")}
+    out = {"num_heads": args.get("num_heads", registered.get("num_heads")),
+           "no_embed_class": args.get("no_embed_class")}  # fmt: skip
+    act = args.get("act_layer", registered.get("act_layer"))
+    if act is not None:
+        out["act_layer"] = act
     if pool is not None:
         out["global_pool"] = pool
+    out |= {k: args.get(k, registered.get(k)) for k in _EVA_FIELDS if args.get(k, registered.get(k)) is not None}
+    if isinstance(out.get("ref_feat_shape"), (list, tuple)):
+        out["ref_feat_shape"] = _square(out["ref_feat_shape"], "ref_feat_shape", what)
+    input_size = (cfg.get("pretrained_cfg") or {}).get("input_size")  # (C, H, W)
+    size = args.get("img_size") or (input_size[1:] if input_size else None)
+    if size and registered.get("use_rot_pos_emb"):  # rotary-only weights do not show their trained size
+        out["image_size"] = _square(size, "img_size", what)
     return out
+
+
+def _square(value: Any, name: str, what: str) -> int:
+    """An int, or a (n, n) pair → n; a rectangle is refused."""
+    if isinstance(value, (list, tuple)):
+        if len(set(value)) != 1:
+            raise WeightsError(f"{what}: timm {name}={list(value)} is not square, which tinyvit's ViT needs")
+        value = value[0]
+    return int(value)
 
 
 def _hf_options(cfg: dict, what: str) -> dict[str, Any]:
     """What transformers' config.json says: heads, eps, activation (a CLIPModel's or SiglipModel's
     image tower is its ``vision_config``)."""
     kind = str(cfg.get("model_type"))
+    if kind == "dinov3_vit":
+        return _hf_dinov3_options(cfg, what)
     vision = cfg.get("vision_config") if kind in ("clip", "siglip") else cfg
     kind = kind.removesuffix("_vision_model")
     if kind not in HF_EPS or not isinstance(vision, dict):
@@ -130,17 +213,32 @@ def _hf_options(cfg: dict, what: str) -> dict[str, Any]:
     if act not in HF_ACTS or not vision.get("qkv_bias", True) or vision.get("use_swiglu_ffn"):
         raise WeightsError(f"{what}: config.json hidden_act={act!r}, qkv_bias={vision.get('qkv_bias', True)!r}, "
                            f"use_swiglu_ffn={vision.get('use_swiglu_ffn', False)!r}: not supported")  # fmt: skip
-    out = {
+    return {
         "num_heads": vision.get("num_attention_heads"), "layer_norm_eps": vision.get("layer_norm_eps", HF_EPS[kind]),
         "act_layer": HF_ACTS[act],
     }  # fmt: skip
-    if kind == "dinov2_with_registers":
-        out["pos_embed_resize"] = "bicubic_aa"
-    return out
+
+
+def _hf_dinov3_options(cfg: dict, what: str) -> dict[str, Any]:
+    """transformers' ``DINOv3ViTModel``: DINOv3's rotary embedding (``rope_theta``), class-token
+    pooling (``pooler_output``), the gated MLP's SiLU or the plain MLP's GELU."""
+    act = cfg.get("hidden_act", "gelu")
+    if cfg.get("use_gated_mlp"):
+        act = "gelu" if act == "silu" else act  # the gated MLP is SwiGLU (shown by its tensors)
+    if act not in HF_ACTS:
+        raise WeightsError(f"{what}: config.json hidden_act={act!r} is not supported")
+    size = cfg.get("image_size", 224)
+    return {
+        "num_heads": cfg.get("num_attention_heads"), "layer_norm_eps": cfg.get("layer_norm_eps", 1e-5),
+        "act_layer": HF_ACTS[act], "use_rot_pos_emb": True, "rope_type": "dinov3",
+        "rope_temperature": float(cfg.get("rope_theta", 100.0)), "rope_rotate_half": True, "global_pool": "token",
+        "image_size": _square(size, "image_size", what),
+    }  # fmt: skip
 
 
 def _open_clip_options(cfg: dict, what: str) -> dict[str, Any]:
-    """open_clip's model_cfg: heads from ``width / head_width``, QuickGELU, its LayerNorm (eps 1e-5)."""
+    """open_clip's model_cfg: heads from ``width / head_width`` (open_clip's default head width:
+    64), QuickGELU, its LayerNorm (eps 1e-5)."""
     model_cfg = cfg.get("model_cfg") or {}
     vision = model_cfg.get("vision_cfg") or {}
     options = ("timm_model_name", "attentional_pool", "attn_pooler_queries", "no_ln_pre", "final_ln_after_pool")
@@ -155,9 +253,8 @@ def _open_clip_options(cfg: dict, what: str) -> dict[str, Any]:
 
 
 def _options(ckpt: Checkpoint, layout: str, npz_heads: int | None, what: str) -> dict[str, Any]:
-    """The fields only a config (or the layout's convention) can give."""
-    pad, resize = SIZE_RULES[layout]
-    out: dict[str, Any] = {"dynamic_img_pad": pad, "pos_embed_resize": resize, "layer_norm_eps": 1e-6}
+    """The fields only a config (or the layout's own convention) can give."""
+    out: dict[str, Any] = {"layer_norm_eps": 1e-6}
     if layout == "timm" and ckpt.timm_config is not None:
         out |= _timm_options(ckpt.timm_config, what)
     elif layout == "hf":
@@ -169,50 +266,97 @@ def _options(ckpt: Checkpoint, layout: str, npz_heads: int | None, what: str) ->
         if ckpt.open_clip_config is None:
             raise WeightsError(f"{what}: an open_clip checkpoint needs its open_clip_config.json beside it")
         out |= _open_clip_options(ckpt.open_clip_config, what)
-    elif layout == "dinov2" and "register_tokens" in ckpt.tensors:
-        out["pos_embed_resize"] = "bicubic_aa"  # DINOv2's register models: offset 0, antialiased
     elif layout == "npz":
         out["num_heads"] = npz_heads
     return out
 
 
-def infer_config(
-    ckpt: Checkpoint,
-    state: dict[str, torch.Tensor],
-    layout: str,
-    *,
-    npz_heads: int | None = None,
-    arch: str | ViTConfig | dict | None = None,
-) -> ViTConfig:
-    """The checkpoint's :class:`ViTConfig`: ``arch`` (a config; a zoo name whose heads and eps are
-    taken with the shapes of the tensors; or a dict of the fields nothing else states, such as
-    ``{"num_heads": 6}``), else a tinyvit file's own record, else the tensors and the published
-    config."""
-    what = repr(str(ckpt.path))
-    if isinstance(arch, ViTConfig):
+def _library_heads(layout: str, shapes: dict[str, Any]) -> int | None:
+    """Heads where the layout's library defines its architectures by size (DINOv2's own code,
+    mmpretrain's arch_zoo), so that the shapes name one of them."""
+    if layout == "dinov2":
+        return DINOV2_HEADS.get(shapes["embed_dim"])
+    if layout == "mmpretrain":
+        return MMPRETRAIN_HEADS.get((shapes["embed_dim"], shapes["depth"]))
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# The user's statement: arch=
+
+
+def parse_arch(arch: ArchArg) -> ViTConfig | dict[str, Any] | None:
+    """``arch=`` as given → a config, or the fields it states. A string is a zoo model name, a timm
+    architecture name, or fields (``"num_heads=6"``, ``"num_heads=6,global_pool=avg"``)."""
+    if arch is None or isinstance(arch, ViTConfig):
         return arch
-    if ckpt.record is not None and arch is None:
-        return ckpt.record.config
-    options = _options(ckpt, layout, npz_heads, what)
     if isinstance(arch, dict):
-        options |= arch
-        arch = None
+        known = {f.name for f in fields(ViTConfig)}
+        if unknown := sorted(set(arch) - known):
+            raise WeightsError(f"arch: unknown field(s) {', '.join(unknown)} (fields of ViTConfig: {', '.join(known)})")
+        return dict(arch)
+    if not isinstance(arch, str):
+        raise WeightsError(f"arch: expected a ViTConfig, a name or fields, not {type(arch).__name__}")
+    if "=" in arch:
+        return parse_arch(dict(_field(part) for part in arch.split(",") if part.strip()))
+    registered = timm_architecture(arch)
+    if registered is not None and arch.lower() not in {n.lower() for n in entries()}:
+        return {k: v for k, v in registered.items() if v is not None}
+    zoo = asdict(entry(arch).arch)  # a zoo name (or an unknown one: UnknownModelError with the closest names)
+    return {k: v for k, v in zoo.items() if k not in ("num_classes", "image_size")}  # those: the tensors'
+
+
+def _field(part: str) -> tuple[str, Any]:
+    key, _, text = (s.strip() for s in part.partition("="))
+    for convert in (int, float):
+        try:
+            return key, convert(text)
+        except ValueError:
+            continue
+    lowered = text.lower()
+    return key, {"true": True, "false": False, "none": None}.get(lowered, text)
+
+
+def _refusal(what: str, shapes: dict[str, Any]) -> WeightsError:
+    d = shapes["embed_dim"]
+    usual = f"are {USUAL_HEADS[d]} in the common ViTs, but not always" if d in USUAL_HEADS else "is not standard"
+    same = [n for n, e in entries().items() if (e.arch.embed_dim, e.arch.depth, e.arch.patch_size) ==
+            (d, shapes["depth"], shapes["patch_size"])]  # fmt: skip
+    named = f"a zoo name with these shapes ({', '.join(same[:3])}), " if same else ""
+    return WeightsError(
+        f"{what}: the checkpoint does not say how many attention heads its blocks have, and tensors cannot show "
+        f"it (heads of a {d}-wide ViT {usual}); pass arch= {named}a timm architecture name, or "
+        "{'num_heads': N} (CLI: --arch NAME or --arch num_heads=N)"
+    )
+
+
+def infer_config(
+    ckpt: Checkpoint, state: dict[str, torch.Tensor], layout: str, *, npz_heads: int | None = None, arch: ArchArg = None
+) -> ViTConfig:
+    """The checkpoint's :class:`ViTConfig`: ``arch`` (a config; a zoo or timm architecture whose
+    heads, eps and activation are taken with the shapes of the tensors; or the fields nothing else
+    states, such as ``{"num_heads": 6}``), else a tinyvit file's own record, else the tensors and
+    what states the rest (the published config, the library's definition). The heads are never
+    guessed: without a statement, a :class:`WeightsError` says what to pass."""
+    what = repr(str(ckpt.path))
+    if layout not in LAYOUTS:
+        raise WeightsError(f"{what}: unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+    stated = parse_arch(arch)
+    if isinstance(stated, ViTConfig):
+        return stated
+    if ckpt.record is not None and stated is None:
+        return ckpt.record.config
+    options = _options(ckpt, layout, npz_heads, what) | (stated or {})
     shapes = _shapes(state, what, options.pop("no_embed_class", None))
-    if arch is not None:  # a zoo architecture, as the tensors and this layout's library have it
-        pad, resize = SIZE_RULES[layout]
-        return replace(entry(arch).arch, num_classes=shapes["num_classes"], image_size=shapes["image_size"],
-                       dynamic_img_pad=pad, pos_embed_resize=resize)  # fmt: skip
-    if layout == "timm" and shapes["pre_norm"]:
+    if layout == "timm" and shapes["pre_norm"] and "layer_norm_eps" not in (stated or {}):
         options["layer_norm_eps"] = 1e-5  # timm registers every pre-norm ViT (CLIP) with LayerNorm eps 1e-5
-    heads = options.pop("num_heads", None) or HEADS_BY_WIDTH.get(shapes["embed_dim"])
+    heads = options.pop("num_heads", None) or _library_heads(layout, shapes)
     if heads is None:
-        raise WeightsError(
-            f"{what}: the number of attention heads of a {shapes['embed_dim']}-wide ViT is not standard and the "
-            "checkpoint does not say it; pass arch= a ViTConfig (or --arch NAME for a zoo architecture)"
-        )
+        raise _refusal(what, shapes)
     if options.get("global_pool") == "token" and not shapes["class_token"]:
         options.pop("global_pool")
     try:
         return ViTConfig(**{**shapes, **options, "num_heads": heads})
     except ValueError as e:
         raise WeightsError(f"{what}: {e}") from e
+

@@ -1,11 +1,15 @@
-"""Checkpoints in other layouts → timm's parameter names plus a weights record.
+"""The one conversion step: a checkpoint as fetched → tensors under tinyvit's (= timm's) names, a
+weights record, checked against each other; kept in the cache once per content.
 
-Conversion is key mapping and architecture inference, nothing else: :func:`read_weights` takes
-what ``files.read_checkpoint`` read, renames the tensors to tinyvit's (= timm's) names, works out
-the architecture from the tensors (and the checkpoint's own config where it has one), and gathers
-what the checkpoint says about its class names and its preprocessing into a :class:`Weights`
-record. ``loading.py`` builds a model from that in memory (checking the tensors against the
-architecture); :func:`convert` checks them and writes a tinyvit safetensors file.
+:func:`read_weights` takes what ``files.read_checkpoint`` read, renames the tensors
+(``layouts.py``), works out the architecture (``architecture.py``) and gathers what the checkpoint
+says about its class names and its preprocessing into a :class:`Weights` record.
+:func:`prepare` is what loading calls for every kind of source, the same way: a checkpoint already
+under tinyvit's names with a known record (the zoo's timm files, tinyvit's own) is read in place;
+any other is read, renamed and checked against its architecture, and — when it has a content key
+(the zoo's, a Hub file's SHA-256, a URL) — written atomically into the cache, so the next load
+reads that file and converts nothing. A local checkpoint is the user's file, which may change: it
+is converted in memory on each load. :func:`convert` writes a tinyvit safetensors file.
 
 ======================  ====================================================================
 timm                    ``cls_token``, ``blocks.0.attn.qkv.weight``, … (tinyvit's own names);
@@ -17,6 +21,7 @@ hf                      transformers' on-disk names (``vit.encoder.layer.0.atten
 mmpretrain              ``backbone.layers.0.attn.qkv.weight``, ``head.layers.head.weight``;
                         class names from the checkpoint's ``meta.dataset_meta.classes``
 npz                     Google's JAX ``.npz`` (``Transformer/encoderblock_0/...``)
+open_clip, dinov2       open_clip's ``visual.*`` (with ``open_clip_config.json``), DINOv2's own
 ======================  ====================================================================
 """
 
@@ -24,7 +29,6 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -33,15 +37,24 @@ import torch
 from tinyvit.core.config import ViTConfig
 from tinyvit.core.errors import WeightsError
 from tinyvit.core.fsutil import sha256_file
-from tinyvit.images.spec import PreprocessSpec
+from tinyvit.images.spec import PreprocessSpec, size_rule
 from tinyvit.models.vit import check_state_dict
-from tinyvit.weights.architecture import infer_config, refuse_unsupported
-from tinyvit.weights.files import WEIGHTS_FILES, Checkpoint, read_checkpoint, save
+from tinyvit.weights._hub import Fetched, converted_path
+from tinyvit.weights.architecture import ArchArg, infer_config, refuse_unsupported
+from tinyvit.weights.files import (
+    Checkpoint,
+    read_checkpoint,
+    read_header,
+    read_record,
+    read_tensors,
+    save,
+    weights_file_of,
+)
 from tinyvit.weights.layouts import detect_layout, to_timm
 from tinyvit.weights.manifest import entries
-from tinyvit.weights.record import Source, Weights, labels_from_mapping, parse_labels
+from tinyvit.weights.record import LabelsArg, Source, Weights, labels_from_mapping, parse_labels
 
-__all__ = ["convert", "detect_layout", "read_weights", "to_timm"]
+__all__ = ["convert", "detect_layout", "prepare", "read_weights", "to_timm", "with_overrides"]
 
 # ---------------------------------------------------------------------------------------------
 # The zoo's weights of an architecture
@@ -50,16 +63,10 @@ __all__ = ["convert", "detect_layout", "read_weights", "to_timm"]
 def zoo_weights(config: ViTConfig, layout: str) -> Weights | None:
     """The zoo weights with exactly this architecture published in this layout (a checkpoint in a
     library's layout was evaluated with that library's pipeline), if any."""
-    plain = _without_size_rules(config)
     for e in entries().values():
-        if _without_size_rules(e.arch) == plain:
+        if e.arch == config:
             return next((w for w in e.weights if w.source.layout == layout), e.weights[0])
     return None
-
-
-def _without_size_rules(config: ViTConfig) -> ViTConfig:
-    """The architecture alone: how other input sizes are handled follows the weights' library."""
-    return replace(config, dynamic_img_pad=True, pos_embed_resize="bicubic")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -185,21 +192,15 @@ def _preprocess(ckpt: Checkpoint, layout: str, zoo: Weights | None) -> Preproces
 
 
 def read_weights(
-    src: str | os.PathLike,
-    *,
-    layout: str = "auto",
-    arch: str | ViTConfig | dict | None = None,
-    labels: str | os.PathLike | Sequence[str] | None = None,
-    preprocess: PreprocessSpec | None = None,
+    src: str | os.PathLike, *, layout: str = "auto", arch: ArchArg = None
 ) -> tuple[dict[str, torch.Tensor], Weights]:
-    """A checkpoint's tensors under tinyvit's names and its weights record (the class names
-    checked against the head; the tensors are checked against the architecture where a model is
-    built, and by :func:`convert`).
+    """A checkpoint's tensors under tinyvit's names and its weights record, as the checkpoint and
+    its side files say (not yet checked against each other: :func:`prepare` does that).
 
-    The architecture comes from ``arch`` (a :class:`ViTConfig`, or a zoo name whose head count and
-    norm eps are taken, with the class count and image size of the tensors), else from the file's
-    own record or config, else from the tensors. ``labels`` (a list, a file or ``"imagenet-1k"``) and
-    ``preprocess`` override what the checkpoint says.
+    The architecture comes from ``arch`` (a :class:`ViTConfig`; a zoo or timm architecture name,
+    whose heads, eps and activation are taken with the class count and image size of the tensors;
+    or the fields nothing else states, ``{"num_heads": 6}``), else from the file's own record or
+    published config, else from the tensors and the library's definition — never guessed.
     """
     ckpt = read_checkpoint(src)
     what = repr(str(ckpt.path))
@@ -211,35 +212,104 @@ def read_weights(
     state, npz_heads = to_timm(ckpt.tensors, layout if ckpt.record is None else "timm")
     config = infer_config(ckpt, state, layout, npz_heads=npz_heads, arch=arch)
     zoo = zoo_weights(config, layout)
-    categories = parse_labels(labels) if labels is not None else _categories(ckpt, layout, config, zoo)
+    categories = _categories(ckpt, layout, config, zoo)
     if categories is not None and len(categories) != config.num_classes:
         raise WeightsError(f"{what}: {len(categories)} class names for a head of {config.num_classes} classes")
     if ckpt.record is not None:
-        source = ckpt.record.source
-    else:
-        source = Source(kind="file", layout=layout, filename=ckpt.path.name, path=str(ckpt.path))
-    base = ckpt.record or Weights(config=config, preprocess=None, categories=None, source=source)
-    record = replace(
-        base,
+        return state, replace(ckpt.record, config=config)
+    record = Weights(
         config=config,
+        preprocess=_preprocess(ckpt, layout, zoo),
         categories=categories if config.num_classes else None,
-        preprocess=preprocess or _preprocess(ckpt, layout, zoo),
-        source=source,
-        output=_output(ckpt, layout, config, categories, labels is not None),
+        source=Source(kind="file", layout=layout, filename=ckpt.path.name, path=str(ckpt.path)),
+        output=_output(layout, config, categories),
+        size_rule=size_rule(layout, registers=config.reg_tokens > 0),
     )
     return state, record
 
 
-def _output(ckpt: Checkpoint, layout: str, config: ViTConfig, categories, labelled: bool) -> str:
+def _output(layout: str, config: ViTConfig, categories: tuple[str, ...] | None) -> str:
     """What the model gives: class logits, or an image embedding (no head; a bias-free projection
     head as CLIP's; a timm CLIP image tower, whose head projects and names no classes)."""
-    if ckpt.record is not None and not labelled:
-        return ckpt.record.output
-    if labelled or (categories is not None and config.num_classes):
+    if categories is not None and config.num_classes:
         return "classes"
     if not config.num_classes or not config.head_bias or (layout == "timm" and config.pre_norm):
         return "embedding"
     return "classes"
+
+
+def with_overrides(
+    record: Weights, *, labels: LabelsArg = None, preprocess: PreprocessSpec | None = None, what: str = ""
+) -> Weights:
+    """The record with what the user states instead of the checkpoint: class names (``labels``:
+    a list, a file, ``"imagenet-1k"``; they make the model a classifier) and the preprocessing."""
+    if labels is not None:
+        categories = parse_labels(labels)
+        if len(categories) != record.config.num_classes:
+            head = record.config.num_classes
+            raise WeightsError(f"{what or record.spec}: {len(categories)} class names for a head of {head} classes")
+        record = replace(record, categories=categories, output="classes")
+    return record.with_overrides(preprocess=preprocess)
+
+
+# ---------------------------------------------------------------------------------------------
+# The one conversion step
+
+
+def prepare(
+    fetched: Fetched, *, layout: str = "auto", arch: ArchArg = None
+) -> tuple[dict[str, torch.Tensor], Weights]:
+    """A fetched checkpoint's tensors under tinyvit's names and its record, checked against each
+    other (see the module docstring: read in place, converted in memory, or converted once into the
+    cache). Zoo weights take the manifest's record and architecture; others what their files say
+    and ``arch``."""
+    zoo = fetched.record
+    if zoo is not None and zoo.source.layout == "timm":  # the zoo's own file: tinyvit's names, the manifest's record
+        return read_tensors(fetched.path), zoo
+    if zoo is not None:
+        layout, arch = zoo.source.layout, zoo.config
+    dst = None if fetched.key is None else _converted(fetched.key, zoo, arch, layout)
+    if dst is not None and (hit := _read_converted(dst)) is not None:
+        return hit
+    state, record = read_weights(fetched.path, layout=layout, arch=arch)
+    if zoo is not None:
+        record = replace(zoo, config=record.config)
+    elif fetched.origin:
+        record = replace(record, source=replace(record.source, **fetched.origin))
+    check_state_dict(record.config, state, f"{str(fetched.path)!r} ({record.source.layout} layout)")
+    if dst is not None and (record.source.layout != "timm" or fetched.temporary):
+        save(dst, state, record)  # atomic: a reader sees no file or the whole file
+        record = replace(record, source=replace(record.source, path=str(dst)))
+    return state, record
+
+
+def cached(key: str, zoo: Weights | None, arch: ArchArg) -> tuple[dict[str, torch.Tensor], Weights] | None:
+    """What :func:`prepare` made of the content ``key`` before (for zoo weights ``zoo``, or with the
+    stated ``arch``), or None."""
+    return _read_converted(_converted(key, zoo, arch, "auto"))
+
+
+def _converted(key: str, zoo: Weights | None, arch: ArchArg, layout: str) -> Path:
+    """Where conversion keeps a content key's tinyvit file: zoo weights by the manifest's
+    architecture and layout, others by the stated ``arch`` and ``layout``."""
+    if zoo is not None:
+        return converted_path(key, zoo.config.to_dict(), zoo.source.layout)
+    return converted_path(key, arch.to_dict() if isinstance(arch, ViTConfig) else arch, layout)
+
+
+def _read_converted(path: Path) -> tuple[dict[str, torch.Tensor], Weights] | None:
+    """What conversion wrote earlier (checked before it was written), or None: not there, or not
+    readable (then it is removed, and converted again)."""
+    if not path.is_file():
+        return None
+    try:
+        record = read_record(path, read_header(path))
+        if record is not None:
+            return read_tensors(path), record
+    except WeightsError:
+        pass  # a damaged cache file (a full disk, a crash of another writer): converted again below
+    path.unlink(missing_ok=True)
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -251,32 +321,28 @@ def convert(
     dst: str | os.PathLike,
     *,
     layout: str = "auto",
-    arch: str | ViTConfig | dict | None = None,
-    labels: str | os.PathLike | Sequence[str] | None = None,
+    arch: ArchArg = None,
+    labels: LabelsArg = None,
     preprocess: PreprocessSpec | None = None,
 ) -> Path:
-    """Convert a timm / Hugging Face / mmpretrain / JAX checkpoint to a tinyvit safetensors file,
-    whose header carries the weights record, so ``tinyvit.load(dst)`` needs nothing else.
+    """Convert a timm / Hugging Face / mmpretrain / JAX / open_clip / DINOv2 checkpoint to a tinyvit
+    safetensors file, whose header carries the weights record, so ``tinyvit.load(dst)`` needs
+    nothing else.
 
-    ``arch``, ``labels`` and ``preprocess``: see :func:`read_weights`. The record's source keeps
-    the original file's name, layout and SHA-256.
+    ``arch``: see :func:`read_weights`; ``labels`` and ``preprocess`` state what the checkpoint
+    does not say, or override it. The record's source keeps the original file's name, layout and
+    SHA-256.
     """
     dst = Path(dst)
     if dst.is_dir():
         raise WeightsError(f"{str(dst)!r} is a folder; give the output file's path")
     if dst.suffix != ".safetensors":
         raise WeightsError(f"{str(dst)!r}: the output is a safetensors file; name it *.safetensors")
-    state, record = read_weights(src, layout=layout, arch=arch, labels=labels, preprocess=preprocess)
-    check_state_dict(record.config, state, f"{str(src)!r} ({record.source.layout} layout)")
+    state, record = prepare(Fetched(Path(src)), layout=layout, arch=arch)
+    record = with_overrides(record, labels=labels, preprocess=preprocess, what=repr(str(src)))
     source = record.source
     if source.kind == "file" and source.sha256 is None:
-        weights_file = _weights_file(Path(src))
+        weights_file = weights_file_of(Path(src))
         if weights_file is not None:
             source = replace(source, sha256=sha256_file(weights_file))
     return save(dst, state, replace(record, source=source))
-
-
-def _weights_file(src: Path) -> Path | None:
-    if src.is_file():
-        return src
-    return next((src / n for n in WEIGHTS_FILES if (src / n).is_file()), None)

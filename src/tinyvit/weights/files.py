@@ -26,7 +26,10 @@ from tinyvit.core.fsutil import atomic_path
 from tinyvit.images.spec import PreprocessSpec
 from tinyvit.weights.record import NAMED_LABEL_SETS, Source, Weights
 
-__all__ = ["META_RECORD", "Checkpoint", "read_checkpoint", "read_header", "read_record", "read_tensors", "save"]
+__all__ = [
+    "META_RECORD", "WEIGHTS_FILES", "Checkpoint", "read_checkpoint", "read_header", "read_record", "read_tensors",
+    "save", "weights_file_of",
+]  # fmt: skip
 
 META_RECORD = "tinyvit.weights"
 # the header keys of files written by tinyvit 0.1, still read
@@ -211,6 +214,14 @@ def _read_configs(ckpt: Checkpoint, folder: Path) -> None:
 WEIGHTS_FILES = ("model.safetensors", "open_clip_model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
 
 
+def weights_file_of(path: Path) -> Path | None:
+    """The weights file a checkpoint path names: the file itself, or a folder's first of
+    :data:`WEIGHTS_FILES` (None: a folder without one, such as a sharded checkpoint's)."""
+    if path.is_file():
+        return path
+    return next((path / n for n in WEIGHTS_FILES if (path / n).is_file()), None)
+
+
 def read_checkpoint(src: str | os.PathLike) -> Checkpoint:
     """Read a checkpoint: a safetensors / .pth / .bin / .npz file, or a folder holding one (an HF
     ``save_pretrained`` folder, a timm Hub snapshot), with the configs published beside it."""
@@ -218,11 +229,10 @@ def read_checkpoint(src: str | os.PathLike) -> Checkpoint:
     if not path.exists():
         raise WeightsError(f"{str(path)!r}: no such file or folder")
     if path.is_dir():
-        for name in WEIGHTS_FILES:
-            if (path / name).is_file():
-                ckpt = read_checkpoint(path / name)
-                ckpt.path = path
-                return ckpt
+        if (weights := weights_file_of(path)) is not None:
+            ckpt = read_checkpoint(weights)
+            ckpt.path = path
+            return ckpt
         if (path / "model.safetensors.index.json").is_file():
             index = json.loads((path / "model.safetensors.index.json").read_text(encoding="utf-8"))
             tensors: dict = {}

@@ -12,14 +12,14 @@ from __future__ import annotations
 import difflib
 import functools
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 from tinyvit.core.config import ViTConfig
 from tinyvit.core.errors import UnknownModelError
-from tinyvit.images.spec import PreprocessSpec
-from tinyvit.weights.record import LAYOUTS, NAMED_LABEL_SETS, SIZE_RULES, Metrics, Source, Weights
+from tinyvit.images.spec import PreprocessSpec, size_rule
+from tinyvit.weights.record import LAYOUTS, NAMED_LABEL_SETS, Metrics, Source, Weights
 
 __all__ = [
     "ModelEntry",
@@ -126,9 +126,8 @@ def _parse_weights(model: str, m: dict, arch: ViTConfig, categories: tuple[str, 
             kind=kind, layout=d["layout"], repo_id=d.get("repo_id"), filename=d.get("filename"),
             revision=d.get("revision"), url=d.get("url"), sha256=d["sha256"], sha256_prefix=d.get("sha256_prefix"),
         )  # fmt: skip
-        pad, resize = SIZE_RULES[d["layout"]]  # other input sizes: as the weights' own library handles them
         return Weights(
-            config=replace(arch, dynamic_img_pad=pad, pos_embed_resize=resize),
+            config=arch,
             preprocess=PreprocessSpec.from_dict(d["preprocess"]),
             categories=categories,
             source=source,
@@ -138,6 +137,7 @@ def _parse_weights(model: str, m: dict, arch: ViTConfig, categories: tuple[str, 
             license=d["license"],
             note=d.get("note"),
             output=m.get("output", "classes"),
+            size_rule=size_rule(d["layout"], registers=arch.reg_tokens > 0),  # other sizes: as its library does
         )
     except (ValueError, TypeError, KeyError) as e:
         raise ValueError(f"{where}: {e}") from e

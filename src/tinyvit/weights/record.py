@@ -24,26 +24,21 @@ from typing import Any
 
 from tinyvit.core.config import ViTConfig
 from tinyvit.core.errors import TinyViTError
-from tinyvit.images.spec import PreprocessSpec
+from tinyvit.images.spec import PreprocessSpec, SizeRule
 
 __all__ = [
     "LAYOUTS",
-    "SIZE_RULES",
     "Fit",
     "Metrics",
     "Source",
     "Weights",
+    "LabelsArg",
     "imagenet_classes",
     "parse_labels",
 ]
 
-LAYOUTS = ("timm", "hf", "mmpretrain", "npz", "open_clip", "dinov2")
-# What each layout's home library does with an input of another size: (zero-pad to whole patches,
-# or drop the remainder; how the position embedding is resampled: config.POS_EMBED_RESIZES)
-SIZE_RULES = {
-    "timm": (False, "bicubic_aa"), "hf": (False, "bicubic"), "mmpretrain": (True, "bicubic"),
-    "npz": (True, "bicubic"), "open_clip": (False, "bicubic"), "dinov2": (False, "dinov2"),
-}  # fmt: skip
+LabelsArg = str | os.PathLike | Sequence[str] | None  # class names: a list, a file, or a named set ("imagenet-1k")
+LAYOUTS = ("timm", "hf", "mmpretrain", "npz", "open_clip", "dinov2")  # images.spec.SIZE_RULES has one rule each
 SOURCE_KINDS = ("hub", "url", "file", "init")
 OUTPUTS = ("classes", "embedding")
 RECORD_FORMAT = 1
@@ -170,6 +165,7 @@ class Weights:
     note: str | None = None
     output: str = "classes"
     fit: Fit | None = None  # a head fitted by `tinyvit fit`: on what, how well
+    size_rule: SizeRule = SizeRule()  # what the home library does with other input sizes (timm's by default)
 
     def __post_init__(self) -> None:
         if self.output not in OUTPUTS:
@@ -218,6 +214,7 @@ class Weights:
             "note": self.note,
             **({"output": self.output} if self.output != "classes" else {}),  # older readers know only classes
             **({"fit": self.fit.to_dict()} if self.fit is not None else {}),
+            "size_rule": self.size_rule.to_dict(),
         }
 
     def to_json(self) -> str:
@@ -231,6 +228,7 @@ class Weights:
         if unknown := sorted(set(d) - known):
             raise ValueError(f"unknown weights record field(s): {', '.join(unknown)}")
         pre, metrics = d.get("preprocess"), d.get("metrics")
+        rule = d.get("size_rule")  # tinyvit 0.1 kept it in the config
         return cls(
             config=ViTConfig.from_dict(d["config"]),
             preprocess=None if pre is None else PreprocessSpec.from_dict(pre),
@@ -243,6 +241,7 @@ class Weights:
             note=d.get("note"),
             output=d.get("output", "classes"),
             fit=None if d.get("fit") is None else Fit.from_dict(d["fit"]),
+            size_rule=SizeRule.from_legacy_config(d["config"]) if rule is None else SizeRule.from_dict(rule),
         )
 
     @classmethod

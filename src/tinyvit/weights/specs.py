@@ -37,6 +37,13 @@ class ZooSpec:
     def __str__(self) -> str:
         return self.record.spec
 
+    @property
+    def content_key(self) -> str | None:
+        """The identity of the content it names, known without the network (a URL file's pinned
+        SHA-256), or None (a Hub file: its content is known once fetched)."""
+        src = self.record.source
+        return f"zoo:{self.record.spec}:{src.sha256 or src.sha256_prefix or ''}" if src.kind == "url" else None
+
 
 @dataclass(frozen=True)
 class PathSpec:
@@ -69,6 +76,11 @@ class UrlSpec:
 
     def __str__(self) -> str:
         return self.url
+
+    @property
+    def content_key(self) -> str:
+        """What is downloaded from the URL, known by the URL (a converted copy is kept by it)."""
+        return f"url:{self.url}"
 
 
 ModelSpec = ZooSpec | PathSpec | HubSpec | UrlSpec
