@@ -170,6 +170,27 @@ def train_spiece(path: Path) -> None:
     path.write_bytes(model.getvalue())
 
 
+def train_gemma_like(path: Path) -> None:
+    """A small BPE sentencepiece model shaped like Gemma's (SigLIP 2's tokenizer): <pad> 0, <eos> 1,
+    <bos> 2, <unk> 3, <mask>, byte fallback, digits split, no dummy prefix, no normalization."""
+    import io
+
+    import sentencepiece as spm
+    from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES
+
+    lines = [t(c) for c in IMAGENET_CLASSNAMES for t in OPENAI_IMAGENET_TEMPLATES[::8]]
+    lines += ["東京タワーの写真 北京烤鸭 한국어 문장 русский текст Crème brûlée naïve café"] * 3
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines), model_writer=model, vocab_size=1500, model_type="bpe", pad_id=0, eos_id=1,
+        bos_id=2, unk_id=3, pad_piece="<pad>", eos_piece="<eos>", bos_piece="<bos>", unk_piece="<unk>",
+        user_defined_symbols=["<mask>"], byte_fallback=True, split_digits=True, add_dummy_prefix=False,
+        remove_extra_whitespaces=False, normalization_rule_name="identity", allow_whitespace_only_pieces=True,
+        character_coverage=1.0, num_threads=1, minloglevel=2, hard_vocab_limit=False,
+    )  # fmt: skip
+    path.write_bytes(model.getvalue())
+
+
 def clip_vocab_files(folder: Path) -> dict[str, str]:
     """vocab.json + merges.txt as OpenAI's transformers repos have them, from open_clip's BPE file:
     open_clip's vocabulary with <start_of_text>/<end_of_text> named <|startoftext|>/<|endoftext|>."""
@@ -252,19 +273,56 @@ def tokenizer_cases(texts: list[str], rows: list[int], tmp: Path) -> dict[str, d
     run("open_clip_hf_siglip", hf, "open_clip.get_tokenizer('local-dir:' + folder)(texts)  # HFTokenizer, "
         "canonicalize, 64", hf.tokenizer.pad_token_id, files=sorted(os.listdir(FILES / "open_clip_siglip")),
         context_length=64)  # fmt: skip
+    gemma_cases(run, texts, tmp)
     return cases
+
+
+def gemma_cases(run, texts: list[str], tmp: Path) -> None:
+    """SigLIP 2: a Gemma-style tokenizer.json (GemmaTokenizer, no bos, eos appended, padded right) read by
+    transformers as Siglip2Tokenizer (a folder whose config.json says siglip2: lowercase added) and by
+    open_clip's HFTokenizer (canonicalize, 64)."""
+    import open_clip
+    from transformers import AutoTokenizer, GemmaTokenizer, Siglip2Config
+
+    (tmp / "gemma").mkdir()
+    train_gemma_like(tmp / "gemma" / "tokenizer.model")
+    gemma = GemmaTokenizer.from_pretrained(str(tmp / "gemma"), add_bos_token=False, add_eos_token=True,
+                                           padding_side="right")  # fmt: skip
+    for sub in ("hf_siglip2", "open_clip_siglip2"):
+        gemma.save_pretrained(str(FILES / sub))
+        config = json.loads((FILES / sub / "tokenizer_config.json").read_text())
+        config.pop("vocab_file", None)  # the temporary folder it was made from
+        (FILES / sub / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    Siglip2Config(text_config=dict(HF_TEXT, vocab_size=len(gemma), max_position_embeddings=64),
+                  vision_config=HF_VISION).save_pretrained(str(FILES / "hf_siglip2"))  # fmt: skip
+    sig2 = AutoTokenizer.from_pretrained(str(FILES / "hf_siglip2"))
+    assert type(sig2).__name__ == "Siglip2Tokenizer" and sig2.padding_side == "right", (type(sig2), sig2.padding_side)
+    kw64 = dict(padding="max_length", max_length=64, truncation=True, return_tensors="pt")
+    run("hf_siglip2_tokenizer_json", sig2(texts, **kw64), "AutoTokenizer.from_pretrained(folder with a siglip2 "
+        "config.json)(texts, padding='max_length', max_length=64, truncation=True)", sig2.pad_token_id,
+        files=sorted(os.listdir(FILES / "hf_siglip2")), context_length=64)  # fmt: skip
+    (FILES / "open_clip_siglip2" / "open_clip_config.json").write_text(
+        json.dumps(oc_siglip_config(len(gemma), tanh=True, name="timm/ViT-B-16-SigLIP2"), indent=2))
+    hf = open_clip.get_tokenizer(f"local-dir:{FILES / 'open_clip_siglip2'}")
+    assert type(hf).__name__ == "HFTokenizer" and type(hf.tokenizer).__name__ == "GemmaTokenizer", hf.tokenizer
+    run("open_clip_hf_siglip2", hf, "open_clip.get_tokenizer('local-dir:' + folder)(texts)  # HFTokenizer "
+        "(GemmaTokenizer), canonicalize, 64", hf.tokenizer.pad_token_id,
+        files=sorted(os.listdir(FILES / "open_clip_siglip2")), context_length=64)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------
 # (b) text towers
 
+HF_VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32,
+                 patch_size=16)  # fmt: skip
+HF_TEXT = dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4)
 OC_VISION = dict(image_size=32, layers=1, width=32, patch_size=16, head_width=16)  # tiny: the text tower matters
 
 
-def oc_siglip_config(vocab_size: int, tanh: bool = False) -> dict:
+def oc_siglip_config(vocab_size: int, tanh: bool = False, name: str = "timm/ViT-B-16-SigLIP") -> dict:
     """An open_clip SigLIP config as its ViT-B-16-SigLIP(2).json, small; the tokenizer is the
     tokenizer.json in the folder (open_clip reads it there for 'local-dir:')."""
-    text = dict(context_length=64, vocab_size=vocab_size, hf_tokenizer_name="timm/ViT-B-16-SigLIP",
+    text = dict(context_length=64, vocab_size=vocab_size, hf_tokenizer_name=name,
                 tokenizer_kwargs={"clean": "canonicalize"}, **SMALL_TEXT, no_causal_mask=True, proj_bias=True,
                 pool_type="last", norm_kwargs={"eps": 1e-6})  # fmt: skip
     if tanh:
@@ -310,17 +368,19 @@ def token_set(tok_out, texts: list[str]) -> dict:
     return {"texts": texts, "ids": tok_out["input_ids"].tolist(), "attention_mask": tok_out["attention_mask"].tolist()}
 
 
-def open_clip_model_cases(fx: Fixture, tmp: Path, vocab_size: int) -> None:
+def open_clip_model_cases(fx: Fixture, tmp: Path) -> None:
     import open_clip
     from open_clip.push_to_hf_hub import save_for_hf
 
     cases = {
         "oc_clip_quickgelu": (oc_clip_config(True), "open_clip", None),
         "oc_clip": (oc_clip_config(False), "open_clip", None),
-        "oc_siglip": (oc_siglip_config(vocab_size), "open_clip_custom", FILES / "open_clip_siglip"),
-        "oc_siglip_tanh": (oc_siglip_config(vocab_size, tanh=True), "open_clip_custom", FILES / "open_clip_siglip"),
+        "oc_siglip": (json.loads((FILES / "open_clip_siglip" / "open_clip_config.json").read_text()),
+                      "open_clip_custom", "open_clip_hf_siglip"),
+        "oc_siglip2": (json.loads((FILES / "open_clip_siglip2" / "open_clip_config.json").read_text()),
+                       "open_clip_custom", "open_clip_hf_siglip2"),
     }
-    for name, (config, layout, tok_folder) in cases.items():
+    for name, (config, layout, tok_case) in cases.items():
         boot = tmp / f"{name}_boot"
         boot.mkdir()
         (boot / "open_clip_config.json").write_text(json.dumps(config))
@@ -333,14 +393,16 @@ def open_clip_model_cases(fx: Fixture, tmp: Path, vocab_size: int) -> None:
         disk_keys, _ = safetensors_keys(folder / "open_clip_model.safetensors")
         assert disk_keys == keys, name
         loaded = open_clip.create_model(f"local-dir:{folder}").eval()
-        tok = open_clip.get_tokenizer(f"local-dir:{tok_folder}") if tok_folder else open_clip.get_tokenizer("ViT-B-32")
+        folder_of = {"open_clip_hf_siglip": "open_clip_siglip", "open_clip_hf_siglip2": "open_clip_siglip2"}
+        spec = f"local-dir:{FILES / folder_of[tok_case]}" if tok_case else "ViT-B-32"
+        tok = open_clip.get_tokenizer(spec)
         ids = tok(PROMPTS)
         text = loaded.text if layout == "open_clip_custom" else loaded
         case = {
             "library": "open_clip", "layout": layout,
             "files": {"open_clip_config.json": (folder / "open_clip_config.json").read_text()},
             "keys": keys, "buffers": buffers_of(text if layout == "open_clip_custom" else loaded),
-            "tokenizer": "open_clip_hf_siglip" if tok_folder else "open_clip_simple",
+            "tokenizer": tok_case or "open_clip_simple",
             "token_sets": {"open_clip": token_set(ids, PROMPTS)},
             "logit_scale": float(loaded.logit_scale), "logit_bias": None if loaded.logit_bias is None
             else float(loaded.logit_bias),
@@ -355,13 +417,30 @@ def open_clip_model_cases(fx: Fixture, tmp: Path, vocab_size: int) -> None:
                                             loaded.encode_text(ids, normalize=False))})  # fmt: skip
 
 
-def hf_model_cases(fx: Fixture, tmp: Path, vocab_size: int) -> None:
-    from transformers import AutoTokenizer, CLIPConfig, CLIPModel, SiglipConfig, SiglipModel
+def hf_tokens(name: str) -> tuple[str, dict]:
+    """The tokenizer case and the token sets of a transformers case, as its processor and the zero-shot
+    pipeline make them."""
+    from transformers import AutoTokenizer
 
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32,
-                  patch_size=16)  # fmt: skip
-    text = dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4)
-    clip_tok = FILES / "hf_clip"
+    if name.startswith("hf_siglip"):
+        case = "hf_siglip2_tokenizer_json" if name == "hf_siglip2" else "hf_siglip_spiece"
+        tok = AutoTokenizer.from_pretrained(str(FILES / ("hf_siglip2" if name == "hf_siglip2" else "hf_siglip")))
+        return case, {"pipeline": tok(PROMPTS, padding="max_length", max_length=64, truncation=True,
+                                      return_tensors="pt")}  # fmt: skip
+    with tempfile.TemporaryDirectory() as d:
+        packed = (FILES / "hf_clip" / "tokenizer.json.gz").read_bytes()
+        (Path(d) / "tokenizer.json").write_bytes(gzip.decompress(packed))
+        shutil.copy(FILES / "hf_clip" / "tokenizer_config.json", Path(d) / "tokenizer_config.json")
+        tok = AutoTokenizer.from_pretrained(d)
+    kw = dict(padding="max_length", max_length=77, truncation=True, return_tensors="pt")
+    pipeline = tok(PROMPTS[:5], padding=True, return_tensors="pt")  # the pipeline's padding; no long text
+    return "hf_clip_tokenizer_json", {"max_length": tok(PROMPTS, **kw), "pipeline": pipeline}
+
+
+def hf_model_cases(fx: Fixture, tmp: Path, vocab_size: int) -> None:
+    from transformers import CLIPConfig, CLIPModel, Siglip2Config, Siglip2Model, SiglipConfig, SiglipModel
+
+    text, vision = HF_TEXT, HF_VISION
     cases = {
         "hf_clip": (CLIPModel, CLIPConfig(text_config=dict(**text, vocab_size=49408, max_position_embeddings=77),
                                           vision_config=vision, projection_dim=32)),
@@ -369,6 +448,7 @@ def hf_model_cases(fx: Fixture, tmp: Path, vocab_size: int) -> None:
                                max_position_embeddings=77, eos_token_id=2), vision_config=vision, projection_dim=32)),
         "hf_siglip": (SiglipModel, SiglipConfig(text_config=dict(**text, vocab_size=vocab_size,
                                                                  max_position_embeddings=64), vision_config=vision)),
+        "hf_siglip2": (Siglip2Model, Siglip2Config.from_pretrained(str(FILES / "hf_siglip2"))),
     }  # fmt: skip
     for name, (cls, config) in cases.items():
         model = cls(config).eval()
@@ -378,17 +458,7 @@ def hf_model_cases(fx: Fixture, tmp: Path, vocab_size: int) -> None:
         save_file(filled_state(keys), str(folder / "model.safetensors"), metadata=meta)
         loaded = cls.from_pretrained(str(folder)).eval()
         siglip = name.startswith("hf_siglip")
-        if siglip:
-            tok = AutoTokenizer.from_pretrained(str(FILES / "hf_siglip"))
-            sets = {"pipeline": tok(PROMPTS, padding="max_length", max_length=64, truncation=True, return_tensors="pt")}
-        else:
-            with tempfile.TemporaryDirectory() as d:
-                (Path(d) / "tokenizer.json").write_bytes(gzip.decompress((clip_tok / "tokenizer.json.gz").read_bytes()))
-                shutil.copy(clip_tok / "tokenizer_config.json", Path(d) / "tokenizer_config.json")
-                tok = AutoTokenizer.from_pretrained(d)
-            kw = dict(padding="max_length", max_length=77, truncation=True, return_tensors="pt")
-            sets = {"max_length": tok(PROMPTS, **kw),
-                    "pipeline": tok(PROMPTS[:5], padding=True, return_tensors="pt")}  # the pipeline's; no long text
+        tok_case, sets = hf_tokens(name)
         outputs = {}
         for set_name, enc in sets.items():
             feats = loaded.get_text_features(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
@@ -404,7 +474,7 @@ def hf_model_cases(fx: Fixture, tmp: Path, vocab_size: int) -> None:
             "library": "transformers", "layout": "hf", "class": cls.__name__,
             "files": {"config.json": (folder / "config.json").read_text()},
             "keys": keys, "buffers": buffers_of(loaded),
-            "tokenizer": "hf_siglip_spiece" if siglip else "hf_clip_tokenizer_json",
+            "tokenizer": tok_case,
             "token_sets": {k: token_set(v, PROMPTS if k != "pipeline" or siglip else PROMPTS[:5])
                            for k, v in sets.items()},
             "logit_scale": float(loaded.logit_scale), "logit_bias": float(loaded.logit_bias) if siglip else None,
@@ -472,7 +542,7 @@ def main() -> None:
     print("reference versions:", versions, flush=True)
     if FILES.exists():
         shutil.rmtree(FILES)
-    for sub in ("hf_clip", "hf_siglip", "open_clip_siglip"):
+    for sub in ("hf_clip", "hf_siglip", "open_clip_siglip", "hf_siglip2", "open_clip_siglip2"):
         (FILES / sub).mkdir(parents=True)
     texts, n_hard = corpus()
     rows = kept_rows(len(texts), n_hard)
@@ -483,7 +553,7 @@ def main() -> None:
         tokenizers_ = tokenizer_cases(texts, rows, tmp)
         vocab = spm_vocab_size(FILES / "hf_siglip" / "spiece.model")
         print("open_clip", flush=True)
-        open_clip_model_cases(fx, tmp, vocab)
+        open_clip_model_cases(fx, tmp)
         print("transformers", flush=True)
         hf_model_cases(fx, tmp, vocab)
     fixture = {

@@ -79,8 +79,10 @@ def build_tokenizer(name: str, folders: dict[str, Path]) -> T.Tokenizer:
         return T.tokenizer_from_files(folders["json"], "clip")
     if name == "hf_siglip_spiece":
         return T.tokenizer_from_files(FILES / "hf_siglip", "siglip")
-    config = json.loads((FILES / "open_clip_siglip" / "open_clip_config.json").read_text())
-    return T.open_clip_tokenizer(config, FILES / "open_clip_siglip")
+    if name == "hf_siglip2_tokenizer_json":
+        return T.tokenizer_from_files(FILES / "hf_siglip2", "siglip2")
+    folder = FILES / {"open_clip_hf_siglip": "open_clip_siglip", "open_clip_hf_siglip2": "open_clip_siglip2"}[name]
+    return T.open_clip_tokenizer(json.loads((folder / "open_clip_config.json").read_text()), folder)
 
 
 def sha256_int32(t: torch.Tensor) -> str:

@@ -37,6 +37,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from tinyvit.core.errors import TinyViTError
@@ -128,14 +129,15 @@ class Tokenizer:
             if not isinstance(t, str):
                 raise TinyViTError(f"text {i}: expected a str, got {type(t).__name__}")
         L = self.context_length
-        ids = torch.full((len(texts), L), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(texts), L), dtype=torch.long)
-        for i, row in enumerate(self.encode_batch(texts)):
-            n = len(row)
-            span = slice(0, n) if self.padding_side == "right" else slice(L - n, L)
-            ids[i, span] = torch.tensor(row, dtype=torch.long)
-            mask[i, span] = 1
-        return TokenBatch(ids, mask)
+        rows = self.encode_batch(texts)
+        lengths = np.array([len(row) for row in rows], dtype=np.int64)
+        flat = np.fromiter((i for row in rows for i in row), dtype=np.int64, count=int(lengths.sum()))
+        position = np.arange(L)[None, :]  # (1, L)
+        start = 0 if self.padding_side == "right" else L - lengths[:, None]  # where each text begins
+        mask = (position >= start) & (position < start + lengths[:, None])  # (N, L)
+        ids = np.full((len(rows), L), self.pad_id, dtype=np.int64)
+        ids[mask] = flat  # row by row, left to right: each text's ids in order
+        return TokenBatch(torch.from_numpy(ids), torch.from_numpy(mask.astype(np.int64)))
 
     def __call__(self, texts: str | list[str]) -> torch.Tensor:
         """Texts → ids (N, context_length), int64."""
@@ -398,15 +400,19 @@ def _token_id(backend, token: str, where: Path) -> int:
 def tokenizer_from_files(folder: str | Path, family: str, *, context_length: int | None = None) -> Tokenizer:
     """The tokenizer transformers' processor uses for a saved ``CLIPModel`` / ``SiglipModel`` folder,
     with the padding its ``zero-shot-image-classification`` pipeline applies. ``family``: "clip" or
-    "siglip". CLIP: ``tokenizer.json``, else ``vocab.json`` + ``merges.txt``; padded with its pad token
-    (``<|endoftext|>`` by default) to ``context_length`` (default ``model_max_length``, 77). SigLIP:
-    ``spiece.model`` (transformers' ``SiglipTokenizer``), padded with ``</s>`` to 64, as the pipeline does."""
+    "siglip" or "siglip2". CLIP: ``tokenizer.json``, else ``vocab.json`` + ``merges.txt``; padded with its
+    pad token (``<|endoftext|>`` by default) to ``context_length`` (default ``model_max_length``, 77).
+    SigLIP: ``spiece.model`` (transformers' ``SiglipTokenizer``), padded with ``</s>`` to 64, as the
+    pipeline does. SigLIP 2: the Gemma ``tokenizer.json`` as ``Siglip2Tokenizer`` reads it (lowercase
+    first), padded with ``<pad>`` to 64."""
     folder = Path(folder)
     if family == "clip":
         return _clip_from_files(folder, context_length)
     if family == "siglip":
         return _siglip_from_files(folder, context_length)
-    raise TinyViTError(f"{folder}: no tokenizer rules for the family {family!r} (clip, siglip)")
+    if family == "siglip2":
+        return _siglip2_from_files(folder, context_length)
+    raise TinyViTError(f"{folder}: no tokenizer rules for the family {family!r} (clip, siglip, siglip2)")
 
 
 def _clip_from_files(folder: Path, context_length: int | None) -> Tokenizer:
@@ -440,3 +446,29 @@ def _siglip_from_files(folder: Path, context_length: int | None) -> Tokenizer:
         special={k: settings[k] for k in ("eos", "unk", "pad")},
         do_lower_case=bool(settings.get("do_lower_case", True)),
     )
+
+
+def _siglip2_from_files(folder: Path, context_length: int | None) -> Tokenizer:
+    """transformers 5's ``Siglip2Tokenizer``: the Gemma tokenizer's vocabulary, merges, added tokens and
+    post-processor from ``tokenizer.json``, its own normalizer (lowercase, spaces to ``▁``) and split on
+    spaces; the post-processor rebuilt when tokenizer_config.json sets ``add_bos_token`` / ``add_eos_token``."""
+    path = folder / "tokenizer.json"
+    if not path.is_file():
+        raise TinyViTError(f"{folder}: no tokenizer.json (SigLIP 2's Gemma tokenizer)")
+    tk = _require("tokenizers")
+    from tokenizers import normalizers, pre_tokenizers, processors
+
+    backend = tk.Tokenizer.from_file(str(path))
+    backend.normalizer = normalizers.Sequence([normalizers.Lowercase(), normalizers.Replace(" ", "▁")])
+    backend.pre_tokenizer = pre_tokenizers.Split(" ", behavior="merged_with_previous", invert=False)
+    settings = _special_tokens(folder, {"bos": "<bos>", "eos": "<eos>", "pad": "<pad>"})
+    if "add_bos_token" in settings or "add_eos_token" in settings:  # transformers' update_post_processor
+        bos, eos = settings["bos"], settings["eos"]
+        add_bos, add_eos = bool(settings.get("add_bos_token")), bool(settings.get("add_eos_token"))
+        single = f"{bos + ':0 ' if add_bos else ''}$A:0{' ' + eos + ':0' if add_eos else ''}"
+        pair = f"{single}{' ' + bos + ':1' if add_bos else ''} $B:1{' ' + eos + ':1' if add_eos else ''}"
+        special = [(t, _token_id(backend, t, path)) for t, used in ((bos, add_bos), (eos, add_eos)) if used]
+        backend.post_processor = processors.TemplateProcessing(single=single, pair=pair, special_tokens=special)
+    return HFTokenizer(backend, context_length=context_length or 64, pad_id=_token_id(backend, settings["pad"], path),
+                       eos_id=_token_id(backend, settings["eos"], path), uses_attention_mask=True,
+                       padding_side=settings.get("padding_side", "left"), kind="tokenizer.json (SigLIP 2)")  # fmt: skip
