@@ -511,6 +511,41 @@ def zero_shot_data() -> dict:
     }
 
 
+def pipeline_mask_fact() -> dict:
+    """Whether transformers' zero-shot-image-classification pipeline passes SigLIP's padding mask to the
+    text tower: its scores against the sigmoid scores recomputed with and without the mask (a small
+    SiglipModel with seeded normal weights, the hf_siglip tokenizer, one random 40x40 image)."""
+    from PIL import Image
+    from transformers import AutoTokenizer, SiglipConfig, SiglipImageProcessor, SiglipModel, pipeline
+
+    torch.manual_seed(0)
+    tok = AutoTokenizer.from_pretrained(str(FILES / "hf_siglip"))
+    config = SiglipConfig(text_config=dict(HF_TEXT, vocab_size=len(tok), max_position_embeddings=64),
+                          vision_config=dict(HF_VISION, hidden_size=64, num_attention_heads=4))  # fmt: skip
+    model = SiglipModel(config).eval()
+    for p in model.parameters():
+        p.data.normal_(0, 0.3)
+    processor = SiglipImageProcessor(size={"height": 32, "width": 32})
+    image = Image.fromarray((np.random.RandomState(0).rand(40, 40, 3) * 255).astype("uint8"))
+    labels = ["cat", "dog", "a red car"]
+    pipe = pipeline("zero-shot-image-classification", model=model, tokenizer=tok, image_processor=processor)
+    got = {o["label"]: o["score"] for o in pipe(image, candidate_labels=labels)}
+    image_emb = model.get_image_features(pixel_values=processor(images=[image], return_tensors="pt")["pixel_values"])
+    image_emb = torch.nn.functional.normalize(image_emb.pooler_output, dim=-1)
+    enc = tok([f"This is a photo of {x}." for x in labels], padding="max_length", max_length=64, truncation=True,
+              return_tensors="pt")  # fmt: skip
+    scores = {}
+    for how, mask in (("with_mask", enc["attention_mask"]), ("without_mask", None)):
+        text = model.get_text_features(input_ids=enc["input_ids"], attention_mask=mask).pooler_output
+        logits = image_emb @ torch.nn.functional.normalize(text, dim=-1).T * model.logit_scale.exp() + model.logit_bias
+        scores[how] = torch.sigmoid(logits)[0].tolist()
+    pipeline_scores = [got[x] for x in labels]
+    uses = bool(np.allclose(pipeline_scores, scores["with_mask"], atol=1e-6))
+    assert uses != bool(np.allclose(pipeline_scores, scores["without_mask"], atol=1e-6))
+    return {"siglip_pipeline_uses_attention_mask": uses, "pipeline_scores": pipeline_scores, **scores,
+            "how": pipeline_mask_fact.__doc__.split("\n")[0].strip()}  # fmt: skip
+
+
 def hf_defaults() -> dict:
     from transformers import CLIPConfig, CLIPTextConfig, Siglip2TextConfig, SiglipTextConfig
 
@@ -567,6 +602,7 @@ def main() -> None:
         "prompts": PROMPTS,
         "cases": fx.cases,
         "hf_text_config_defaults": hf_defaults(),
+        "pipeline_facts": pipeline_mask_fact(),
     }
     (OUT / "text.json").write_text(json.dumps(fixture, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     save_file(fx.tensors, str(OUT / "text.safetensors"), metadata={"generated_by": "scripts/make_text_fixtures.py"})

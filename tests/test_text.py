@@ -130,6 +130,23 @@ def test_a_text_call_without_the_extra_says_which_pip_install():
     assert 'pip install "tinyvit[text]"' in out.stdout and "tokenizers" in out.stdout, out.stdout
 
 
+def test_a_folder_gets_the_tokenizer_its_library_picks(tmp_path, folders):
+    for sub, kind in (("open_clip_siglip", T.HFTokenizer), ("open_clip_siglip2", T.HFTokenizer),
+                      ("hf_siglip2", T.HFTokenizer)):  # fmt: skip
+        tok = T.tokenizer_for_folder(FILES / sub)
+        assert isinstance(tok, kind) and tok.uses_attention_mask == (sub == "hf_siglip2"), sub
+    for src, model_type, kind in ((FILES / "hf_siglip", "siglip", T.SentencePieceTokenizer),
+                                  (folders["json"], "clip", T.HFTokenizer)):  # fmt: skip
+        folder = tmp_path / model_type
+        shutil.copytree(src, folder)
+        (folder / "config.json").write_text(json.dumps({"model_type": model_type}))
+        assert isinstance(T.tokenizer_for_folder(folder), kind), model_type
+    (tmp_path / "vit").mkdir()
+    (tmp_path / "vit" / "config.json").write_text(json.dumps({"model_type": "vit"}))
+    with pytest.raises(TinyViTError, match="'vit' has no text tower"):
+        T.tokenizer_for_folder(tmp_path / "vit")
+
+
 def test_tokenizer_errors_name_the_input(tmp_path):
     with pytest.raises(TinyViTError, match="text 1: expected a str"):
         T.SimpleTokenizer()(["fine", 3])
@@ -219,6 +236,14 @@ def test_the_config_readers_match_what_the_libraries_built(towers):
             ours["projection_size"] = ours["projection_size"] or ours["hidden_size"]
         assert ours == defaults[family], family
     assert L.HF_TEXT_DEFAULTS["clip"]["projection_dim"] == defaults["clip_model_projection_dim"]
+
+
+def test_transformers_tokenizers_ask_for_the_padding_mask_as_its_pipeline_passes_it(folders):
+    assert FX["pipeline_facts"]["siglip_pipeline_uses_attention_mask"] is True
+    for name in ("hf_siglip_spiece", "hf_siglip2_tokenizer_json", "hf_clip_tokenizer_json"):
+        assert build_tokenizer(name, folders).uses_attention_mask, name
+    for name in ("open_clip_simple", "open_clip_hf_siglip", "open_clip_hf_siglip2"):
+        assert not build_tokenizer(name, folders).uses_attention_mask, name  # open_clip never passes one
 
 
 def test_siglips_padding_mask_changes_its_embedding_so_the_fixture_can_tell():

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tinyvit.core.errors import WeightsError
+from tinyvit.core.errors import TinyViTError, WeightsError
 from tinyvit.core.text_config import TextConfig
 from tinyvit.models.vit import Block
 
@@ -96,7 +96,7 @@ class TextTransformer(nn.Module):
         """Token ids (B, T) → every token after the final norm (B, T, D)."""
         B, T = ids.shape
         if T > self.config.context_length:
-            raise ValueError(f"{T} tokens for a text tower of context length {self.config.context_length}")
+            raise TinyViTError(f"token ids of length {T}: the text tower takes at most {self.config.context_length}")
         x = self.token_embed(ids) + self.pos_embed[:, :T]  # (B, T, D)
         mask = self.attn_mask(T, attention_mask, x.device)
         for block in self.blocks:

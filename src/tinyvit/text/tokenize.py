@@ -15,9 +15,10 @@ Three kinds, one interface (:class:`Tokenizer`: texts → ids (N, context_length
   a SigLIP repository has no ``tokenizer.json``): lowercase, punctuation stripped, ``</s>`` appended,
   padded to 64 with ``</s>``.
 
-Constructors: :func:`open_clip_tokenizer` (an ``open_clip_config.json``) and :func:`tokenizer_from_files`
-(a transformers folder). ``tokenizers``, ``ftfy``, ``regex`` and ``sentencepiece`` are imported when a
-tokenizer is built; without them :class:`TinyViTError` says ``pip install "tinyvit[text]"``.
+Constructors: :func:`open_clip_tokenizer` (an ``open_clip_config.json``), :func:`tokenizer_from_files`
+(a transformers folder, given its family) and :func:`tokenizer_for_folder` (either, by what the folder
+holds). ``tokenizers``, ``ftfy``, ``regex`` and ``sentencepiece`` are imported when a tokenizer is built;
+without them :class:`TinyViTError` says ``pip install "tinyvit[text]"``.
 
 Padding and the models (what each home library does, which :attr:`Tokenizer.uses_attention_mask` says):
 open_clip never passes a padding mask (padding is part of SigLIP's input: pooled at the last
@@ -51,6 +52,7 @@ __all__ = [
     "Tokenizer",
     "clean_text",
     "open_clip_tokenizer",
+    "tokenizer_for_folder",
     "tokenizer_from_files",
 ]
 
@@ -472,3 +474,22 @@ def _siglip2_from_files(folder: Path, context_length: int | None) -> Tokenizer:
     return HFTokenizer(backend, context_length=context_length or 64, pad_id=_token_id(backend, settings["pad"], path),
                        eos_id=_token_id(backend, settings["eos"], path), uses_attention_mask=True,
                        padding_side=settings.get("padding_side", "left"), kind="tokenizer.json (SigLIP 2)")  # fmt: skip
+
+
+_HF_FAMILIES = {"clip": "clip", "clip_text_model": "clip", "siglip": "siglip", "siglip_text_model": "siglip",
+                "siglip2": "siglip2", "siglip2_text_model": "siglip2"}  # fmt: skip
+
+
+def tokenizer_for_folder(folder: str | Path, *, context_length: int | None = None) -> Tokenizer:
+    """The tokenizer of a saved model folder, as its home library picks it: ``open_clip_config.json`` →
+    :func:`open_clip_tokenizer`; a transformers ``config.json`` whose ``model_type`` is a CLIP / SigLIP /
+    SigLIP 2 model (or its text model) → :func:`tokenizer_from_files` for that family."""
+    folder = Path(folder)
+    if (folder / "open_clip_config.json").is_file():
+        return open_clip_tokenizer(_read_json(folder / "open_clip_config.json"), folder)
+    if not (folder / "config.json").is_file():
+        raise TinyViTError(f"{folder}: neither open_clip_config.json nor config.json says which tokenizer it uses")
+    model_type = str(_read_json(folder / "config.json").get("model_type", ""))
+    if model_type not in _HF_FAMILIES:
+        raise TinyViTError(f"{folder}: model_type {model_type!r} has no text tower tinyvit tokenizes for")
+    return tokenizer_from_files(folder, _HF_FAMILIES[model_type], context_length=context_length)
