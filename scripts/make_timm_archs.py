@@ -44,8 +44,10 @@ def _eva_refusal(model: Eva) -> str | None:
     """Why tinyvit's ViT cannot run this Eva architecture, or None."""
     block, rope = model.blocks[0], model.rope
     attn = block.attn
+    if not isinstance(block, EvaBlock):
+        return "post-norm blocks"
+    dinov3_rope = isinstance(rope, RotaryEmbeddingDinoV3)
     checks = [
-        (not isinstance(block, EvaBlock), "post-norm blocks"),
         (not isinstance(attn.q_norm, torch.nn.Identity), "query / key norms (qk_norm)"),
         (getattr(attn, "gate", None) is not None, "gated attention"),
         (getattr(attn, "num_kv_groups", 1) != 1, "grouped-query attention"),
@@ -54,7 +56,7 @@ def _eva_refusal(model: Eva) -> str | None:
         (rope is not None and not isinstance(rope, (RotaryEmbeddingCat, RotaryEmbeddingDinoV3, RotaryEmbeddingMixed)),
          f"rotary embedding {type(rope).__name__}"),
         (isinstance(rope, RotaryEmbeddingCat) and getattr(rope, "grid_type", "index") != "index", "pixel-grid RoPE"),
-        (isinstance(rope, RotaryEmbeddingDinoV3) and (rope.min_period is not None or rope.normalize_coords != "separate"),
+        (dinov3_rope and (rope.min_period is not None or rope.normalize_coords != "separate"),
          "DINOv3 RoPE with min/max periods or shared normalisation"),
         (model.global_pool not in ("token", "avg", "map"), f"global_pool {model.global_pool!r}"),
         (model.attn_pool is not None and model.attn_pool.mlp.fc1.out_features != block.mlp.fc2.in_features,

@@ -77,21 +77,25 @@ _HF_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box
 
 
 # transformers' processors for ViTs: what they do, in PreprocessSpec's terms
-_HF_PROCESSORS = ("ViTImageProcessor", "CLIPImageProcessor", "BitImageProcessor", "SiglipImageProcessor")
+_HF_PROCESSORS = (
+    "ViTImageProcessor", "CLIPImageProcessor", "BitImageProcessor", "SiglipImageProcessor", "DINOv3ViTImageProcessor",
+)  # fmt: skip
+# processors that resize to a square (size: height, width) with bilinear by default (the others: bicubic)
+_HF_SQUARE = ("ViTImageProcessor", "SiglipImageProcessor", "DINOv3ViTImageProcessor")
 
 
 def preprocess_from_hf(cfg: dict, what: str, backend: str = "torch") -> PreprocessSpec:
-    """transformers' image processor config (ViT, CLIP, Bit — DINOv2's —, SigLIP): resize to a
-    square or the shortest edge, center crop (offset rounded down), rescale, normalize. ``backend``:
+    """transformers' image processor config (ViT, CLIP, Bit — DINOv2's —, SigLIP, DINOv3): resize to
+    a square or the shortest edge, center crop (offset rounded down), rescale, normalize. ``backend``:
     ``"torch"`` for transformers' default since 5.25 (torchvision installed), ``"pil"`` for its PIL
-    backend (earlier versions, or ``…ImageProcessorPil``)."""
+    backend (earlier versions, or ``…ImageProcessorPil``). DINOv3's processor resizes the rescaled
+    float image, not the uint8 one: tinyvit's uint8 resize differs from it by under half a level."""
     kind = str(cfg.get("image_processor_type", "ViTImageProcessor")).removesuffix("Pil").removesuffix("Fast")
     if kind not in _HF_PROCESSORS:
         raise WeightsError(f"{what}: preprocessor_config.json is a {kind}; tinyvit reads {', '.join(_HF_PROCESSORS)}")
     size = cfg.get("size", {"height": 224, "width": 224})
     if isinstance(size, int):
-        size = {"height": size, "width": size} if kind in ("ViTImageProcessor", "SiglipImageProcessor") else {
-            "shortest_edge": size}  # fmt: skip
+        size = {"height": size, "width": size} if kind in _HF_SQUARE else {"shortest_edge": size}
     crops = cfg.get("do_center_crop", kind in ("CLIPImageProcessor", "BitImageProcessor"))
     crop = cfg.get("crop_size") if crops else None
     if isinstance(crop, int):
@@ -100,7 +104,7 @@ def preprocess_from_hf(cfg: dict, what: str, backend: str = "torch") -> Preproce
     square = size.get("height") if size.get("height") == size.get("width") else None
     if not cfg.get("do_resize", True) or not (short or square) or (crop and crop.get("height") != crop.get("width")):
         raise WeightsError(f"{what}: preprocessor_config.json must resize to a square or a short edge (size={size})")
-    resample = cfg.get("resample", 2 if kind == "ViTImageProcessor" else 3)
+    resample = cfg.get("resample", 2 if kind in ("ViTImageProcessor", "DINOv3ViTImageProcessor") else 3)
     interpolation = _HF_RESAMPLE.get(resample) if isinstance(resample, int) else str(resample).lower()
     factor = cfg.get("rescale_factor", 1 / 255) if cfg.get("do_rescale", True) else 1.0
     mean = cfg.get("image_mean", [0.5] * 3) if cfg.get("do_normalize", True) else [0.0] * 3

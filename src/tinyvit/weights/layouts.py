@@ -5,8 +5,11 @@ here decides the architecture (``architecture.py``) or reads files (``files.py``
 =============  ==========================================================================================
 layout         whose names
 =============  ==========================================================================================
-timm           timm's ``VisionTransformer`` (tinyvit's own): ``cls_token``, ``blocks.0.attn.qkv.weight``, …
-hf             transformers' ViT, DINOv2 (with registers), CLIP and SigLIP vision towers, on disk
+timm           timm's ``VisionTransformer`` (tinyvit's own): ``cls_token``, ``blocks.0.attn.qkv.weight``, …; and its
+               ``Eva`` (DINOv3, EVA02, PE, RoPE-ViT), whose few other names are folded in: ``gamma_1`` →
+               ``ls1.gamma``, ``q_bias`` / ``v_bias`` or ``q_proj`` / ``k_proj`` / ``v_proj`` → one ``qkv`` (k bias
+               0), a packed SwiGLU ``mlp.fc1`` (rows: gate, then value) → ``mlp.fc1_g`` / ``mlp.fc1_x``
+hf             transformers' ViT, DINOv2 (with registers), DINOv3, CLIP and SigLIP vision towers, on disk
                (``vit.encoder.layer.0.attention.attention.query.weight``) or as transformers 5 keeps them
                in memory (``…attention.q_proj.weight``); a ``CLIPModel`` / ``SiglipModel``'s text tower is
                left out
@@ -29,7 +32,7 @@ from tinyvit.weights.record import LAYOUTS
 
 __all__ = ["detect_layout", "to_timm"]
 
-_BLOCK = r"(?:encoder\.layer|encoder\.layers|layers)\.(\d+)\."
+_BLOCK = r"(?:encoder\.layer|encoder\.layers|layers|(?:model\.)?layer)\.(\d+)\."
 _HF = r"(?:vit\.|dinov2\.|vision_model\.)?"  # the base model's prefix, when a task model saved it
 # (pattern, timm name) — the first match wins; "{q}"/"{k}"/"{v}" targets are fused into one qkv afterwards.
 _RENAMES: dict[str, list[tuple[str, str]]] = {
@@ -38,7 +41,8 @@ _RENAMES: dict[str, list[tuple[str, str]]] = {
         (rf"{_HF}embeddings\.class_embedding", "cls_token"),  # CLIP: (D,), reshaped below
         (rf"{_HF}embeddings\.register_tokens", "reg_token"),
         (rf"{_HF}embeddings\.(?:position_embeddings|position_embedding\.weight)", "pos_embed"),
-        (rf"{_HF}embeddings\.(?:patch_embeddings\.projection|patch_embedding)\.(weight|bias)", r"patch_embed.proj.\1"),
+        (rf"{_HF}embeddings\.(?:patch_embeddings\.projection|patch_embedding|patch_embeddings)\.(weight|bias)",
+         r"patch_embed.proj.\1"),  # fmt: skip
         (rf"{_HF}pre_layrnorm\.(weight|bias)", r"norm_pre.\1"),
         (rf"{_HF}{_BLOCK}(?:layernorm_before|norm1|layer_norm1)\.(weight|bias)", r"blocks.\1.norm1.\2"),
         (rf"{_HF}{_BLOCK}(?:layernorm_after|norm2|layer_norm2)\.(weight|bias)", r"blocks.\1.norm2.\2"),
@@ -49,7 +53,11 @@ _RENAMES: dict[str, list[tuple[str, str]]] = {
         (rf"{_HF}{_BLOCK}layer_scale(1|2)\.lambda1", r"blocks.\1.ls\2.gamma"),
         (rf"{_HF}{_BLOCK}(?:intermediate\.dense|mlp\.fc1)\.(weight|bias)", r"blocks.\1.mlp.fc1.\2"),
         (rf"{_HF}{_BLOCK}(?:output\.dense|mlp\.fc2)\.(weight|bias)", r"blocks.\1.mlp.fc2.\2"),
-        (rf"{_HF}(?:layernorm|post_layernorm)\.(weight|bias)", r"norm.\1"),
+        # DINOv3: up / down, and the gated MLP's gate (then up is fc1_x: see _reshape)
+        (rf"{_HF}{_BLOCK}mlp\.up_proj\.(weight|bias)", r"blocks.\1.mlp.fc1.\2"),
+        (rf"{_HF}{_BLOCK}mlp\.gate_proj\.(weight|bias)", r"blocks.\1.mlp.fc1_g.\2"),
+        (rf"{_HF}{_BLOCK}mlp\.down_proj\.(weight|bias)", r"blocks.\1.mlp.fc2.\2"),
+        (rf"{_HF}(?:layernorm|post_layernorm|norm)\.(weight|bias)", r"norm.\1"),
         (rf"{_HF}head\.probe", "attn_pool.latent"),  # SigLIP's MAP head; in_proj is split below
         (rf"{_HF}head\.attention\.in_proj_(weight|bias)", r"attn_pool.in_proj.\1"),
         (rf"{_HF}head\.attention\.out_proj\.(weight|bias)", r"attn_pool.proj.\1"),
@@ -107,12 +115,13 @@ def detect_layout(keys) -> str:
     if "mask_token" in keys and "pos_embed" in keys:
         return "dinov2"
     hf_markers = (
-        "embeddings.cls_token", "embeddings.patch_embedding.weight", "embeddings.patch_embeddings.projection.weight"
+        "embeddings.cls_token", "embeddings.patch_embedding.weight", "embeddings.patch_embeddings.projection.weight",
+        "embeddings.patch_embeddings.weight",
     )  # fmt: skip
     if any(k.removeprefix(p) in hf_markers for k in keys for p in ("vit.", "dinov2.", "vision_model.", "")):
         return "hf"
-    if "pos_embed" in keys and "patch_embed.proj.weight" in keys:
-        return "timm"
+    if "patch_embed.proj.weight" in keys and ("pos_embed" in keys or any(k.startswith("blocks.") for k in keys)):
+        return "timm"  # (rotary families may have no absolute position embedding)
     shown = ", ".join(sorted(keys)[:6])
     raise WeightsError(
         f"cannot tell the checkpoint layout from its keys ({shown}, …); pass layout= one of {', '.join(LAYOUTS)}"
@@ -138,6 +147,8 @@ def _rename(tensors: dict[str, torch.Tensor], rules: list[tuple[str, str]]) -> d
         else:
             out[key] = t
     for target, qkv in parts.items():
+        if target.endswith("bias") and set(qkv) == {"q", "v"}:  # no key bias (DINOv3, EVA): a zero one, as theirs
+            qkv["k"] = torch.zeros_like(qkv["q"])
         if set(qkv) != {"q", "k", "v"}:
             raise WeightsError(f"incomplete query/key/value tensors for {target}: found only {sorted(qkv)}")
         out[target] = torch.cat([qkv["q"], qkv["k"], qkv["v"]], dim=0)
@@ -159,6 +170,36 @@ def _reshape(state: dict[str, torch.Tensor], layout: str) -> dict[str, torch.Ten
         if packed is not None:
             d = packed.shape[0] // 3
             state[f"attn_pool.q.{part}"], state[f"attn_pool.kv.{part}"] = packed[:d], packed[d:]
+    for key in [k for k in state if k.endswith(".mlp.fc1_g.weight")]:  # a gated MLP: its up projection is fc1_x
+        for part in ("weight", "bias"):
+            if (up := state.pop(key.replace("fc1_g.weight", f"fc1.{part}"), None)) is not None:
+                state[key.replace("fc1_g.weight", f"fc1_x.{part}")] = up
+    return state
+
+
+_EVA = [  # timm's Eva names that differ from its VisionTransformer's (the first match wins)
+    (r"blocks\.(\d+)\.gamma_(1|2)", r"blocks.\1.ls\2.gamma"),
+    (r"blocks\.(\d+)\.attn\.(q|v)_bias", r"blocks.\1.attn.qkv.bias{\2}"),
+    (r"blocks\.(\d+)\.attn\.(q|k|v)_proj\.(weight|bias)", r"blocks.\1.attn.qkv.\3{\2}"),
+]
+
+
+def _from_eva(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """timm's Eva names → its VisionTransformer's (a no-op for those): LayerScale ``gamma_1`` /
+    ``gamma_2``, the q / v biases (k's is a fixed 0) or separate q / k / v projections fused into one
+    ``qkv``, and a packed SwiGLU (``GluMlp``: ``fc1`` rows gate then value, twice ``fc2``'s width)
+    split into ``fc1_g`` / ``fc1_x``."""
+    if not any(re.fullmatch(p, k) for k in tensors for p, _ in _EVA) and "blocks.0.mlp.fc1.weight" not in tensors:
+        return dict(tensors)
+    state = _rename(tensors, _EVA)
+    i = 0
+    while (fc1 := state.get(f"blocks.{i}.mlp.fc1.weight")) is not None:
+        fc2 = state.get(f"blocks.{i}.mlp.fc2.weight")
+        if fc2 is not None and fc1.shape[0] == 2 * fc2.shape[1]:  # GluMlp(gate_last=False): act(x1) * x2
+            for part in ("weight", "bias"):
+                if (t := state.pop(f"blocks.{i}.mlp.fc1.{part}", None)) is not None:
+                    state[f"blocks.{i}.mlp.fc1_g.{part}"], state[f"blocks.{i}.mlp.fc1_x.{part}"] = t.chunk(2, dim=0)
+        i += 1
     return state
 
 
@@ -227,7 +268,7 @@ def _from_npz(w: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], int]
 def to_timm(tensors: dict[str, torch.Tensor], layout: str) -> tuple[dict[str, torch.Tensor], int | None]:
     """Rename a state dict of ``layout`` to timm's names; also the head count where it shows."""
     if layout == "timm":
-        return dict(tensors), None
+        return _from_eva(tensors), None
     if layout == "npz":
         return _from_npz(tensors)
     if layout not in _RENAMES:
