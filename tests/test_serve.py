@@ -24,10 +24,8 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
+import litserve  # noqa: E402, F401  (the test extra installs the serve extra: a broken one fails, never skips)
 import pytest
-
-pytest.importorskip("litserve")
-
 import refdata  # noqa: E402  (tests/ is on sys.path: conftest.py)
 from PIL import Image  # noqa: E402
 
@@ -54,11 +52,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def request(port: int, method: str, path: str, body: bytes | None = None, content_type: str | None = None):
+def request(
+    port: int, method: str, path: str, body: bytes | None = None, content_type: str | None = None,
+    headers: dict | None = None,
+):  # fmt: skip
     """(status, decoded JSON or text) over a fresh loopback connection."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=REQUEST_TIMEOUT)
     try:
-        headers = {"Content-Type": content_type} if content_type else {}
+        headers = {**({"Content-Type": content_type} if content_type else {}), **(headers or {})}
         conn.request(method, path, body=body, headers=headers)
         response = conn.getresponse()
         data = response.read()
@@ -161,14 +162,17 @@ class Server:
 
 
 @contextmanager
-def serving(model: Path, folder: Path, *args: str):
+def serving(model: Path, folder: Path, *args: str, env: dict | None = None):
     """A tinyvit server for ``model`` on 127.0.0.1, ready; always stopped (and its group killed)."""
     port = free_port()
     log = folder / f"serve-{port}.log"
     cmd = [sys.executable, "-m", "tinyvit.serve", str(model), "--port", str(port), "--accelerator", "cpu"]
     cmd += ["--max-body-bytes", str(LIMIT), "--timeout", str(REQUEST_TIMEOUT), *args]
+    environ = {k: v for k, v in os.environ.items() if k != "TINYVIT_API_KEY"} | (env or {})
     with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=folder, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, cwd=folder, start_new_session=True, env=environ
+        )
     server = Server(proc, port, log)
     try:
         deadline = time.monotonic() + START_TIMEOUT
@@ -378,6 +382,9 @@ def test_startup_prints_url_and_model(server, small_model):
     assert f"http://127.0.0.1:{server.port}" in text
     assert str(small_model) in text and "bicubic" in text and "10 classes" in text  # the model record
     assert request(server.port, "GET", "/openapi.json")[0] == 200  # the endpoint's signature is sound
+    status, body = request(server.port, "POST", "/embed", b"x", "image/jpeg")
+    assert status == 404 and "answers at POST /predict" in body["detail"], body
+    assert "no API key: loopback only" in text
     status, info = request(server.port, "GET", "/info")
     assert status == 200 and info["model"]["preprocess"]["crop"] == 32 and info["model"]["config"]["num_classes"] == 10
 
@@ -398,6 +405,7 @@ def test_unbatched_server_answers_the_same_and_stops_cleanly(small_model, tmp_pa
 
 
 def test_bad_options_and_missing_model(small_model, tmp_path):
+    from tinyvit.run.options import ModelOptions
     from tinyvit.serve import ServeOptions, build_server, run
 
     with pytest.raises(ValueError, match="host"):
@@ -405,9 +413,11 @@ def test_bad_options_and_missing_model(small_model, tmp_path):
     with pytest.raises(ValueError, match="max_batch_size"):
         ServeOptions(max_batch_size=0)
     with pytest.raises(ValueError, match="disagree"):
-        ServeOptions(device="cpu", accelerator="cuda")
-    with pytest.raises(ValueError, match="PreprocessSpec"):
-        ServeOptions(preprocess="vit-base-p32-384")
+        ServeOptions(model=ModelOptions(device="cpu"), accelerator="cuda")
+    with pytest.raises(tinyvit.TinyViTError, match="PreprocessSpec"):
+        ModelOptions(preprocess=224)
+    with pytest.raises(ValueError, match="ModelOptions"):
+        ServeOptions(model={"device": "cpu"})
     with pytest.raises(tinyvit.TinyViTError):
         build_server(tmp_path / "missing.safetensors")
     with socket.socket() as busy:
@@ -440,7 +450,7 @@ def test_refused_before_anything_starts(small_model, bare_checkpoint, monkeypatc
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     port = str(free_port())
     for args in ([str(small_model), "--accelerator", "cuda"], [str(small_model), "--device", "cuda:1"],
-                 [str(bare_checkpoint)]):  # fmt: skip
+                 [str(bare_checkpoint), "--arch", "num_heads=3"]):  # fmt: skip
         assert main(["serve", *args, "--port", port]) == 1, args
         out, err = capsys.readouterr()
         assert out == "" and len(err.strip().splitlines()) == 1, (args, out, err)
@@ -457,7 +467,8 @@ def test_predict_options_for_a_bare_checkpoint_then_ctrl_c(bare_checkpoint, tmp_
 
     labels = tmp_path / "labels.txt"
     labels.write_text("".join(f"kind {i}\n" for i in range(10)))
-    options = ["--preprocess-like", "vit-base-p32-384", "--crop", "32", "--resize", "40", "--labels", str(labels)]
+    options = ["--preprocess-like", "vit-base-p32-384", "--crop", "32", "--resize", "40", "--labels", str(labels),
+               "--arch", "num_heads=3"]  # fmt: skip
     images = []
     for i, (w, h) in enumerate([(50, 40), (33, 70), (64, 64)]):
         images.append(tmp_path / f"img{i}.jpg")
@@ -489,9 +500,93 @@ def test_an_embedding_model_is_served_at_embed(tmp_path):
         status, body = request(s.port, "POST", "/embed", data, "image/jpeg")
         assert status == 200 and len(body["embedding"]) == want.shape[0]
         assert max(abs(a - b) for a, b in zip(body["embedding"], want.tolist(), strict=True)) <= 1e-5
-        assert request(s.port, "POST", "/predict", data, "image/jpeg")[0] == 404
+        status, body = request(s.port, "POST", "/predict", data, "image/jpeg")
+        assert status == 404 and "answers at POST /embed" in body["detail"], body  # not a bare "Not Found"
         assert request(s.port, "POST", "/embed", b"not an image", "image/jpeg")[0] == 400
         assert "POST /embed" in s.log.read_text()
+
+
+# ---------------------------------------------------------------------------------------------
+# An API key
+
+
+KEY = "tinyvit-test-key-5f1c9e"
+
+
+def test_an_api_key_with_huggingface_hubs_inference_client(small_model, tmp_path, monkeypatch):
+    """TINYVIT_API_KEY set: huggingface_hub's real InferenceClient with the key as its token gets
+    predict's answer; without it, or with another key, 401. /health stays open (probes), /info and
+    /docs are closed; the key appears nowhere in the log or in /info."""
+    from huggingface_hub import InferenceClient
+    from huggingface_hub.errors import HfHubHTTPError
+
+    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):  # the client would send these when token is None
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # nor a token saved by `hf auth login`
+    data = image_bytes(52, 41, seed=13)
+    with serving(small_model, tmp_path, env={"TINYVIT_API_KEY": KEY}) as s:
+        url = f"http://127.0.0.1:{s.port}/predict"
+        answer = InferenceClient(model=url, token=KEY, timeout=REQUEST_TIMEOUT).image_classification(data, top_k=3)
+        assert_same([{"label": a.label, "score": a.score} for a in answer], expected(small_model, data, top_k=3))
+        for token in (None, "another-key"):
+            with pytest.raises(HfHubHTTPError) as refused:
+                InferenceClient(model=url, token=token, timeout=REQUEST_TIMEOUT).image_classification(data)
+            assert refused.value.response.status_code == 401
+        status, body = predict_raw(s.port, data)
+        assert status == 401 and "Authorization: Bearer" in body["detail"]
+        for scheme in ("Bearer", "bearer"):
+            status, body = request(s.port, "POST", "/predict", data, "image/jpeg", {"Authorization": f"{scheme} {KEY}"})
+            assert status == 200, body
+            assert_same(body, expected(small_model, data))
+        assert request(s.port, "POST", "/predict", data, "image/jpeg", {"Authorization": KEY})[0] == 401  # no scheme
+        assert request(s.port, "GET", "/health") == (200, "ok")
+        assert request(s.port, "GET", "/info")[0] == 401 and request(s.port, "GET", "/docs")[0] == 401
+        status, info = request(s.port, "GET", "/info", headers={"Authorization": f"Bearer {KEY}"})
+        assert status == 200 and KEY not in json.dumps(info)
+        assert "API key" in s.log.read_text()
+    assert KEY not in s.log.read_text()
+
+
+def test_refuses_to_listen_beyond_loopback_without_a_key(small_model, monkeypatch, capsys):
+    """--host 0.0.0.0 (or ::) without a key: one line naming the way out, exit 1, nothing started;
+    --no-auth says it should be open; an empty key, or a key with --no-auth, is refused too."""
+    from tinyvit.deploy.cli import main
+    from tinyvit.serve import check_exposure
+
+    monkeypatch.delenv("TINYVIT_API_KEY", raising=False)
+    port = str(free_port())
+    for host in ("0.0.0.0", "::"):
+        assert main(["serve", str(small_model), "--host", host, "--port", port]) == 1
+        out, err = capsys.readouterr()
+        assert out == "" and len(err.strip().splitlines()) == 1, (out, err)
+        assert f"refusing to listen on {host} without an API key" in err and "--no-auth" in err, err
+    monkeypatch.setenv("TINYVIT_API_KEY", "")
+    assert main(["serve", str(small_model), "--port", port]) == 1
+    assert "API key is empty" in capsys.readouterr().err
+    check_exposure("0.0.0.0", None, no_auth=True)  # open, as asked
+    check_exposure("::", KEY, no_auth=False)
+    with pytest.raises(tinyvit.TinyViTError, match="choose one"):
+        check_exposure("0.0.0.0", KEY, no_auth=True)
+    with pytest.raises(SystemExit):  # a usage error (2)
+        main(["serve", str(small_model), "--api-key", KEY, "--no-auth"])
+
+
+def test_bearer_auth_compares_in_constant_time(monkeypatch):
+    """The key is kept as its SHA-256 and compared with hmac.compare_digest, whatever was sent."""
+    import hmac
+
+    from tinyvit.serve import BearerAuth, key_digest
+
+    compared = []
+    real = hmac.compare_digest
+    monkeypatch.setattr(hmac, "compare_digest", lambda a, b: compared.append((a, b)) or real(a, b))
+    auth = BearerAuth(None, key_digest(KEY))
+    assert auth.digest != KEY.encode() and len(auth.digest) == 32
+    assert auth.authorized([(b"authorization", f"Bearer {KEY}".encode())])
+    for sent in ([], [(b"authorization", b"Bearer")], [(b"authorization", b"Basic " + KEY.encode())],
+                 [(b"authorization", f"Bearer {KEY}".encode())] * 2):  # fmt: skip
+        assert not auth.authorized(sent), sent
+    assert len(compared) == 5 and all(len(a) == len(b) == 32 for a, b in compared)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,6 +15,9 @@ tinyvit gives it the model, the preprocessing and the labels, through the same c
   bodies; the answer is ``{"embedding": [...]}``, what :func:`tinyvit.embed` gives.
 * ``GET /health``: 200 ``ok`` once the workers have loaded the model, 503 before and after an
   inference worker died; ``GET /info``: the model record and the server settings.
+* With an API key (``--api-key`` or ``TINYVIT_API_KEY``), every request but ``GET /health`` must
+  send ``Authorization: Bearer <key>`` (as huggingface_hub's ``InferenceClient(token=...)`` does),
+  else 401. Without a key the server listens on 127.0.0.1 only, unless ``--no-auth``.
 
 Requests that arrive together are batched, up to ``max_batch_size`` per forward pass, waiting at
 most ``batch_timeout`` seconds for a batch to fill. Bodies are read and checked in the HTTP
@@ -35,6 +38,8 @@ worker that dies (killed, out of memory) is noticed at once: every waiting and n
 import asyncio
 import base64
 import binascii
+import hashlib
+import hmac
 import json
 import os
 import signal
@@ -43,8 +48,8 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from email.message import Message
 from email.parser import BytesHeaderParser
 from multiprocessing.connection import wait as wait_for_any
@@ -65,15 +70,21 @@ try:
     import litserve as ls
     from fastapi import Depends, HTTPException, Request
     from fastapi.responses import JSONResponse
-    from litserve.utils import LitAPIStatus, WorkerSetupStatus
+
+    from tinyvit.deploy._litserve import HookedLitServer, WorkerSetupStatus
 except ImportError as _e:  # pragma: no cover - depends on the environment
     raise ServeExtraMissing(f'tinyvit serve needs LitServe ({_e}): pip install "tinyvit[serve]"') from _e
 
-__all__ = ["ServeExtraMissing", "ServeOptions", "SupervisedServer", "TinyViTAPI", "build_server", "run"]
+__all__ = [
+    "API_KEY_ENV", "BearerAuth", "ServeExtraMissing", "ServeOptions", "SupervisedServer", "TinyViTAPI", "build_server",
+    "check_exposure", "key_digest", "run",
+]  # fmt: skip
 
 _LIMIT_STATE = "tinyvit_max_body_bytes"  # FastAPI app.state attribute holding the body limit
 _UNAVAILABLE_STATE = "tinyvit_unavailable"  # app.state attribute: why requests get 503 (None: they do not)
 WORKER_GONE = "the inference worker died; the server is stopping"
+API_KEY_ENV = "TINYVIT_API_KEY"  # where run() finds the API key when it is not given
+OPEN_PATHS = frozenset({"/health"})  # answered without the key: what load balancers and supervisors probe
 
 
 # ---------------------------------------------------------------------------------------------
@@ -165,6 +176,55 @@ def _multipart_file(body: bytes, content_type: str) -> bytes:
 
 
 # ---------------------------------------------------------------------------------------------
+# Authentication: a Bearer key on every path but /health (an ASGI middleware, LitServe's public hook)
+
+
+def key_digest(api_key: str) -> bytes:
+    """What the server keeps of the key: its SHA-256 (compared in constant time, never printed)."""
+    return hashlib.sha256(api_key.encode("utf-8")).digest()
+
+
+class BearerAuth:
+    """ASGI middleware: a request must carry ``Authorization: Bearer <key>`` (what huggingface_hub's
+    ``InferenceClient(token=...)`` and Inference Endpoints send), else it gets 401 before its body
+    is read. ``GET /health`` stays open. The key is held as its SHA-256 digest, compared with
+    :func:`hmac.compare_digest`: the time taken says nothing about the key."""
+
+    def __init__(self, app, digest: bytes, open_paths: frozenset[str] = OPEN_PATHS):
+        self.app = app
+        self.digest = digest
+        self.open_paths = open_paths
+
+    def authorized(self, headers: list[tuple[bytes, bytes]]) -> bool:
+        values = [v for k, v in headers if k.lower() == b"authorization"]
+        scheme, _, token = (values[0] if len(values) == 1 else b"").partition(b" ")
+        match = hmac.compare_digest(hashlib.sha256(token.strip()).digest(), self.digest)
+        return match and scheme.lower() == b"bearer"
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.open_paths or self.authorized(scope["headers"]):
+            await self.app(scope, receive, send)
+            return
+        detail = "missing or wrong API key: send the header 'Authorization: Bearer <key>'"
+        await JSONResponse({"detail": detail}, 401, headers={"WWW-Authenticate": "Bearer"})(scope, receive, send)
+
+
+def check_exposure(host: str, api_key: str | None, no_auth: bool) -> None:
+    """A server that other machines can reach needs a key, unless ``no_auth`` says it should be
+    open (behind a proxy that authenticates, say); an empty key, or a key with ``no_auth``, is a
+    mistake. Raises :class:`TinyViTError` in one line."""
+    if api_key is not None and not api_key.strip():
+        raise TinyViTError(f"the API key is empty: set {API_KEY_ENV} (or --api-key) to a secret")
+    if api_key is not None and no_auth:
+        raise TinyViTError("an API key and --no-auth were both given: choose one")
+    if api_key is None and not no_auth and host != "127.0.0.1":
+        raise TinyViTError(
+            f"refusing to listen on {host} without an API key: anyone who reaches this machine could use the "
+            f"model; set {API_KEY_ENV} (or --api-key), or pass --no-auth to serve it open"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
 # The inference side (runs in LitServe's worker processes)
 
 
@@ -193,9 +253,9 @@ class TinyViTAPI(ls.LitAPI):
 
     def make_runner(self, device=None) -> Runner:
         """The runner of the model as the options state it, on ``device``."""
-        o = self.options
-        model = model_for(self.model_spec, device=device, dtype=o.dtype, labels=o.labels, preprocess=o.preprocess)
-        return Runner(model, task=self.task, top_k=o.top_k)
+        o = self.options.model
+        model = model_for(self.model_spec, replace(o, device=device, preprocess=None))
+        return Runner(model, task=self.task, top_k=self.options.top_k, preprocess=o.preprocess, fast=o.fast)
 
     def setup(self, device):
         import torch
@@ -254,7 +314,7 @@ def _exit_reason(code: int | None) -> str:
     return f"signal {-code}" if code < 0 else f"exit code {code}"
 
 
-class SupervisedServer(ls.LitServer):
+class SupervisedServer(HookedLitServer):
     """A LitServer whose processes are supervised, so that no request is left waiting:
 
     * the processes it starts ignore SIGINT: a terminal's Ctrl-C reaches the whole process group,
@@ -266,6 +326,8 @@ class SupervisedServer(ls.LitServer):
       one line, sets ``failure`` and stops the server (:func:`run` then returns 1), for its
       supervisor (systemd, Docker, Kubernetes) to restart it. LitServe's own monitor, which it
       replaces, polls every 2 s and cannot answer the requests held by the API servers.
+
+    What it needs of LitServe beyond its public API goes through :class:`HookedLitServer`.
     """
 
     def __init__(self, *args, **kwargs):
@@ -275,51 +337,37 @@ class SupervisedServer(ls.LitServer):
         self._api_servers: list[BaseProcess] = []
 
     def _children(self) -> list[tuple[str, BaseProcess]]:
-        workers = [("inference worker", p) for p in getattr(self, "inference_workers", [])]
+        workers = [("inference worker", p) for p in self.worker_processes()]
         return workers + [("API server", p) for p in self._api_servers]
 
-    # -- LitServe's steps, in the order it runs them (litserve 0.2)
+    # -- the hooks, in the order LitServe reaches them
 
-    def launch_inference_worker(self, lit_api):
-        with _signals(signal.SIG_IGN, signal.SIGINT):  # inherited by the worker, through exec
-            return super().launch_inference_worker(lit_api)
-
-    def verify_worker_status(self):
+    def wait_for_workers(self) -> None:
         """Wait until a worker is ready; one that fails or dies while loading fails the start
         (LitServe's own loop waits for ever on a worker that died)."""
-        while not any(v == WorkerSetupStatus.READY for v in self.workers_setup_status.values()):
-            dead = [p.exitcode for p in self.inference_workers if not p.is_alive()]
+        while WorkerSetupStatus.READY not in self.worker_states():
+            dead = [p.exitcode for p in self.worker_processes() if not p.is_alive()]
             if any(dead):  # killed, or out of memory
                 why = _exit_reason(next(code for code in dead if code))
                 raise TinyViTError(f"the inference worker died while loading the model ({why})")
-            if dead or WorkerSetupStatus.ERROR in self.workers_setup_status.values():  # setup raised: logged
+            if dead or WorkerSetupStatus.ERROR in self.worker_states():  # setup raised: logged
                 raise TinyViTError("the inference worker failed to load the model; its error is above")
             time.sleep(0.05)
 
-    def _start_server(self, port, num_servers, log_level, sockets, worker_type, **kwargs):
-        with _signals(signal.SIG_IGN, signal.SIGINT):
-            started = super()._start_server(port, num_servers, log_level, sockets, worker_type, **kwargs)
-        self._api_servers = [w for w in started.values() if isinstance(w, BaseProcess)]
-        if self._api_servers and len(self._api_servers) == len(started):
-            for sock in sockets:  # the API servers have their copies: once they stop, connections are refused
+    def on_api_servers(self, processes: list[BaseProcess], sockets: list) -> None:
+        self._api_servers = processes
+        if processes:  # the API servers have their copies: once they stop, connections are refused
+            for sock in sockets:
                 sock.close()
-        return started
 
-    def _start_worker_monitoring(self, manager, uvicorn_workers):
+    def start_supervision(self) -> None:
         threading.Thread(target=self._watch, name="tinyvit-watchdog", daemon=True).start()
 
-    def _perform_graceful_shutdown(self, *args, **kwargs):
+    def on_stopping(self) -> None:
         self.stopping.set()
-        super()._perform_graceful_shutdown(*args, **kwargs)
 
-    @asynccontextmanager
-    async def lifespan(self, app):
-        async with super().lifespan(app):
-            stop_watching = self._answer_503_once_a_worker_exits(app)
-            try:
-                yield
-            finally:
-                stop_watching()
+    def in_api_server(self, app) -> Callable[[], None]:
+        return self._answer_503_once_a_worker_exits(app)
 
     # -- tinyvit's supervision
 
@@ -335,9 +383,8 @@ class SupervisedServer(ls.LitServer):
         proc.join(1)
         self.failure = f"{what} died ({_exit_reason(proc.exitcode)}); stopping"
         print(f"tinyvit serve: {self.failure}", file=sys.stderr, flush=True)
-        self.uvicorn_graceful_timeout = 5  # the API servers have answered what they held (503)
         try:
-            self._shutdown_event.set()
+            self.request_shutdown(grace=5)  # the API servers have answered what they held (503)
         except Exception:  # LitServe's queue manager is gone too: stop as on SIGTERM
             os.kill(os.getpid(), signal.SIGTERM)
 
@@ -345,20 +392,17 @@ class SupervisedServer(ls.LitServer):
         """In an API server: once an inference worker exits, every request waiting for one and
         every new one gets 503 at once, and /health 503. Returns what stops watching."""
         loop = asyncio.get_running_loop()
-        sentinels = [p.sentinel for p in getattr(self, "inference_workers", [])] if os.name == "posix" else []
+        sentinels = [p.sentinel for p in self.worker_processes()] if os.name == "posix" else []
         sweep: list[asyncio.TimerHandle] = []
 
         def answer_waiting() -> None:  # again until the end: a request may be past read_payload already
-            for item in list(self.response_buffer.values()):
-                if not item.event.is_set():
-                    item.response = (HTTPException(503, WORKER_GONE), LitAPIStatus.ERROR)
-                    item.event.set()
+            self.answer_waiting(HTTPException(503, WORKER_GONE))
             sweep[:] = [loop.call_later(0.05, answer_waiting)]
 
         def exited() -> None:
             stop()
             setattr(app.state, _UNAVAILABLE_STATE, WORKER_GONE)
-            for api in self.litapi_connector:
+            for api in self.apis():
                 api.unavailable = WORKER_GONE
             answer_waiting()
 
@@ -375,8 +419,8 @@ class SupervisedServer(ls.LitServer):
     def stop_processes(self) -> None:
         """Whatever is still running after LitServe's shutdown (or after a start that failed part
         way, or a second Ctrl-C): terminated, then killed; LitServe's queue manager shut down."""
-        manager = getattr(self.transport_config, "manager", None)
-        procs = [p for _, p in self._children()] + [getattr(manager, "_process", None)]
+        manager, manager_process = self.queue_manager()
+        procs = [p for _, p in self._children()] + [manager_process]
         procs = [p for p in procs if p is not None and p.is_alive()]
         for p in procs:
             p.terminate()
@@ -431,17 +475,22 @@ def _placement(options: ServeOptions) -> tuple[str, int | list[int]]:
     return name, options.devices
 
 
-def build_server(model_spec: str | os.PathLike, *, options: ServeOptions | None = None) -> SupervisedServer:
+def build_server(
+    model_spec: str | os.PathLike, *, options: ServeOptions | None = None, api_key: str | None = None
+) -> SupervisedServer:
     """A LitServer for ``model_spec`` (not started: call :func:`run`, or ``server.run(...)``).
 
     The devices are checked and the model is loaded once here, with the runner the workers will
     build, so a bad spec, device or missing preprocessing fails now with tinyvit's error (and a zoo
     weight is downloaded once, not by every worker); the workers load it again in ``setup``.
+    ``api_key``: every request but ``GET /health`` must send ``Authorization: Bearer <api_key>``
+    (:class:`BearerAuth`); the key stays in this process and the API servers it forks, never in the
+    inference workers, the banner or ``/info``.
     """
     options = options or ServeOptions()
     accelerator, devices = _placement(options)
     spec = os.fspath(model_spec)
-    model = model_for(spec, labels=options.labels, preprocess=options.preprocess)
+    model = model_for(spec, replace(options.model, device=None, dtype=None, fast=False))
     record = model.weights
     api = TinyViTAPI(spec, options, task="embed" if model_output(model) == "embedding" else "classify")
     Runner(model, task=api.task, top_k=options.top_k)  # what the workers' setup will do: refused now, or never
@@ -452,11 +501,27 @@ def build_server(model_spec: str | os.PathLike, *, options: ServeOptions | None 
         workers_per_device=options.workers_per_device,
         timeout=options.timeout,
         model_metadata=record.to_dict() if record is not None else {},
+        middlewares=[(BearerAuth, {"digest": key_digest(api_key)})] if api_key is not None else None,
     )
     setattr(server.app.state, _LIMIT_STATE, options.max_body_bytes)
+    _add_route_hints(server, api)
     server.tinyvit_about = record.describe() if record is not None else spec
     server.tinyvit_route = api.api_path
+    server.tinyvit_auth = api_key is not None
     return server
+
+
+def _add_route_hints(server: SupervisedServer, api: TinyViTAPI) -> None:
+    """The route a model does not serve (``/predict`` of an embedding model, ``/embed`` of a
+    classifier) answers 404 with the route it does serve, instead of a bare ``Not Found``."""
+    other, what = ("/predict", "classifiers") if api.task == "embed" else ("/embed", "image embedding models")
+    kind = "an image embedding model" if api.task == "embed" else "a classifier"
+    detail = f"this server runs {kind}: it answers at POST {api.api_path}; POST {other} is for {what}"
+
+    async def not_here() -> JSONResponse:
+        return JSONResponse(status_code=404, content={"detail": detail})
+
+    server.app.add_api_route(other, not_here, methods=["POST"], include_in_schema=False)
 
 
 def banner(server: "ls.LitServer", options: ServeOptions) -> str:
@@ -466,11 +531,16 @@ def banner(server: "ls.LitServer", options: ServeOptions) -> str:
     devices = ", ".join(d if isinstance(d, str) else "+".join(d) for d in server.devices)  # cuda: [["cuda:0"], ...]
     about = "\n".join("  " + line for line in getattr(server, "tinyvit_about", "").splitlines())
     route = getattr(server, "tinyvit_route", "/predict")
+    if getattr(server, "tinyvit_auth", False):
+        access = "an API key (Authorization: Bearer) on every request but GET /health"
+    else:
+        access = "no API key: " + ("loopback only" if options.host == "127.0.0.1" else "open to all (--no-auth)")
     return (
         f"tinyvit serve: http://{host}:{options.port}  (POST {route}, GET /health, GET /info)\n{about}\n"
         f"  batching:      up to {options.max_batch_size} requests per forward pass, waiting at most "
         f"{options.batch_timeout * 1000:g} ms; {workers} worker(s) on {devices}; "
-        f"bodies up to {options.max_body_bytes} bytes"
+        f"bodies up to {options.max_body_bytes} bytes\n"
+        f"  access:        {access}"
     )
 
 
@@ -484,13 +554,23 @@ def _check_port_free(host: str, port: int) -> None:
             raise TinyViTError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
 
 
-def run(model_spec: str | os.PathLike, options: ServeOptions | None = None) -> int:
+def run(
+    model_spec: str | os.PathLike, options: ServeOptions | None = None, *, api_key: str | None = None,
+    no_auth: bool = False,
+) -> int:  # fmt: skip
     """Serve ``model_spec`` until stopped, then stop every process the server started. Returns
     the exit status of ``tinyvit serve``: 130 after Ctrl-C (SIGINT), 0 after SIGTERM, 1 when a
-    server process died (after printing one line that says which and how)."""
+    server process died (after printing one line that says which and how).
+
+    ``api_key`` (default: the ``TINYVIT_API_KEY`` environment variable): the key every request
+    but ``GET /health`` must send as ``Authorization: Bearer <key>``. Without one the server
+    listens on 127.0.0.1 only, unless ``no_auth`` (see :func:`check_exposure`)."""
     options = options or ServeOptions()
+    if api_key is None:
+        api_key = os.environ.get(API_KEY_ENV)
+    check_exposure(options.host, api_key, no_auth)
     _check_port_free(options.host, options.port)
-    server = build_server(model_spec, options=options)
+    server = build_server(model_spec, options=options, api_key=api_key)
     print(banner(server, options), flush=True)
     received: list[int] = []
     main_pid = os.getpid()
