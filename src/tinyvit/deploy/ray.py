@@ -51,10 +51,10 @@ import math
 import os
 import shutil
 import sys
+import threading
 import time
-import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -73,8 +73,8 @@ import pyarrow as pa  # noqa: E402  (ray[data] installs it)
 import torch  # noqa: E402
 
 from tinyvit.images.inputs import IMAGE_SUFFIXES, describe_input, files_from_args  # noqa: E402
-from tinyvit.images.spec import PreprocessSpec  # noqa: E402
 from tinyvit.models.vit import VisionTransformer  # noqa: E402
+from tinyvit.run.options import DEFAULT_MODEL, ModelOptions  # noqa: E402
 from tinyvit.run.runner import Runner  # noqa: E402
 from tinyvit.run.runtime import model_for  # noqa: E402
 from tinyvit.weights.specs import parse_spec  # noqa: E402
@@ -119,23 +119,15 @@ class _Runner:
     _outputs: tuple[str, ...] = ()
 
     def _setup(
-        self,
-        model: str | os.PathLike | VisionTransformer,
-        device: torch.device | str | None,
-        dtype: torch.dtype | str | None,
-        fast: bool,
-        labels: str | os.PathLike | Sequence[str] | None,
-        preprocess: PreprocessSpec | str | None,
-        column: str | None,
-        keep_input: bool,
+        self, model: str | os.PathLike | VisionTransformer, o: ModelOptions, column: str | None, keep_input: bool,
         prefix: str,
     ) -> None:
         if column is not None and column not in INPUT_COLUMNS:
             raise TinyViTError(f"column must be one of {', '.join(INPUT_COLUMNS)}, got {column!r}")
-        if device is None and _assigned("GPU") > 0 and torch.cuda.is_available():
-            device = "cuda"  # Ray has set CUDA_VISIBLE_DEVICES to this actor's GPU(s)
-        self.model = model_for(model, device=device, dtype=dtype, fast=fast, labels=labels, preprocess=preprocess)
-        self.runner = Runner(self.model, fast=fast, **self._task())
+        if o.device is None and _assigned("GPU") > 0 and torch.cuda.is_available():
+            o = replace(o, device="cuda")  # Ray has set CUDA_VISIBLE_DEVICES to this actor's GPU(s)
+        self.model = model_for(model, replace(o, preprocess=None))
+        self.runner = Runner(self.model, preprocess=o.preprocess, fast=o.fast, **self._task())
         self.column = column
         self.keep_input = keep_input
         self.names = {c: prefix + c for c in self._outputs}
@@ -222,8 +214,9 @@ class Classifier(_Runner):
 
     * ``model``: a zoo name or alias, ``"name:tag"``, a checkpoint path (visible to every node),
       ``"hf-hub:owner/repo"``, or a loaded model; ``top_k``: classes in ``topk``;
-    * ``device`` (default: ``cuda`` in an actor that Ray gave a GPU, else the CPU), ``dtype``,
-      ``fast``, ``labels``, ``preprocess``: as in :func:`tinyvit.predict` / :func:`tinyvit.load`;
+    * the model options (``device`` — default: ``cuda`` in an actor that Ray gave a GPU, else the
+      CPU —, ``dtype``, ``fast``, ``labels``, ``preprocess``, ``arch``) as keyword arguments or
+      ``options=``, as :func:`tinyvit.predict` takes them;
     * ``column``: the input column (default: ``bytes``, else ``image``, else ``path``);
       ``keep_input``: keep the ``bytes`` / ``image`` column in the output; ``prefix``: put
       before the new columns' names (e.g. ``"pred_"`` when the dataset has a ``label`` column).
@@ -237,22 +230,19 @@ class Classifier(_Runner):
 
     def __init__(
         self,
-        model: str | os.PathLike | VisionTransformer = "vit-base-p32-384",
+        model: str | os.PathLike | VisionTransformer = DEFAULT_MODEL,
         *,
         top_k: int = 5,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | str | None = None,
-        fast: bool = False,
-        labels: str | os.PathLike | Sequence[str] | None = None,
-        preprocess: PreprocessSpec | str | None = None,
         column: str | None = None,
         keep_input: bool = False,
         prefix: str = "",
+        options: ModelOptions | None = None,
+        **model_options: Any,
     ) -> None:
         if top_k < 1:
             raise TinyViTError(f"top_k must be >= 1, got {top_k}")
         self.top_k = top_k
-        self._setup(model, device, dtype, fast, labels, preprocess, column, keep_input, prefix)
+        self._setup(model, ModelOptions.of(options, **model_options), column, keep_input, prefix)
 
     def _task(self) -> dict[str, Any]:
         return {"task": "classify", "top_k": self.top_k}
@@ -281,20 +271,17 @@ class Embedder(_Runner):
 
     def __init__(
         self,
-        model: str | os.PathLike | VisionTransformer = "vit-base-p32-384",
+        model: str | os.PathLike | VisionTransformer = DEFAULT_MODEL,
         *,
         normalize: bool = False,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | str | None = None,
-        fast: bool = False,
-        labels: str | os.PathLike | Sequence[str] | None = None,
-        preprocess: PreprocessSpec | str | None = None,
         column: str | None = None,
         keep_input: bool = False,
         prefix: str = "",
+        options: ModelOptions | None = None,
+        **model_options: Any,
     ) -> None:
         self.normalize = normalize
-        self._setup(model, device, dtype, fast, labels, preprocess, column, keep_input, prefix)
+        self._setup(model, ModelOptions.of(options, **model_options), column, keep_input, prefix)
 
     def _task(self) -> dict[str, Any]:
         return {"task": "embed", "normalize": self.normalize}
@@ -366,19 +353,20 @@ def _session(address: str | None) -> Iterator[Any]:
         yield ray
     except ray.exceptions.RayError as e:
         cause = getattr(e, "cause", None)
-        raise TinyViTError(f"the Ray job failed: {_one_line(cause if cause is not None else e)}") from e
+        raise TinyViTError(f"the Ray job failed: {_last_line(cause if cause is not None else e)}") from e
     finally:
         if connected:
             ray.shutdown()
 
 
-def _check_model(model: str | os.PathLike, address: str | None, options: dict[str, Any]) -> None:
+def _check_model(model: str | os.PathLike, address: str | None, kind: str, options: ModelOptions) -> None:
     """Before any cluster starts, a bad model fails in one line. For a job on this machine the
     model is loaded here once (a bad name, a missing file, a checkpoint that does not say its
-    preprocessing; the actors then find the weights in the cache); for a cluster, where the nodes
-    fetch the weights themselves, a zoo name is resolved."""
+    preprocessing, an embedding model asked for classes; the actors then find the weights in the
+    cache); for a cluster, where the nodes fetch the weights themselves, a zoo name is resolved."""
     if address is None:
-        Runner(model_for(model, labels=options.get("labels"), preprocess=options.get("preprocess")))
+        o = replace(options, device=None, dtype=None, fast=False, preprocess=None)  # the actors' concern
+        Runner(model_for(model, o), task="classify" if kind == "predict" else "embed", preprocess=options.preprocess)
     else:
         parse_spec(model)  # an unknown zoo name fails now, naming the close ones
 
@@ -411,7 +399,7 @@ def _read_back(out: str, error_column: str, max_errors: int) -> tuple[int, int, 
 def run_job(
     inputs: str | os.PathLike | Sequence[str | os.PathLike],
     output: str | os.PathLike,
-    model: str | os.PathLike = "vit-base-p32-384",
+    model: str | os.PathLike = DEFAULT_MODEL,
     *,
     kind: str = "predict",
     address: str | None = None,
@@ -421,7 +409,8 @@ def run_job(
     batch_size: int = 32,
     overwrite: bool = False,
     max_errors: int = 100,
-    **options: Any,
+    options: ModelOptions | None = None,
+    **task: Any,
 ) -> JobSummary:
     """Classify (``kind="predict"``) or embed (``kind="embed"``) files on Ray Data and write the
     rows to the Parquet folder ``output``: one row per input, with its absolute ``path``.
@@ -435,36 +424,34 @@ def run_job(
     ``actors``: model replicas (``ActorPoolStrategy(size=actors)``); ``num_gpus``: GPUs per actor (0: CPU; 0.5: two
     actors per GPU); ``num_cpus``: CPUs per actor (default Ray's, 1): torch's threads on the CPU,
     decoding threads on a GPU. ``batch_size``: images per forward pass. ``options``: the
-    :class:`Classifier` / :class:`Embedder` arguments (``top_k``, ``normalize``, ``device``,
-    ``dtype``, ``fast``, ``labels``, ``preprocess``). ``output`` must not hold files unless
-    ``overwrite``. A local ``output`` appears only when the job is done (see :func:`_written_whole`);
-    another filesystem's keeps what a failed job wrote.
+    :class:`~tinyvit.run.options.ModelOptions`; ``task``: the other :class:`Classifier` /
+    :class:`Embedder` arguments (``top_k``, ``normalize``, ``column``, ``prefix``…). ``output`` must
+    not hold files unless ``overwrite``. A local ``output`` appears only when the job is done (see
+    :func:`_written_whole`); another filesystem's keeps what a failed job wrote.
 
     Returns the :class:`JobSummary` (rows, failed rows and their errors), read back from the
     Parquet written.
     """
-    cls = _job_class(kind, model, options, actors=actors, batch_size=batch_size)
+    options = options or ModelOptions()
+    cls = _job_class(kind, model, task, actors=actors, batch_size=batch_size)
     out = _check_output(output, overwrite)
     files, uris = job_inputs(inputs)
     if isinstance(model, (str, os.PathLike)):
-        _check_model(model, address, options)
+        _check_model(model, address, kind, options)
 
     start = time.perf_counter()
     with _session(address) as ray:
         if uris and address is None:
             _check_cpus(ray, actors, num_cpus)
-        with warnings.catch_warnings():  # see _local_actor_args
-            warnings.simplefilter("ignore", DeprecationWarning)
-            ds = _dataset(ray, files, uris).map_batches(
-                cls, fn_constructor_kwargs={"model": model, **options}, batch_size=batch_size,
-                compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=num_gpus or None, num_cpus=num_cpus,
-                **(_local_actor_args(ray) if address is None else {}),
-            )  # fmt: skip
-        with _written_whole(out, overwrite) as target:
+        ds = _dataset(ray, files, uris).map_batches(
+            cls, fn_constructor_kwargs={"model": model, "options": options, **task}, batch_size=batch_size,
+            compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=num_gpus or None, num_cpus=num_cpus,
+        )  # fmt: skip
+        with _written_whole(out, overwrite) as target, _without_restart_notice():
             # a local folder is written new (see _written_whole); another filesystem's is checked by Ray
             mode = "append" if target != out else ("overwrite" if overwrite else "error")
             ds.write_parquet(target, mode=ray.data.SaveMode(mode))
-        rows, failed, errors = _read_back(out, options.get("prefix", "") + "error", max_errors)
+        rows, failed, errors = _read_back(out, task.get("prefix", "") + "error", max_errors)
     if not uris and rows != len(files):
         raise TinyViTError(f"{out}: {rows} rows written for {len(files)} inputs")
     return JobSummary(out, rows, failed, errors, time.perf_counter() - start)
@@ -478,7 +465,7 @@ def _dataset(ray: Any, files: list[str], uris: bool) -> Any:
     return ray.data.from_items([{"path": f} for f in files])
 
 
-def _job_class(kind: str, model: Any, options: dict[str, Any], *, actors: int, batch_size: int) -> type:
+def _job_class(kind: str, model: Any, task: dict[str, Any], *, actors: int, batch_size: int) -> type:
     """The callable class of a job, its arguments checked before anything starts."""
     if kind not in ("predict", "embed"):
         raise TinyViTError(f"kind must be 'predict' or 'embed', got {kind!r}")
@@ -487,24 +474,59 @@ def _job_class(kind: str, model: Any, options: dict[str, Any], *, actors: int, b
             raise TinyViTError(f"{name} must be a whole number >= 1, got {value!r}")
     cls = Classifier if kind == "predict" else Embedder
     try:
-        inspect.signature(cls).bind(model, **options)
+        inspect.signature(cls).bind(model, **task)
+        if unknown := sorted(set(task) - set(inspect.signature(cls).parameters)):
+            raise TypeError(f"unexpected argument(s) {', '.join(unknown)}")
     except TypeError as e:
         raise TinyViTError(f"{kind}: {e}") from None
     return cls
 
 
-def _no_restarts() -> dict[str, int]:
-    return {"max_restarts": 0, "max_task_retries": 0}
+# What Ray's core worker logs, in this process, for each actor Ray Data creates: Ray Data's actors are
+# restartable (its default, which tinyvit keeps: a killed actor is replaced and its batches rerun) and
+# their constructor arguments are in the object store, where Ray Data keeps them for the whole job.
+RESTART_NOTICE = b"has constructor arguments in the object store and max_restarts > 0"
 
 
-def _local_actor_args(ray: Any) -> dict[str, Any]:
-    """The actors of a job on this machine are not restarted: a crash there is this machine's.
-    Restartable actors make Ray print an error line per actor (their constructor arguments are in
-    the object store). Ray 2.60 takes the setting through ``ray_remote_args_fn``, deprecated, to
-    be removed in 2.64: passed while it exists, its warning silenced."""
-    if "ray_remote_args_fn" in inspect.signature(ray.data.Dataset.map_batches).parameters:
-        return {"ray_remote_args_fn": _no_restarts}
-    return {}
+@contextlib.contextmanager
+def _without_restart_notice() -> Iterator[None]:
+    """Within the block, this process's stderr (file descriptor 2, where Ray's C++ core writes)
+    goes through a pipe that drops the lines holding :data:`RESTART_NOTICE` and passes the rest
+    through unchanged (a partial line at once, unless it may be such a log line: ``[time …``)."""
+    sys.stderr.flush()
+    out, saved = os.dup(2), os.dup(2)
+    read, write = os.pipe()
+    os.dup2(write, 2)
+    os.close(write)
+    pump = threading.Thread(target=_pass_lines, args=(read, out), name="tinyvit-stderr", daemon=True)
+    pump.start()
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)  # closes the pipe's last write end: the pump reads to its end, then stops
+        os.close(saved)
+        pump.join(5)
+
+
+def _pass_lines(read: int, out: int) -> None:
+    """Copy ``read`` to ``out`` without the lines holding :data:`RESTART_NOTICE`; close both at the end."""
+    pending = b""
+    try:
+        while chunk := os.read(read, 1 << 16):
+            *lines, pending = (pending + chunk).split(b"\n")
+            kept = b"".join(line + b"\n" for line in lines if RESTART_NOTICE not in line)
+            if pending and not pending.startswith(b"["):
+                kept, pending = kept + pending, b""
+            if kept:
+                os.write(out, kept)
+        if pending and RESTART_NOTICE not in pending:
+            os.write(out, pending)
+    except OSError as e:  # stderr itself is gone: nothing left to write to
+        logging.getLogger(__name__).debug("stderr pass-through stopped: %s", e)
+    finally:
+        os.close(read)
+        os.close(out)
 
 
 @contextlib.contextmanager
@@ -565,6 +587,8 @@ def _check_cpus(ray: Any, actors: int, num_cpus: float | None) -> None:
         )
 
 
-def _one_line(e: BaseException) -> str:
+def _last_line(e: BaseException) -> str:
+    """A Ray error's type and last line (where Ray's long message says what failed), not the
+    whole message as :func:`tinyvit.core.errors.one_line` gives it."""
     lines = [line for line in str(e).strip().splitlines() if line.strip()]
     return f"{type(e).__name__}: {lines[-1] if lines else ''}"
