@@ -42,7 +42,7 @@ from tinyvit.core.fsutil import atomic_path
 from tinyvit.models.vit import VisionTransformer
 from tinyvit.run.options import canonical_dtype
 
-__all__ = ["EXPORT_KEY", "check_onnx", "default_check_sizes", "export_onnx", "read_onnx_metadata"]
+__all__ = ["EXPORT_KEY", "check_onnx", "default_check_sizes", "export_onnx", "export_size", "read_onnx_metadata"]
 
 EXPORT_KEY = "tinyvit.export"  # metadata key of the export record (JSON)
 CONFIG_KEY = "tinyvit.config"  # the architecture, ViTConfig.to_dict() as JSON
@@ -96,8 +96,9 @@ def export_onnx(
 ) -> Path:
     """Write ``model`` as an ONNX file at ``path`` (atomically) and return the path.
 
-    - ``dynamic_size``: any input height and width; otherwise only the model's trained size. The
-      batch size is always dynamic.
+    - ``dynamic_size``: any input height and width; otherwise only the size the model's own
+      preprocessing makes (:func:`export_size`: its crop, else the trained size). The batch size is
+      always dynamic.
     - ``dtype``: ``"float32"`` or ``"float16"`` (weights and compute; input and output stay float32).
     - ``metadata``: extra ``metadata_props`` (str → str), added to tinyvit's own keys: the export
       record (``tinyvit.export``), the architecture (``tinyvit.config``), the version and, when the
@@ -113,8 +114,8 @@ def export_onnx(
     path, dtype_name = Path(path), _dtype_name(dtype)
     _check_target(path, opset, dynamic_size and not model.size_rule.any_size_graph)
     props = _metadata(model, metadata)
-    proto, exporter = _trace(_converted(model, DTYPES[dtype_name]), dynamic_size, opset)
-    size = model.config.image_size
+    size = export_size(model)
+    proto, exporter = _trace(_converted(model, DTYPES[dtype_name]), dynamic_size, opset, size)
     record = {
         "format": 1,
         "input": INPUT_NAME,
@@ -162,6 +163,13 @@ def _check_target(path: Path, opset: int | None, size_dependent: bool = False) -
         _require(module)
 
 
+def export_size(model: VisionTransformer) -> int:
+    """The side of the images the model is given: its preprocessing's crop (a DINOv2 trained at
+    518 px is run at 224), or the trained size when the model carries no preprocessing."""
+    spec = getattr(getattr(model, "weights", None), "preprocess", None)
+    return spec.crop if spec is not None else model.config.image_size
+
+
 def _output_name(model: VisionTransformer) -> str:
     """``logits`` (a classifier), ``embedding`` (an embedding model's record says so), or ``features``."""
     record = getattr(model, "weights", None)
@@ -170,10 +178,11 @@ def _output_name(model: VisionTransformer) -> str:
     return "logits" if model.config.num_classes else "features"
 
 
-def _trace(model: VisionTransformer, dynamic_size: bool, opset: int | None) -> tuple[Any, str]:
-    """The ONNX graph of ``model.forward`` (float32 in and out) and the exporter that made it."""
+def _trace(model: VisionTransformer, dynamic_size: bool, opset: int | None, size: int) -> tuple[Any, str]:
+    """The ONNX graph of ``model.forward`` (float32 in and out) and the exporter that made it:
+    static at ``size`` x ``size``, or traced at the trained size with any size allowed."""
     wrapper = _Float32IO(model)
-    size = model.config.image_size
+    size = model.config.image_size if dynamic_size else size
     example = torch.randn(2, model.config.in_chans, size, size, generator=torch.Generator().manual_seed(0))
     with _quiet_exporter():
         try:
@@ -387,7 +396,7 @@ def check_onnx(
 
     ort = _require("onnxruntime")
     record = json.loads(read_onnx_metadata(path).get(EXPORT_KEY, "null")) or {
-        "image_size": [model.config.image_size] * 2,
+        "image_size": [export_size(model)] * 2,
         "dynamic_size": False,
     }
     sizes = list(sizes) if sizes is not None else default_check_sizes(record)

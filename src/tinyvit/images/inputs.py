@@ -63,8 +63,9 @@ def check_path(image: str | os.PathLike, name: str | None = None) -> Path:
     device, which would be read forever), else :class:`ImageError`."""
     name = name or describe_input(image)
     text = os.fspath(image)
-    if isinstance(text, str) and "://" in text and text.split("://", 1)[0].lower() in _URL_SCHEMES:
-        raise ImageError(name, "only http(s) URLs are fetched; download the image first and pass the local file")
+    if isinstance(text, str) and "://" in text and (scheme := text.split("://", 1)[0].lower()) in _URL_SCHEMES:
+        raise ImageError(name, f"the {scheme}:// scheme is not supported: only http(s) URLs are fetched; download "
+                         "the image first and pass the local file")  # fmt: skip
     path = Path(image)
     if not path.exists():
         raise ImageError(name, "no such file")
@@ -135,5 +136,5 @@ def files_from_args(entries: Sequence[str | os.PathLike], *, globs: bool = False
                 raise ImageError(repr(text), "no file matches this pattern")
         for m in matches:
             p = Path(m)
-            files.extend(_folder_files(p, repr(m)) if p.is_dir() else [check_path(p, repr(m))])
+            files.extend(_folder_files(p, repr(m)) if p.is_dir() else [check_path(m, repr(m))])  # m: a Path drops "//"
     return files
