@@ -152,3 +152,33 @@ def test_families_out_of_reach_are_refused_in_one_line(tmp_path):
     assert "post-norm blocks" in msg
     (tmp_path / "c").mkdir()
     assert "NaFlex" in _refused(tmp_path / "c", shapes, {"model_type": "siglip2"})
+
+
+# ---------------------------------------------------------------------------------------------
+# Dense features: the patch tokens on their grid
+
+
+@pytest.mark.parametrize("name", ["timm_dinov3", "hf_dinov3", "timm_eva02_mim", "timm_aimv2"])
+@pytest.mark.parametrize("i", [0, 1, 2])
+def test_patch_features_are_the_home_librarys_patch_tokens(models, name, i):
+    """timm's forward_features without its prefix tokens; transformers' last_hidden_state[:, 1 + registers:]."""
+    model, case = models[name], CASES[name]
+    out = "features" if case["layout"] == "timm" else "last_hidden_state"
+    out = out if i == 0 else f"{out}@{i}"
+    x = inputs(name, case["outputs"][out]["input"])
+    got = tinyvit.patch_features(x, model)
+    p = model.config.patch_size
+    h, w = x.shape[-2] // p, x.shape[-1] // p
+    want = REF[f"{name}/{out}"][:, model.config.num_prefix_tokens :].reshape(x.shape[0], h, w, -1)
+    assert got.shape == want.shape and (got - want).abs().max().item() <= TOL
+
+
+def test_patch_features_of_images_follow_the_weights_preprocessing(models):
+    from PIL import Image
+
+    model = models["timm_dinov3"]
+    image = Image.fromarray(np.asarray(np.random.default_rng(0).integers(0, 255, (40, 50, 3)), dtype=np.uint8))
+    got = tinyvit.patch_features([image, image], model, batch_size=1)
+    x = tinyvit.preprocess([image, image], model)
+    assert got.shape == (2, x.shape[-2] // 8, x.shape[-1] // 8, 64)
+    assert torch.equal(got, tinyvit.patch_features(x, model))

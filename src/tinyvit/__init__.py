@@ -37,6 +37,7 @@ _LAZY = {
     "predict_iter": "tinyvit.api",
     "embed": "tinyvit.api",
     "embed_iter": "tinyvit.api",
+    "patch_features": "tinyvit.run.dense",
     "evaluate": "tinyvit.run.evaluate",
     "Evaluation": "tinyvit.run.evaluate",
     "Prediction": "tinyvit.run.runner",
@@ -75,6 +76,7 @@ __all__ = [
     "get_model",
     "list_models",
     "load",
+    "patch_features",
     "predict",
     "predict_iter",
     "preprocess",
@@ -85,6 +87,7 @@ if TYPE_CHECKING:
     from tinyvit.core.config import ViTConfig
     from tinyvit.images.spec import PreprocessSpec
     from tinyvit.models.vit import VisionTransformer
+    from tinyvit.run.dense import patch_features
     from tinyvit.run.evaluate import Evaluation, evaluate
     from tinyvit.run.fit import FitOptions, fit
     from tinyvit.run.runner import Embedding, Prediction
