@@ -29,8 +29,9 @@ Output: every input column, except that the ``bytes`` / ``image`` data is droppe
 
 * :class:`Classifier`: ``label`` (int64), ``name`` (string), ``score`` (float64, the top-1
   probability), ``topk`` (list of ``{label, name, score}``, highest first) and ``error``;
-* :class:`Embedder`: ``embedding`` (list of float32, the class-token feature, unit L2 norm with
-  ``normalize=True``) and ``error``.
+* :class:`Embedder`: ``embedding`` (list of float32, the image embedding :func:`tinyvit.embed`
+  gives — an embedding model's own output, a classifier's pooled feature before its head —, unit
+  L2 norm with ``normalize=True``) and ``error``.
 
 ``error`` is null for a good image; an image that cannot be read or decoded gives a row with
 ``error`` set (the message :func:`tinyvit.predict` gives for that file) and nulls in the result
@@ -260,8 +261,8 @@ class Classifier(_Runner):
 
 
 class Embedder(_Runner):
-    """The class-token feature of each image of a Ray Dataset (``model.extract_feat``, what
-    :func:`tinyvit.embed` gives): adds ``embedding`` (list of float32) and ``error``.
+    """The image embedding of each image of a Ray Dataset (what :func:`tinyvit.embed` gives):
+    adds ``embedding`` (list of float32) and ``error``.
 
     Constructor arguments as :class:`Classifier`'s, with ``normalize=True`` (unit L2 norm) in
     place of ``top_k``.
