@@ -30,6 +30,7 @@ from PIL import Image
 
 import tinyvit
 from tinyvit.core.config import count_macs
+from tinyvit.run.options import ModelOptions
 from tinyvit.run.runtime import cached_model
 from tinyvit.weights._builder import resolve_preprocess
 from tinyvit.weights.manifest import entries
@@ -355,7 +356,7 @@ def bench_deviation(report: Report, paths: dict, name: str, n_images: int, folde
         images.append(path)
     spec = resolve_preprocess(name)
     model = cached_model(paths["weights"])
-    model_bf16 = cached_model(paths["weights"], dtype=torch.bfloat16)
+    model_bf16 = cached_model(paths["weights"], ModelOptions(dtype="bfloat16"))
     exact = torch.stack([tinyvit.preprocess(p, spec) for p in images])
     fast = torch.stack([tinyvit.preprocess(p, spec, fast=True) for p in images])
     with torch.inference_mode():

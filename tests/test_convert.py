@@ -45,7 +45,7 @@ def test_unknown_layout_lists_the_keys():
 
 def test_header_carries_the_weights_record(tmp_path):
     src = write_checkpoint("timm_b32_384", CASES["timm_b32_384"], tmp_path / "src")
-    dst = tinyvit.convert(src, tmp_path / "out.safetensors")  # architecture recognised from the shapes
+    dst = tinyvit.convert(src, tmp_path / "out.safetensors", arch="vit_base_patch32_384")  # a bare state dict: timm's name
     with safe_open(dst, "pt") as f:
         meta = f.metadata()
     record = tinyvit.Weights.from_json(meta["tinyvit.weights"])

@@ -21,7 +21,7 @@ import torch
 
 from tinyvit.core.errors import TinyViTError
 from tinyvit.export import EXPORT_KEY, check_onnx, export_onnx, read_onnx_metadata
-from tinyvit.images.spec import PreprocessSpec
+from tinyvit.images.spec import PreprocessSpec, SizeRule
 from tinyvit.models.vit import VisionTransformer, ViTConfig, resample_pos_embed
 
 B32_384 = ViTConfig(image_size=384, patch_size=32, embed_dim=768, depth=12, num_heads=12, num_classes=1000)
@@ -31,10 +31,15 @@ TINY = ViTConfig(image_size=64, patch_size=16, embed_dim=64, depth=2, num_heads=
 TOL = 1e-4  # float32, ONNX Runtime vs tinyvit (measured ~3e-6)
 
 
-def make_model(config: ViTConfig, seed: int = 0) -> VisionTransformer:
+MMPRETRAIN_RULE = SizeRule(pad=True, pos_embed="bicubic")
+
+
+def make_model(config: ViTConfig, seed: int = 0, rule: SizeRule = MMPRETRAIN_RULE) -> VisionTransformer:
+    """A random model; other sizes as mmpretrain handles them (zero padding, plain bicubic) unless
+    ``rule`` says otherwise."""
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        return VisionTransformer(config).init_weights().eval()
+        return VisionTransformer(config, rule).init_weights().eval()
 
 
 def images(batch: int, h: int, w: int, seed: int = 1) -> torch.Tensor:

@@ -102,10 +102,14 @@ def test_timm_finetune_equals_timm(timm_repo, photo):
 
 
 def test_bare_timm_file_needs_preprocessing_and_labels_from_the_user(timm_repo, tmp_path):
-    """A timm .safetensors alone: the architecture comes from the tensors, the rest from options."""
+    """A timm .safetensors alone: the architecture comes from the tensors and the timm name the user
+    gives (the heads are not in the tensors), the rest from options."""
     bare = tmp_path / "finetune.safetensors"
     bare.write_bytes((timm_repo / "model.safetensors").read_bytes())
-    model = tinyvit.load(bare)
+    with pytest.raises(tinyvit.WeightsError, match="does not say how many attention heads.*--arch"):
+        tinyvit.load(bare)
+    arch = FT["timm"]["architecture"]
+    model = tinyvit.load(bare, arch=arch)
     assert model.weights.categories is None and model.weights.preprocess is None
     with pytest.raises(tinyvit.TinyViTError, match="does not say how its images were preprocessed.*--preprocess-like"):
         tinyvit.predict(PHOTOS["chelsea"], model)
@@ -113,14 +117,14 @@ def test_bare_timm_file_needs_preprocessing_and_labels_from_the_user(timm_repo, 
     labels = tmp_path / "labels.txt"
     labels.write_text("\n".join(FT["timm"]["label_names"]) + "\n")
     out = cli(
-        "predict", str(PHOTOS["chelsea"]), "--model", str(bare), "--labels", str(labels), "--json",
+        "predict", str(PHOTOS["chelsea"]), "--model", str(bare), "--labels", str(labels), "--json", "--arch", arch,
         "--crop", "64", "--resize", "73", "--interpolation", "bilinear", "--mean", "imagenet", "--std", "imagenet",
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     (row,) = json.loads(out.stdout)
     assert_same_top5([(t["name"], t["score"]) for t in row["topk"]], expected_top5("timm", "chelsea"), "cli")
 
-    missing = cli("predict", str(PHOTOS["chelsea"]), "--model", str(bare))
+    missing = cli("predict", str(PHOTOS["chelsea"]), "--model", str(bare), "--arch", "num_heads=3")
     assert missing.returncode == 1 and "--preprocess-like" in missing.stderr and "Traceback" not in missing.stderr
 
 
@@ -131,7 +135,7 @@ def test_cli_convert_a_finetune_with_labels_then_predict(timm_repo, tmp_path):
     bare.write_bytes((timm_repo / "model.safetensors").read_bytes())
     dst = tmp_path / "mine.safetensors"
     out = cli(
-        "convert", str(bare), str(dst), "--labels", str(labels),
+        "convert", str(bare), str(dst), "--labels", str(labels), "--arch", FT["timm"]["architecture"],
         "--crop", "64", "--resize", "73", "--interpolation", "bilinear", "--mean", "imagenet", "--std", "imagenet",
     )  # fmt: skip
     assert out.returncode == 0, out.stderr

@@ -156,7 +156,7 @@ def test_unpinned_file_is_checked_against_the_hub_etag(hub, tmp_path):
 URL_FETCH = """
     import json, tinyvit
     from conftest import small_config, load_parity
-    from tinyvit.weights._hub import fetch
+    from tinyvit.weights._builder import download
     from tinyvit.weights.specs import ZooSpec
     meta, _ = load_parity()
     spec = tinyvit.PreprocessSpec(40, 32, "bilinear", (127.5,) * 3, (127.5,) * 3)
@@ -164,7 +164,7 @@ URL_FETCH = """
     record = tinyvit.Weights(config=small_config(meta), preprocess=spec, categories=None, source=source,
                              name="tiny", tag="mmpretrain")
     try:
-        path = fetch(ZooSpec(record)).path
+        path = download(ZooSpec(record))  # fetched, verified, converted into the cache
     except tinyvit.WeightsError as e:
         print(json.dumps({{"error": str(e)}}))
         raise SystemExit(0)

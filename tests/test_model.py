@@ -12,6 +12,7 @@ from conftest import case_state, load_parity, mapped_ranges, small_config
 
 import tinyvit
 from tinyvit.core.config import count_macs
+from tinyvit.images.spec import SizeRule
 from tinyvit.models.vit import resample_pos_embed
 from tinyvit.weights.manifest import entries
 
@@ -56,7 +57,7 @@ def test_unknown_model_name_is_a_clear_error():
 @pytest.fixture(scope="module")
 def small_model():
     case = META["cases"]["timm_small"]
-    model = tinyvit.VisionTransformer(small_config(META))
+    model = tinyvit.VisionTransformer(small_config(META), SizeRule(pad=True, pos_embed="bicubic"))  # mmpretrain's
     model.load_state_dict(case_state(case))
     return model.eval()
 

@@ -90,13 +90,15 @@ def test_a_bad_image_does_not_lose_the_others(model, images, tmp_path):
 
 
 def test_models_are_cached_per_spec_device_dtype(weights, images):
+    from tinyvit.run.options import ModelOptions
     from tinyvit.run.runtime import cached_model
 
+    bf16 = ModelOptions(dtype=torch.bfloat16)
     a = tinyvit.predict(images[0], str(weights))
     assert cached_model(str(weights)) is cached_model(str(weights))
-    assert cached_model(str(weights), dtype=torch.bfloat16) is not cached_model(str(weights))
+    assert cached_model(str(weights), bf16) is not cached_model(str(weights))
     b = tinyvit.predict(images[0], str(weights), dtype=torch.bfloat16)
-    assert next(cached_model(str(weights), dtype=torch.bfloat16).parameters()).dtype == torch.bfloat16
+    assert next(cached_model(str(weights), bf16).parameters()).dtype == torch.bfloat16
     assert a.label == b.label  # bf16 keeps the top-1 here; the benchmark reports its deviation
 
 

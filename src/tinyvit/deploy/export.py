@@ -212,7 +212,8 @@ def _converted(model: VisionTransformer, dtype: torch.dtype) -> VisionTransforme
     if all(t.dtype == dtype and t.device.type == "cpu" for t in state.values()):
         return model
     state = {k: v.detach() for k, v in state.items()}
-    return VisionTransformer.from_state_dict(model.config, state, device=torch.device("cpu"), dtype=dtype)
+    return VisionTransformer.from_state_dict(model.config, state, size_rule=model.size_rule, device=torch.device("cpu"),
+                                             dtype=dtype)  # fmt: skip
 
 
 def _export_dynamo(wrapper: nn.Module, example: torch.Tensor, output: str, dynamic_size: bool, opset: int | None):

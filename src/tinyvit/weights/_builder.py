@@ -53,14 +53,15 @@ def load_model(
     return build_model(record, state, what=what, device=device, dtype=dtype)
 
 
-def _tensors(spec: ModelSpec, arch: ArchArg) -> tuple[dict[str, torch.Tensor], Weights]:
+def _tensors(spec: ModelSpec, arch: ArchArg, *, advise: bool = True) -> tuple[dict[str, torch.Tensor], Weights]:
     """The spec's tensors under tinyvit's names and its record: a converted file the cache has for
-    a spec that names its content (no download), else fetched and prepared."""
+    a spec that names its content (no download), else fetched and prepared. ``advise``: an
+    offline error says how to get the weights."""
     zoo = spec.record if isinstance(spec, ZooSpec) else None
     key = spec.content_key if isinstance(spec, (ZooSpec, UrlSpec)) else None
     if key is not None and (hit := cached(key, zoo, arch)) is not None:
         return hit
-    fetched = _fetch(spec)
+    fetched = _fetch(spec, advise)
     try:
         return prepare(fetched, arch=arch)
     except WeightsError as e:
@@ -72,12 +73,14 @@ def _tensors(spec: ModelSpec, arch: ArchArg) -> tuple[dict[str, torch.Tensor], W
             fetched.path.unlink(missing_ok=True)
 
 
-def _fetch(spec: ModelSpec) -> Fetched:
+def _fetch(spec: ModelSpec, advise: bool = True) -> Fetched:
     try:
         return fetch(spec)
     except OfflineError as e:
         if not isinstance(spec, ZooSpec):
             raise
+        if not advise:  # `tinyvit download` itself: no advice to run it
+            raise OfflineError(f"{spec}: {e}") from e
         raise OfflineError(
             f"{spec}: {e}. Fetch it once where the Hub can be reached (`tinyvit download {spec}`), "
             "or load a local copy by its path"
@@ -145,10 +148,10 @@ def download(spec: ModelSpec) -> Path:
     if isinstance(spec, PathSpec):
         raise WeightsError(f"{str(spec)!r} is a local path; there is nothing to download")
     if isinstance(spec, HubSpec):
-        fetched = _fetch(spec)
+        fetched = _fetch(spec, advise=False)
         prepare(fetched)
         return fetched.path
-    return Path(str(_tensors(spec, None)[1].source.path))
+    return Path(str(_tensors(spec, None, advise=False)[1].source.path))
 
 
 def bare_model(name: str) -> VisionTransformer:

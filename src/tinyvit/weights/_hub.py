@@ -60,7 +60,12 @@ def converted_path(key: str, arch: Any, layout: str) -> Path:
     """Where conversion keeps its tinyvit file of the checkpoint ``key`` (``Fetched.key``), read as
     ``layout`` with the stated architecture ``arch`` (JSON-able, or None)."""
     ident = json.dumps([CONVERSION_FORMAT, key, layout, arch], sort_keys=True, default=str)
-    return cache_dir() / "converted" / (hashlib.sha256(ident.encode()).hexdigest()[:32] + ".safetensors")
+    digest = hashlib.sha256(ident.encode()).hexdigest()[:32]
+    kind, _, rest = key.partition(":")
+    if kind == "zoo":  # zoo:name:tag:sha → converted/name/tag-<digest>: a person can tell what it is
+        name, tag = rest.split(":")[:2]
+        return cache_dir() / "converted" / name / f"{tag}-{digest}.safetensors"
+    return cache_dir() / "converted" / kind / f"{digest}.safetensors"
 
 
 def offline() -> bool:
