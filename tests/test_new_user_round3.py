@@ -5,6 +5,7 @@ usage and scheme errors that say what is wrong."""
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 from pathlib import Path
@@ -72,8 +73,6 @@ def test_open_clips_own_saves_load_given_open_clips_model_name(tmp_path):
     that says to name the open_clip model (``--arch ViT-B-32``); with the name (``arch="ViT-S-32"``,
     any case; ``--arch ViT-S-32``) they give what the same tensors give beside open_clip's config of
     that name."""
-    import json
-
     import torch
     from safetensors.torch import save_file
 
@@ -175,8 +174,6 @@ def test_a_static_export_takes_the_size_the_models_preprocessing_makes(tmp_path)
     preprocessing crops smaller than its trained size (as 224 for 518): the graph takes the crop,
     checks itself there, says it gives an ``embedding`` (not ``logits``), and ONNX Runtime runs a
     preprocessed photo to tinyvit's embedding."""
-    import json
-
     import numpy as np
     import onnx
     import onnxruntime as ort
@@ -202,3 +199,20 @@ def test_a_static_export_takes_the_size_the_models_preprocessing_makes(tmp_path)
     with torch.inference_mode():
         want = tinyvit.load(str(folder))(x).numpy()
     assert np.abs(got - want).max() <= 1e-4
+
+
+def test_preprocess_like_a_timm_folder_and_a_timm_name_said(tmp_path):
+    """``--preprocess-like`` takes a timm folder (its config.json's pretrained_cfg), as ``preprocess=``
+    does in Python; a timm architecture name (``vit_small_patch16_224``) is refused in one line
+    that says it names no weights and what to pass, with predict's usage (exit 2)."""
+    from conftest import small_vit_file
+
+    small_vit_file(tmp_path)  # writes timm.safetensors: tensors only, no preprocessing
+    bare = tmp_path / "timm.safetensors"
+    folder = write_case("timm_deit3", tmp_path / "timm_folder")
+    ran = cli("predict", PHOTO, "--model", bare, "--arch", "num_heads=4", "--preprocess-like", folder, "--json")
+    assert ran.returncode == 0, ran.stderr
+    want = tinyvit.predict(PHOTO, str(bare), arch="num_heads=4", preprocess=str(folder))
+    assert json.loads(ran.stdout)[0]["pred_score"] == pytest.approx(want.score, abs=1e-6)
+    ran = cli("predict", PHOTO, "--model", bare, "--arch", "num_heads=4", "--preprocess-like", "vit_small_patch16_224")
+    assert ran.returncode == 2 and "a timm architecture name" in ran.stderr and "timm folder" in ran.stderr
