@@ -3,7 +3,8 @@
 Reference outputs for the families timm builds with its ``Eva`` class (DINOv3, EVA02, Perception
 Encoder, RoPE-ViT: rotary position embeddings, SwiGLU / sub-LN MLPs, q/v biases, LayerScale,
 registers, attention pooling), AIMv2 (timm's ``VisionTransformer`` with RMSNorm and SwiGLU) and
-transformers' ``DINOv3ViTModel``, computed by those libraries themselves.
+transformers' ``DINOv3ViTModel``, and open_clip's PE-Core / EVA02-CLIP folders whose image tower
+is a timm model (``visual.trunk.*``), computed by those libraries themselves.
 
 As in scripts/make_family_fixtures.py (whose helpers this script uses): every model is small
 (embed 64, depth 2, 4 heads; 32 px with patch 8 or 56 px with patch 14, a 4x4 grid; batch 2); its
@@ -20,6 +21,7 @@ See tests/fixtures/ROPE.md for the fixture format.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -198,7 +200,76 @@ def hf_case(fx: Fixture, name: str, config_kwargs: dict, covers: str) -> None:
     fx.add(name, case, outputs)
 
 
+OC_TEXT = dict(context_length=8, vocab_size=64, width=32, heads=2, layers=1)
+OC_TRUNK = dict(embed_dim=96, depth=2, img_size=32, patch_size=8)  # the registered heads kept (PE-S 6, EVA02-B 12)
+OC_CASES = {
+    # name: (family, open_clip config it is made from, what the case covers)
+    "oc_pe_core": ("pe", "PE-Core-S-16-384", "open_clip PE-Core: timm trunk vit_pe_core_small_patch16_384 "
+                   "(visual.trunk.*), timm_pool map, the trunk's head as the projection"),
+    "oc_eva02_clip": ("eva02", "EVA02-B-16", "open_clip EVA02-CLIP: timm trunk eva02_base_patch16_clip_224, token "
+                      "pool, the trunk's head as the projection"),
+}  # fmt: skip
+
+
+@contextlib.contextmanager
+def small_timm_trunks():
+    """open_clip builds its timm trunk by architecture name at full size; here at OC_TRUNK's."""
+    import open_clip.timm_model as tm
+
+    create = tm.timm.create_model
+    tm.timm.create_model = lambda name, **kw: create(name, **{**kw, **OC_TRUNK})
+    try:
+        yield
+    finally:
+        tm.timm.create_model = create
+
+
+def oc_case(fx: Fixture, name: str, family: str, config_name: str, covers: str) -> None:
+    import open_clip
+    from make_family_fixtures import _NoTokenizer
+    from open_clip.push_to_hf_hub import save_for_hf
+
+    model_cfg = json.loads((Path(open_clip.__file__).parent / "model_configs" / f"{config_name}.json").read_text())
+    model_cfg["vision_cfg"]["image_size"] = OC_TRUNK["img_size"]
+    model_cfg["text_cfg"] = dict(OC_TEXT)
+    preprocess_cfg = dict(mean=[0.5] * 3, std=[0.5] * 3, interpolation="bicubic", resize_mode="squash")
+    with tempfile.TemporaryDirectory() as tmp, small_timm_trunks():
+        boot = Path(tmp) / "boot"
+        boot.mkdir()
+        boot_cfg = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}
+        (boot / "open_clip_config.json").write_text(json.dumps(boot_cfg))
+        model = open_clip.create_model(f"local-dir:{boot}").eval()
+        state = model.state_dict()
+        keys = key_table(state)
+        filled = filled_state(keys, state)
+        model.load_state_dict(filled, strict=True)
+        folder = Path(tmp) / name
+        save_for_hf(model, _NoTokenizer(), model_cfg, str(folder), safe_serialization=True)
+        config_text = (folder / "open_clip_config.json").read_text()
+        disk_keys, meta = safetensors_keys(folder / "open_clip_model.safetensors")
+        assert disk_keys == keys, name
+        loaded = open_clip.create_model(f"local-dir:{folder}").eval()
+    for k, v in loaded.state_dict().items():
+        assert torch.equal(v, filled[k]), (name, k)
+    ins = inputs(name, [(BATCH, 3, 32, 32)])
+    x = make_input(ins[0])
+    trunk = loaded.visual.trunk
+    outputs = {"encode_image": (0, "model.encode_image(x, normalize=False)", loaded.encode_image(x, normalize=False)),
+               "features": (0, "model.visual.trunk.forward_features(x)", trunk.forward_features(x))}  # fmt: skip
+    case = {
+        "family": family, "layout": "open_clip", "library": "open_clip", "covers": covers,
+        "open_clip_config": config_name, "model_cfg": model_cfg, "trunk_kwargs": OC_TRUNK,
+        "saved_with": "open_clip.push_to_hf_hub.save_for_hf(model, tokenizer, model_cfg, folder, "
+        "safe_serialization=True) (tokenizer stubbed: its files are not written)",
+        "loaded_with": "open_clip.create_model('local-dir:' + folder)  # other sizes: open_clip's trunk refuses them",
+        "files": {"open_clip_config.json": config_text}, "weights_files": ["open_clip_model.safetensors"],
+        "safetensors_metadata": meta, "keys": keys, "facts": _facts(trunk), "inputs": ins,
+    }  # fmt: skip
+    fx.add(name, case, outputs)
+
+
 def main() -> None:
+    import open_clip
     import timm
     import transformers
 
@@ -207,9 +278,12 @@ def main() -> None:
         timm_case(fx, name, *args)
     for name, args in HF_CASES.items():
         hf_case(fx, name, *args)
+    for name, args in OC_CASES.items():
+        oc_case(fx, name, *args)
     fixture = {
         "generated_by": "scripts/make_rope_fixtures.py",
-        "versions": {"torch": torch.__version__, "timm": timm.__version__, "transformers": transformers.__version__},
+        "versions": {"torch": torch.__version__, "timm": timm.__version__, "transformers": transformers.__version__,
+                     "open_clip": open_clip.__version__},  # fmt: skip
         "small": {**SMALL, "p8": P8, "p14": P14, "batch": BATCH, "other_sizes_p8": OTHER_P8,
                   "other_sizes_p14": OTHER_P14},  # fmt: skip
         "cases": fx.cases,

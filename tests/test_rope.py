@@ -1,8 +1,9 @@
 """The ViTs of 2025–26 (issue #26), from the files their home libraries write: DINOv3 (timm, and
-transformers' DINOv3ViTModel), EVA02 (MIM encoder, classifier, CLIP image tower), Perception
-Encoder core, RoPE-ViT (axial, mixed + absolute positions), AIMv2. Expected values come from timm and
-transformers (tests/fixtures/rope.*, made by scripts/make_rope_fixtures.py; ROPE.md says what every
-field is), at the trained size and two others."""
+transformers' DINOv3ViTModel), EVA02 (MIM encoder, classifier, CLIP image tower; timm and open_clip),
+Perception Encoder core (timm and open_clip), RoPE-ViT (axial, mixed + absolute positions), AIMv2.
+Expected values come from timm, transformers and open_clip (tests/fixtures/rope.*, made by
+scripts/make_rope_fixtures.py; ROPE.md says what every field is), at the trained size and two others
+(open_clip's timm towers take their trained size only)."""
 
 from __future__ import annotations
 
@@ -54,7 +55,7 @@ def tinyvit_output(model: tinyvit.VisionTransformer, output: str, x: torch.Tenso
             return tokens
         if output in ("pre_logits", "pooler_output"):
             return model.forward_head(tokens, pre_logits=True)
-        if output == "logits":
+        if output in ("logits", "encode_image"):  # open_clip's: the timm trunk's head is the projection
             return model.forward_head(tokens)
     raise AssertionError(f"no tinyvit counterpart for {output}")
 

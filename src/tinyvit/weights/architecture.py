@@ -238,10 +238,13 @@ def _hf_dinov3_options(cfg: dict, what: str) -> dict[str, Any]:
 
 def _open_clip_options(cfg: dict, what: str) -> dict[str, Any]:
     """open_clip's model_cfg: heads from ``width / head_width`` (open_clip's default head width:
-    64), QuickGELU, its LayerNorm (eps 1e-5)."""
+    64), QuickGELU, its LayerNorm (eps 1e-5); a timm model as the tower: what timm's registry
+    says of it, with open_clip's pooling."""
     model_cfg = cfg.get("model_cfg") or {}
     vision = model_cfg.get("vision_cfg") or {}
-    options = ("timm_model_name", "attentional_pool", "attn_pooler_queries", "no_ln_pre", "final_ln_after_pool")
+    if vision.get("timm_model_name"):
+        return _open_clip_timm_options(vision, what)
+    options = ("attentional_pool", "attn_pooler_queries", "no_ln_pre", "final_ln_after_pool")
     unsupported = [k for k in options if vision.get(k)]
     if unsupported or vision.get("pool_type", "tok") != "tok":
         raise WeightsError(f"{what}: open_clip vision_cfg {unsupported or 'pool_type'} is not supported")
@@ -250,6 +253,25 @@ def _open_clip_options(cfg: dict, what: str) -> dict[str, Any]:
         "num_heads": width // vision.get("head_width", 64), "layer_norm_eps": 1e-5,
         "act_layer": "quick_gelu" if model_cfg.get("quick_gelu") else "gelu",
     }  # fmt: skip
+
+
+def _open_clip_timm_options(vision: dict, what: str) -> dict[str, Any]:
+    """open_clip's ``TimmModel`` tower (``timm_model_name``): the architecture as timm registers it,
+    pooled by ``timm_pool``; a linear ``timm_proj`` shows in the tensors, an MLP one is refused."""
+    name = str(vision["timm_model_name"])
+    registered = timm_architecture(name)
+    refused = _timm_refusals().get(name)
+    if registered is None or refused:
+        why = f": {refused}" if refused else " (not a timm ViT tinyvit knows)"
+        raise WeightsError(f"{what}: open_clip's timm tower {name!r} is not supported{why}")
+    pool = vision.get("timm_pool", "avg")
+    proj = vision.get("timm_proj")
+    if pool not in ("token", "avg", "map") or proj not in (None, "linear", "none"):
+        raise WeightsError(f"{what}: open_clip timm_pool={pool!r} / timm_proj={proj!r} is not supported")
+    out = {k: v for k, v in registered.items() if v is not None} | {"global_pool": pool}
+    if isinstance(out.get("ref_feat_shape"), list):
+        out["ref_feat_shape"] = _square(out["ref_feat_shape"], "ref_feat_shape", what)
+    return out
 
 
 def _options(ckpt: Checkpoint, layout: str, npz_heads: int | None, what: str) -> dict[str, Any]:

@@ -15,8 +15,9 @@ hf             transformers' ViT, DINOv2 (with registers), DINOv3, CLIP and SigL
                left out
 mmpretrain     ``backbone.layers.0.attn.qkv.weight``, ``head.layers.head.weight``
 npz            Google's JAX ``.npz`` (``Transformer/encoderblock_0/...``)
-open_clip      open_clip's CLIP: the image tower ``visual.*`` (``visual.transformer.resblocks.0…``); the text
-               tower is left out
+open_clip      open_clip's CLIP: the image tower ``visual.*`` (``visual.transformer.resblocks.0…``), or a timm
+               model as the tower (``visual.trunk.*``: PE-Core, EVA02-CLIP; timm's names, its head the
+               projection, or ``visual.head.proj``); the text tower is left out
 dinov2         facebookresearch/dinov2's own checkpoints (``mask_token``, ``register_tokens``, ``ls1.gamma``)
 =============  ==========================================================================================
 """
@@ -110,7 +111,7 @@ def detect_layout(keys) -> str:
         return "npz"
     if "backbone.cls_token" in keys or any(k.startswith("backbone.layers.") for k in keys):
         return "mmpretrain"
-    if "visual.conv1.weight" in keys:
+    if "visual.conv1.weight" in keys or any(k.startswith("visual.trunk.") for k in keys):
         return "open_clip"
     if "mask_token" in keys and "pos_embed" in keys:
         return "dinov2"
@@ -265,6 +266,18 @@ def _from_npz(w: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], int]
     return out, num_heads
 
 
+def _from_open_clip_trunk(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """open_clip's ``TimmModel`` image tower: the timm model under ``visual.trunk.`` (its head, when
+    it has one, is the projection), or a bias-free ``visual.head.proj`` after it; the rest dropped."""
+    trunk = {k.removeprefix("visual.trunk."): v for k, v in tensors.items() if k.startswith("visual.trunk.")}
+    head = {k.removeprefix("visual.head.proj."): v for k, v in tensors.items() if k.startswith("visual.head.proj.")}
+    others = sorted(k for k in tensors if k.startswith("visual.head.") and not k.startswith("visual.head.proj."))
+    if others or (head and "head.weight" in trunk):
+        raise WeightsError(f"open_clip timm tower: an MLP or second projection head is not supported ({others[:3]})")
+    trunk |= {f"head.{part}": t for part, t in head.items()}
+    return _from_eva(trunk)
+
+
 def to_timm(tensors: dict[str, torch.Tensor], layout: str) -> tuple[dict[str, torch.Tensor], int | None]:
     """Rename a state dict of ``layout`` to timm's names; also the head count where it shows."""
     if layout == "timm":
@@ -273,6 +286,8 @@ def to_timm(tensors: dict[str, torch.Tensor], layout: str) -> tuple[dict[str, to
         return _from_npz(tensors)
     if layout not in _RENAMES:
         raise WeightsError(f"unknown layout {layout!r}; choose one of auto, {', '.join(LAYOUTS)}")
+    if layout == "open_clip" and any(k.startswith("visual.trunk.") for k in tensors):
+        return _from_open_clip_trunk(tensors), None
     state = _reshape(_rename(tensors, _RENAMES[layout]), layout)
     if "reg_token" in state and "pos_embed" in state and layout in ("hf", "dinov2"):
         state = fold_register_positions(state)
