@@ -163,11 +163,12 @@ class Rope(nn.Module):
             return self.table(grid, device)
         f = self.freqs
         key = (tuple(grid), device, None if f is None else (id(f), f._version))
-        if key not in self._tables:
+        table = self._tables.get(key)  # (one lookup, one store: safe with threads serving the model)
+        if table is None:
             if len(self._tables) >= 16:
-                self._tables.pop(next(iter(self._tables)))
-            self._tables[key] = self.table(grid, device)
-        return self._tables[key]
+                self._tables.clear()
+            table = self._tables[key] = self.table(grid, device)
+        return table
 
     def table(self, grid: tuple[int, int], device: torch.device) -> torch.Tensor:
         c, nb = self.config, self.head_dim // 4
