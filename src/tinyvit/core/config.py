@@ -132,7 +132,8 @@ def count_macs(config: ViTConfig, image_size: int | None = None, *, pad: bool = 
     n = side**2
     t, d, m = n + config.num_prefix_tokens, config.embed_dim, config.mlp_dim
     patch = n * d * config.in_chans * config.patch_size**2
-    block = t * d * (3 * d + d + 2 * m) + 2 * t * t * d  # qkv, proj, mlp; q·k and attn·v
+    mlp = (3 if config.swiglu_mlp else 2) * m  # SwiGLU: fc1_g, fc1_x, fc2
+    block = t * d * (3 * d + d + mlp) + 2 * t * t * d  # qkv, proj, mlp; q·k and attn·v
     pool = n * 2 * d * d + 2 * d * d + 2 * n * d + 2 * d * m if config.global_pool == "map" else 0
     heads = 2 if config.dist_token else 1
     return patch + config.depth * block + pool + heads * d * config.num_classes
