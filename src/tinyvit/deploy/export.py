@@ -39,6 +39,7 @@ from torch import nn
 from tinyvit import __version__
 from tinyvit.core.errors import TinyViTError
 from tinyvit.core.fsutil import atomic_path
+from tinyvit.images.spec import SizeRule
 from tinyvit.models.vit import VisionTransformer
 from tinyvit.run.options import canonical_dtype
 
@@ -115,7 +116,8 @@ def export_onnx(
     _check_target(path, opset, dynamic_size and not model.size_rule.any_size_graph)
     props = _metadata(model, metadata)
     size = export_size(model)
-    proto, exporter = _trace(_converted(model, DTYPES[dtype_name]), dynamic_size, opset, size)
+    traced = _converted(model, DTYPES[dtype_name], _traced_rule(model, dynamic_size, size))
+    proto, exporter = _trace(traced, dynamic_size, opset, size)
     record = {
         "format": 1,
         "input": INPUT_NAME,
@@ -205,14 +207,25 @@ def _dtype_name(dtype: str) -> str:
     return name
 
 
-def _converted(model: VisionTransformer, dtype: torch.dtype) -> VisionTransformer:
-    """The model itself when it is already on the CPU in ``dtype``, else a converted copy (built on
-    the meta device and assigned the converted tensors: one copy, no random initialisation)."""
+def _traced_rule(model: VisionTransformer, dynamic_size: bool, size: int) -> SizeRule:
+    """The size rule the graph is traced with: the model's, except that a static graph at the
+    trained size resamples the position embedding with plain bicubic instead of the antialiased
+    one — both are the identity there, bit for bit, and the TorchScript exporter (opsets 14-17)
+    has no antialiased resize."""
+    rule = model.size_rule
+    if not dynamic_size and size == model.config.image_size and rule.pos_embed == "bicubic_aa":
+        return SizeRule(rule.pad, "bicubic")
+    return rule
+
+
+def _converted(model: VisionTransformer, dtype: torch.dtype, rule: SizeRule) -> VisionTransformer:
+    """The model itself when it is already on the CPU in ``dtype`` with ``rule``, else a converted
+    copy (built on the meta device and assigned the tensors: one copy, no random initialisation)."""
     state = model.state_dict()
-    if all(t.dtype == dtype and t.device.type == "cpu" for t in state.values()):
+    if rule == model.size_rule and all(t.dtype == dtype and t.device.type == "cpu" for t in state.values()):
         return model
     state = {k: v.detach() for k, v in state.items()}
-    return VisionTransformer.from_state_dict(model.config, state, size_rule=model.size_rule, device=torch.device("cpu"),
+    return VisionTransformer.from_state_dict(model.config, state, size_rule=rule, device=torch.device("cpu"),
                                              dtype=dtype)  # fmt: skip
 
 
