@@ -45,7 +45,7 @@ def test_unknown_layout_lists_the_keys():
 
 def test_header_carries_the_weights_record(tmp_path):
     src = write_checkpoint("timm_b32_384", CASES["timm_b32_384"], tmp_path / "src")
-    dst = tinyvit.convert(src, tmp_path / "out.safetensors", arch="vit_base_patch32_384")  # a bare state dict: timm's name
+    dst = tinyvit.convert(src, tmp_path / "out.safetensors", arch="vit_base_patch32_384")  # bare: timm's name
     with safe_open(dst, "pt") as f:
         meta = f.metadata()
     record = tinyvit.Weights.from_json(meta["tinyvit.weights"])
@@ -110,12 +110,12 @@ def test_wrong_arch_lists_shape_mismatches(tmp_path):
 def test_missing_and_unexpected_keys_are_listed(tmp_path):
     state = case_state(CASES["timm_small"])
     del state["blocks.1.mlp.fc2.bias"]
-    state["blocks.0.attn.q_norm.weight"] = torch.ones(16)
+    state["blocks.0.attn.extra.weight"] = torch.ones(16)  # a key no layout knows
     save_file(state, str(tmp_path / "bad.safetensors"))
     with pytest.raises(tinyvit.WeightsError) as err:
         tinyvit.convert(tmp_path / "bad.safetensors", tmp_path / "o.safetensors", arch=small_config(META))
     assert "missing keys: blocks.1.mlp.fc2.bias" in str(err.value)
-    assert "unexpected keys: blocks.0.attn.q_norm.weight" in str(err.value)
+    assert "unexpected keys: blocks.0.attn.extra.weight" in str(err.value)
 
 
 def test_pth_with_objects_is_refused_by_weights_only(tmp_path):

@@ -31,7 +31,7 @@ TINY = ViTConfig(image_size=64, patch_size=16, embed_dim=64, depth=2, num_heads=
 TOL = 1e-4  # float32, ONNX Runtime vs tinyvit (measured ~3e-6)
 
 
-MMPRETRAIN_RULE = SizeRule(pad=True, pos_embed="bicubic")
+MMPRETRAIN_RULE = SizeRule(pad=True, resample="bicubic")
 
 
 def make_model(config: ViTConfig, seed: int = 0, rule: SizeRule = MMPRETRAIN_RULE) -> VisionTransformer:

@@ -270,18 +270,18 @@ UNSUPPORTED = json.loads((FIXTURES / "unsupported.json").read_text())["cases"]
 
 
 @pytest.mark.parametrize("name", list(UNSUPPORTED))
-def test_rotary_families_are_refused_in_one_line_naming_what_shows_it(name, tmp_path):
-    """DINOv3, EVA02, Perception Encoder (tests/fixtures/unsupported.json, saved by their libraries)."""
+def test_the_rotary_families_once_refused_now_load(name, tmp_path):
+    """DINOv3, EVA02, Perception Encoder checkpoints as their libraries save them
+    (tests/fixtures/unsupported.json): refused in one line before issue #26, now configs of the one
+    model (tests/test_rope.py checks their numbers against the libraries)."""
     case = UNSUPPORTED[name]
     (tmp_path / "config.json").write_text(json.dumps(case["config.json"]))
     save_file({k: torch.zeros(shape) for k, shape in case["keys"].items()}, str(tmp_path / "model.safetensors"))
-    with pytest.raises(tinyvit.WeightsError) as err:
-        tinyvit.load(tmp_path)
-    message = str(err.value)
-    assert "\n" not in message and "rotary position embeddings" in message
-    shown = {"timm_dinov3": "blocks.0.gamma_1", "timm_eva02": "blocks.0.attn.q_bias",
-             "timm_pe_core": "vit_pe_core_base_patch16_224", "hf_dinov3": "dinov3_vit"}[name]  # fmt: skip
-    assert shown in message
+    model = tinyvit.load(tmp_path)
+    assert model.config.use_rot_pos_emb and type(model) is tinyvit.VisionTransformer
+    size = model.config.image_size
+    with torch.inference_mode():
+        assert model.forward_features(torch.zeros(1, 3, size, size)).shape[-1] == model.config.embed_dim
 
 
 HUB_LOAD = """

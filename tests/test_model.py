@@ -57,7 +57,7 @@ def test_unknown_model_name_is_a_clear_error():
 @pytest.fixture(scope="module")
 def small_model():
     case = META["cases"]["timm_small"]
-    model = tinyvit.VisionTransformer(small_config(META), SizeRule(pad=True, pos_embed="bicubic"))  # mmpretrain's
+    model = tinyvit.VisionTransformer(small_config(META), SizeRule(pad=True, resample="bicubic"))  # mmpretrain's
     model.load_state_dict(case_state(case))
     return model.eval()
 

@@ -70,7 +70,8 @@ def add_preprocess_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group(
         "preprocessing", "for checkpoints that do not say how their images were preprocessed, or to override it"
     )
-    g.add_argument("--preprocess-like", metavar="NAME[:TAG]", help="preprocess as these zoo weights do")
+    g.add_argument("--preprocess-like", metavar="NAME[:TAG]|PATH", help="preprocess as these zoo weights do, or "
+                   "this checkpoint file or folder (a timm folder's config.json)")  # fmt: skip
     g.add_argument("--crop", type=positive_int, help="side of the square center crop, pixels")
     g.add_argument("--resize", type=positive_int, help="short edge after resizing (default: the crop)")
     g.add_argument("--interpolation", choices=INTERPOLATIONS, help="resize filter (default bicubic)")
@@ -86,21 +87,47 @@ def add_ray_options(p: argparse.ArgumentParser) -> None:
                    "host:6379, ray://host:10001); inputs may be globs or s3:// / gs:// URIs")  # fmt: skip
     g.add_argument("--ray-actors", type=positive_int, default=1, help="model replicas (default %(default)s)")
     g.add_argument("--num-gpus", type=float, default=0, help="GPUs per actor: 1, or 0.5 for two per GPU (default 0)")
-    g.add_argument("--overwrite", action="store_true", help="replace the -o folder if it holds files")
+    g.add_argument("--overwrite", action="store_true", help="replace -o if it exists (with --ray: a folder that "
+                   "holds files)")  # fmt: skip
+
+
+def refuse_existing(output: str | Path, overwrite: bool) -> None:
+    """The one overwrite rule of every command that writes a file (fit, export, embed, convert; --ray
+    for its folder): an existing output is replaced only with --overwrite."""
+    if Path(output).exists() and not overwrite:
+        raise TinyViTError(f"{str(output)!r} exists; pass --overwrite to replace it")
 
 
 def preprocess_from_args(args: argparse.Namespace):
     """The preprocessing the options state (``--preprocess-like`` and / or explicit values, which
     override its fields), or None."""
     from tinyvit.images.spec import build_spec
-    from tinyvit.weights.manifest import resolve
 
-    base = resolve(args.preprocess_like).preprocess if args.preprocess_like else None
+    base = preprocess_like(args.preprocess_like) if args.preprocess_like else None
     try:
         return build_spec(base, crop=args.crop, resize=args.resize, interpolation=args.interpolation,
                           mean=args.mean, std=args.std, squash=args.squash)  # fmt: skip
     except ValueError as e:
         raise UsageError(f"preprocessing options: {e} (--crop, --mean, --std; or --preprocess-like NAME)") from None
+
+
+def preprocess_like(name: str):
+    """``--preprocess-like``: the preprocessing of zoo weights (``NAME[:TAG]``), or of a checkpoint
+    file or folder (a timm folder: its ``config.json``'s ``pretrained_cfg``; ``hf-hub:owner/repo``).
+    A timm architecture name names no weights, so no preprocessing: said, with what to pass."""
+    from tinyvit.core.errors import UnknownModelError
+    from tinyvit.weights._builder import resolve_preprocess
+    from tinyvit.weights.architecture import timm_architecture
+
+    try:
+        return resolve_preprocess(name)
+    except UnknownModelError:
+        if timm_architecture(name) is None:
+            raise
+        raise UsageError(
+            f"--preprocess-like {name}: a timm architecture name, whose weights each have their own preprocessing; "
+            "pass the timm folder or checkpoint (its config.json says it), or zoo weights (tinyvit models)"
+        ) from None
 
 
 def options_from_args(args: argparse.Namespace) -> ModelOptions:
@@ -248,7 +275,8 @@ def run_ray_job(args: argparse.Namespace, kind: str) -> int:
 
 
 def add_embed(sub, common) -> argparse.ArgumentParser:
-    p = sub.add_parser("embed", help="class-token features of images, to a .safetensors or .npy file", parents=[common])
+    p = sub.add_parser("embed", help="image embeddings (tinyvit.embed's), to a .safetensors or .npy file",
+                       parents=[common])  # fmt: skip
     p.add_argument("images", nargs="+", metavar="IMG|DIR")
     p.add_argument("-o", "--output", required=True, help="FEATS.safetensors or FEATS.npy (--ray: a Parquet folder)")
     p.add_argument("--normalize", action="store_true", help="scale each feature to unit L2 norm")
@@ -269,6 +297,7 @@ def run_embed(args: argparse.Namespace) -> int:
     output = Path(args.output)
     if output.suffix not in (".safetensors", ".npy"):
         raise UsageError(f"-o {args.output}: the output is a .safetensors or .npy file")
+    refuse_existing(output, args.overwrite)
     model = model_from_args(args)
     runner = Runner(model, task="embed", normalize=args.normalize, fast=args.fast)
     rows = runner.stream(inputs, batch_size=args.batch_size, errors="return", progress="embed")
@@ -381,6 +410,7 @@ def add_fit(sub, common) -> argparse.ArgumentParser:
                    "(default: OUTPUT.embeddings.safetensors) to fit again in seconds")  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="draws the cross-validation folds (default %(default)s)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
     add_model_options(p)
     p.set_defaults(run=run_fit)
     return p
@@ -391,6 +421,7 @@ def run_fit(args: argparse.Namespace) -> int:
 
     if args.labels:
         raise UsageError("--labels: fit takes the class names from TRAIN")
+    refuse_existing(args.output, args.overwrite)
     options = FitOptions(val=args.val, head_only=args.head_only, cache=args.cache, seed=args.seed,
                          batch_size=args.batch_size, model=options_from_args(args), progress=not args.json)  # fmt: skip
     fitted = fit_and_report(args.train, args.model, args.output, options)
@@ -491,7 +522,8 @@ def add_convert(sub, common) -> argparse.ArgumentParser:
     p.add_argument("src", help="checkpoint file (.safetensors, .pth, .bin, .npz) or folder (HF save_pretrained)")
     p.add_argument("dst", help="output .safetensors file")
     p.add_argument("--from", dest="layout", default="auto", choices=["auto", "timm", "hf", "mmpretrain", "npz"])
-    p.add_argument("--arch", help="zoo architecture whose head count to use, when the checkpoint does not say")
+    p.add_argument("--arch", metavar="NAME|num_heads=N", help="what the tensors cannot show: a zoo or timm "
+                   "architecture name, or fields such as num_heads=6")  # fmt: skip
     p.add_argument("--labels", metavar="FILE", help="class names: a file (one per line, or JSON), or imagenet-1k")
     p.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
     add_preprocess_options(p)
@@ -503,8 +535,7 @@ def run_convert(args: argparse.Namespace) -> int:
     from tinyvit.weights.convert import convert
     from tinyvit.weights.files import read_header, read_record
 
-    if Path(args.dst).is_file() and not args.overwrite:
-        raise TinyViTError(f"{args.dst!r} exists; pass --overwrite to replace it")
+    refuse_existing(args.dst, args.overwrite)
     pre = preprocess_from_args(args)
     dst = convert(args.src, args.dst, layout=args.layout, arch=args.arch, labels=args.labels, preprocess=pre)
     record = read_record(dst, read_header(dst))
@@ -535,8 +566,9 @@ def add_export(sub, common) -> argparse.ArgumentParser:
     p.add_argument("--opset", type=positive_int, default=None, help="ONNX opset (default: the exporter's, 20)")
     p.add_argument("--no-check", dest="check", action="store_false", help="skip the ONNX Runtime vs tinyvit check")
     p.add_argument("--labels", metavar="FILE", help="class names: a file (one per line, or JSON), or imagenet-1k")
+    p.add_argument("--overwrite", action="store_true", help="replace the output if it exists")
     add_preprocess_options(p)
-    p.set_defaults(run=run_export, device=None, dtype=None)
+    p.set_defaults(run=run_export, device=None, dtype=None, arch=None)
     return p
 
 
@@ -548,19 +580,20 @@ def run_export(args: argparse.Namespace) -> int:
         from tinyvit.deploy.export import check_onnx, default_check_sizes, export_onnx, read_onnx_metadata
     except ImportError as e:
         raise TinyViTError(f'tinyvit export needs the onnx extra ({e}): pip install "tinyvit[onnx]"') from None
-
+    refuse_existing(output, args.overwrite)
     model = model_from_args(args)
     path = export_onnx(model, output, dynamic_size=args.dynamic_size, dtype=args.onnx_dtype, opset=args.opset)
     size = path.stat().st_size / 2**20
-    shape = "B x 3 x H x W (any size)" if args.dynamic_size else f"B x 3 x {model.config.image_size}^2"
-    print(f"wrote {path} ({size:.1f} MiB): pixel_values {shape} -> logits; {args.onnx_dtype}")
+    record = json.loads(read_onnx_metadata(path)["tinyvit.export"])
+    shape = "B x 3 x H x W (any size)" if args.dynamic_size else "B x 3 x {}x{}".format(*record["image_size"])
+    print(f"wrote {path} ({size:.1f} MiB): pixel_values {shape} -> {record['output']}; {args.onnx_dtype}")
     if not args.check:
         return 0
-    record = json.loads(read_onnx_metadata(path)["tinyvit.export"])
     deviations = check_onnx(model, path, default_check_sizes(record))
     tol = 1e-4 if args.onnx_dtype == "float32" else 1e-2
     for (h, w), err in deviations.items():
-        print(f"  ONNX Runtime vs tinyvit at {h}x{w}: max |dlogit| {err:.2g}" + ("" if err <= tol else "  (!)"))
+        flag = "" if err <= tol else "  (!)"
+        print(f"  ONNX Runtime vs tinyvit at {h}x{w}: max |d {record['output']}| {err:.2g}{flag}")
     if any(err > tol for err in deviations.values()):
         print(f"tinyvit: error: ONNX Runtime differs from tinyvit by more than {tol}", file=sys.stderr)
         return 1
@@ -632,7 +665,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
+    args, unknown = build_parser().parse_known_args(sys.argv[1:] if argv is None else list(argv))
+    if unknown:  # said by the subcommand, with its usage, not the top level's
+        args.subparser.error(f"unrecognized arguments: {' '.join(unknown)}")  # exits with 2
     try:
         return args.run(args)
     except UsageError as e:

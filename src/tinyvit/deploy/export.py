@@ -213,7 +213,7 @@ def _traced_rule(model: VisionTransformer, dynamic_size: bool, size: int) -> Siz
     one — both are the identity there, bit for bit, and the TorchScript exporter (opsets 14-17)
     has no antialiased resize."""
     rule = model.size_rule
-    if not dynamic_size and size == model.config.image_size and rule.pos_embed == "bicubic_aa":
+    if not dynamic_size and size == model.config.image_size and rule.resample == "bicubic_aa":
         return SizeRule(rule.pad, "bicubic")
     return rule
 

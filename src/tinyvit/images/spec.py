@@ -165,25 +165,25 @@ class SizeRule:
     it, like the preprocessing. The defaults are timm's (``dynamic_img_size=True``)."""
 
     pad: bool = False  # zero-pad to whole patches (mmpretrain); False: the remainder is dropped
-    pos_embed: str = "bicubic_aa"  # how the position embedding is resampled: one of POS_EMBED_RESIZES
+    resample: str = "bicubic_aa"  # how the position embedding is resampled: one of POS_EMBED_RESIZES
 
     def __post_init__(self) -> None:
-        if self.pos_embed not in POS_EMBED_RESIZES:
+        if self.resample not in POS_EMBED_RESIZES:
             allowed = ", ".join(POS_EMBED_RESIZES)
-            raise ValueError(f"SizeRule.pos_embed must be one of {allowed}, got {self.pos_embed!r}")
+            raise ValueError(f"SizeRule.resample must be one of {allowed}, got {self.resample!r}")
 
     @property
     def any_size_graph(self) -> bool:
         """Whether one traced graph serves every input size (all but DINOv2's own rule, which
         branches on the size as its code does)."""
-        return self.pos_embed != "dinov2"
+        return self.resample != "dinov2"
 
     def to_dict(self) -> dict:
-        return {"pad": self.pad, "pos_embed": self.pos_embed}
+        return {"pad": self.pad, "resample": self.resample}
 
     @classmethod
     def from_dict(cls, d: dict) -> SizeRule:
-        if unknown := sorted(set(d) - {"pad", "pos_embed"}):
+        if unknown := sorted(set(d) - {"pad", "resample"}):
             raise ValueError(f"unknown SizeRule field(s): {', '.join(unknown)}")
         return cls(**d)
 

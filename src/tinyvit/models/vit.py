@@ -57,7 +57,7 @@ def resample_pos_embed(
     square_image: bool = True,
 ) -> torch.Tensor:
     """(1, P + g_h * g_w, D) → (1, P + h * w, D): the grid part resampled to the new grid (in
-    float32), the ``P = num_prefix`` leading slots kept. ``mode`` (``SizeRule.pos_embed``):
+    float32), the ``P = num_prefix`` leading slots kept. ``mode`` (``SizeRule.resample``):
 
     * ``"bicubic"``: bicubic to the new size, half-pixel centres, no antialiasing (mmpretrain,
       transformers); ``"bicubic_aa"``: the same, antialiased (timm). At the same grid both are the
@@ -443,7 +443,7 @@ class VisionTransformer(nn.Module):
     def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """Images (B, C, H, W) → the tokens that enter the first block (B, T, D), and the grid."""
         c, rule = self.config, self.size_rule
-        square = rule.pos_embed != "dinov2" or x.shape[-2] == x.shape[-1]  # only DINOv2's rule asks
+        square = rule.resample != "dinov2" or x.shape[-2] == x.shape[-1]  # only DINOv2's rule asks
         x, grid = self.patch_embed(x)  # (B, N, D)
         tokens = (self.cls_token, self.dist_token, self.reg_token)
         prefix = [t.expand(x.shape[0], -1, -1) for t in tokens if t is not None]
@@ -451,7 +451,7 @@ class VisionTransformer(nn.Module):
             return self.norm_pre(torch.cat([*prefix, x], dim=1)), grid
         pos = resample_pos_embed(
             self.pos_embed, (c.grid_size, c.grid_size), grid, 0 if c.no_embed_class else c.num_prefix_tokens,
-            rule.pos_embed, square,
+            rule.resample, square,
         )  # fmt: skip
         if c.no_embed_class:  # the prefix tokens have no position: add, then prepend them
             x = torch.cat([*prefix, x + pos], dim=1)

@@ -27,9 +27,13 @@ open_clip, dinov2       open_clip's ``visual.*`` (with ``open_clip_config.json``
 
 from __future__ import annotations
 
+import difflib
+import functools
+import json
 import math
 import os
 from dataclasses import replace
+from importlib import resources
 from pathlib import Path
 
 import torch
@@ -213,6 +217,8 @@ def read_weights(
         refuse_unsupported(ckpt.tensors, what, timm_arch, hf_type)
     if layout == "auto":
         layout = ckpt.record.source.layout if ckpt.record is not None else detect_layout(ckpt.tensors)
+    if layout == "open_clip" and ckpt.open_clip_config is None and (arch is None or isinstance(arch, str)):
+        ckpt.open_clip_config, arch = _open_clip_config_named(arch, what), None
     state, npz_heads = to_timm(ckpt.tensors, layout if ckpt.record is None else "timm")
     config = infer_config(ckpt, state, layout, npz_heads=npz_heads, arch=arch)
     zoo = zoo_weights(config, layout)
@@ -232,12 +238,40 @@ def read_weights(
     return state, record
 
 
+@functools.cache
+def _open_clip_archs() -> dict[str, dict]:
+    """open_clip's configs of its ViTs by name (open_clip_archs.json, made by
+    scripts/make_open_clip_archs.py from open_clip's own model_configs)."""
+    text = (resources.files("tinyvit.weights") / "open_clip_archs.json").read_text(encoding="utf-8")
+    return json.loads(text)["configs"]
+
+
+def _open_clip_config_named(arch: str | None, what: str) -> dict:
+    """The ``open_clip_config.json`` an open_clip checkpoint saved without one (open_clip's own
+    ``state_dict``, a training ``epoch_N.pt``) would have had: the config of the open_clip model
+    ``arch`` names, as ``create_model_and_transforms(name, pretrained=path)`` takes it."""
+    configs = _open_clip_archs()
+    by_lower = {name.lower(): name for name in configs}
+    if arch is not None and arch.strip().lower() in by_lower:
+        return configs[by_lower[arch.strip().lower()]]
+    close = difflib.get_close_matches(arch or "", list(configs), n=3, cutoff=0.6)
+    hint = f"did you mean {', '.join(close)}?" if close else "open_clip's ViTs: ViT-B-32, ViT-B-16, ViT-L-14, …"
+    given = f"{arch!r} is not one of open_clip's ViT model names; " if arch is not None else ""
+    raise WeightsError(
+        f"{what}: an open_clip checkpoint without its open_clip_config.json (open_clip's state_dict, a training "
+        f"checkpoint such as epoch_N.pt) needs the open_clip model name it was made with: {given}pass "
+        f"arch='ViT-B-32' (CLI: --arch ViT-B-32), as create_model_and_transforms takes it; {hint}"
+    )
+
+
 def _output(layout: str, config: ViTConfig, categories: tuple[str, ...] | None) -> str:
     """What the model gives: class logits, or an image embedding (no head; a bias-free projection
     head as CLIP's; a timm CLIP image tower, whose head projects and names no classes)."""
     if categories is not None and config.num_classes:
         return "classes"
     if not config.num_classes or not config.head_bias or (layout == "timm" and config.pre_norm):
+        return "embedding"
+    if layout == "open_clip":  # encode_image: open_clip's image towers give embeddings, whatever their head
         return "embedding"
     return "classes"
 
@@ -248,6 +282,11 @@ def with_overrides(
     """The record with what the user states instead of the checkpoint: class names (``labels``:
     a list, a file, ``"imagenet-1k"``; they make the model a classifier) and the preprocessing."""
     if labels is not None:
+        if record.output == "embedding" and not record.config.head_bias:  # a projection (CLIP's): no classes
+            raise WeightsError(
+                f"{what or record.spec}: an image embedding model (its head is a projection, without bias) gives "
+                "embeddings, not classes, and takes no class names; embed images with it, or fit a classifier on it"
+            )
         categories = parse_labels(labels)
         if len(categories) != record.config.num_classes:
             head = record.config.num_classes
@@ -280,7 +319,8 @@ def prepare(
         record = replace(zoo, config=record.config)
     elif fetched.origin:
         record = replace(record, source=replace(record.source, **fetched.origin))
-    check_state_dict(record.config, state, f"{str(fetched.path)!r} ({record.source.layout} layout)")
+    if record.fit is None or not record.fit.head_only:  # a head alone is checked with its base (_builder)
+        check_state_dict(record.config, state, f"{str(fetched.path)!r} ({record.source.layout} layout)")
     if dst is not None and (record.source.layout != "timm" or fetched.temporary):
         save(dst, state, record)  # atomic: a reader sees no file or the whole file
         record = replace(record, source=replace(record.source, path=str(dst)))
@@ -302,18 +342,19 @@ def _converted(key: str, zoo: Weights | None, arch: ArchArg, layout: str) -> Pat
 
 
 def _read_converted(path: Path) -> tuple[dict[str, torch.Tensor], Weights] | None:
-    """What conversion wrote earlier (checked before it was written), or None: not there, or not
-    readable (then it is removed, and converted again)."""
+    """What conversion wrote earlier (checked before it was written), or None when it is not
+    there. A file that cannot be read any more (a full disk, a crash of the disk) is removed, and
+    the error says so: the next load converts afresh."""
     if not path.is_file():
         return None
     try:
         record = read_record(path, read_header(path))
-        if record is not None:
-            return read_tensors(path), record
-    except WeightsError:
-        pass  # a damaged cache file (a full disk, a crash of another writer): converted again below
-    path.unlink(missing_ok=True)
-    return None
+        if record is None:
+            raise WeightsError(f"{str(path)!r}: not a tinyvit file")
+        return read_tensors(path), record
+    except WeightsError as e:
+        path.unlink(missing_ok=True)
+        raise WeightsError(f"{e}; the cached file was removed, load again to fetch it afresh") from e
 
 
 # ---------------------------------------------------------------------------------------------

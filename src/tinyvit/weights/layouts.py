@@ -289,6 +289,8 @@ def to_timm(tensors: dict[str, torch.Tensor], layout: str) -> tuple[dict[str, to
     if layout == "open_clip" and any(k.startswith("visual.trunk.") for k in tensors):
         return _from_open_clip_trunk(tensors), None
     state = _reshape(_rename(tensors, _RENAMES[layout]), layout)
+    if "reg_token" in state and state["reg_token"].shape[1] == 0:  # transformers' DINOv3 keeps a (1, 0, D) one
+        del state["reg_token"]
     if "reg_token" in state and "pos_embed" in state and layout in ("hf", "dinov2"):
         state = fold_register_positions(state)
     return state, None
