@@ -216,3 +216,25 @@ def test_preprocess_like_a_timm_folder_and_a_timm_name_said(tmp_path):
     assert json.loads(ran.stdout)[0]["pred_score"] == pytest.approx(want.score, abs=1e-6)
     ran = cli("predict", PHOTO, "--model", bare, "--arch", "num_heads=4", "--preprocess-like", "vit_small_patch16_224")
     assert ran.returncode == 2 and "a timm architecture name" in ran.stderr and "timm folder" in ran.stderr
+
+
+def test_a_url_weight_that_cannot_be_reached_says_how_to_get_it(tmp_path, monkeypatch):
+    """Item 13: an mmpretrain (URL) zoo weight with its server out of reach gets the advice the Hub's
+    weights get (fetch it once where it can be reached, or load a local copy), not a raw URL error."""
+    from conftest import load_parity, small_config
+    from huggingface_hub import constants
+
+    from tinyvit.core.errors import OfflineError
+    from tinyvit.weights._builder import load_model
+    from tinyvit.weights.specs import ZooSpec
+
+    monkeypatch.setattr(constants, "HF_HOME", str(tmp_path))
+    source = tinyvit.Source(kind="url", layout="mmpretrain", url="http://127.0.0.1:9/mm-deadbeef.pth",
+                            sha256_prefix="deadbeef")  # fmt: skip  (port 9: nothing listens)
+    record = tinyvit.Weights(config=small_config(load_parity()[0]), preprocess=None, categories=None, source=source,
+                             name="tiny", tag="mmpretrain")  # fmt: skip
+    with pytest.raises(OfflineError) as err:
+        load_model(ZooSpec(record))
+    message = str(err.value)
+    assert "could not be reached" in message and "`tinyvit download tiny:mmpretrain`" in message
+    assert "\n" not in message and message.count("tiny:mmpretrain") == 2  # named once, and in the advice

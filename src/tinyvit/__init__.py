@@ -37,6 +37,8 @@ _LAZY = {
     "predict_iter": "tinyvit.api",
     "embed": "tinyvit.api",
     "embed_iter": "tinyvit.api",
+    "embed_text": "tinyvit.api",
+    "ModelOptions": "tinyvit.run.options",
     "patch_features": "tinyvit.run.dense",
     "evaluate": "tinyvit.run.evaluate",
     "Evaluation": "tinyvit.run.evaluate",
@@ -55,6 +57,7 @@ __all__ = [
     "FitError",
     "FitOptions",
     "ImageError",
+    "ModelOptions",
     "Metrics",
     "Prediction",
     "PreprocessSpec",
@@ -71,6 +74,7 @@ __all__ = [
     "download",
     "embed",
     "embed_iter",
+    "embed_text",
     "evaluate",
     "fit",
     "get_model",
@@ -83,13 +87,24 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from tinyvit.api import download, embed, embed_iter, get_model, load, predict, predict_iter, preprocess
+    from tinyvit.api import (
+        download,
+        embed,
+        embed_iter,
+        embed_text,
+        get_model,
+        load,
+        predict,
+        predict_iter,
+        preprocess,
+    )
     from tinyvit.core.config import ViTConfig
     from tinyvit.images.spec import PreprocessSpec
     from tinyvit.models.vit import VisionTransformer
     from tinyvit.run.dense import patch_features
     from tinyvit.run.evaluate import Evaluation, evaluate
     from tinyvit.run.fit import FitOptions, fit
+    from tinyvit.run.options import ModelOptions
     from tinyvit.run.runner import Embedding, Prediction
     from tinyvit.weights.convert import convert
     from tinyvit.weights.manifest import available_models, list_models

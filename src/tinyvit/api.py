@@ -10,8 +10,8 @@ or as ``options=``) are checked once, specs parsed by ``weights/specs.py``, weig
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +23,18 @@ from tinyvit.images.spec import PreprocessSpec
 from tinyvit.images.transforms import preprocess as preprocess_images
 from tinyvit.models.vit import VisionTransformer
 from tinyvit.run.options import DEFAULT_MODEL, ModelOptions
-from tinyvit.run.runner import Embedding, Prediction, Runner, check_run_options
-from tinyvit.run.runtime import model_for, parse_device, parse_dtype
+from tinyvit.run.runner import Embedding, Prediction, check_run_options
+from tinyvit.run.runtime import parse_device, parse_dtype
+from tinyvit.run.session import runner_for
+from tinyvit.run.zeroshot import text_encoder_for
 from tinyvit.weights._builder import bare_model, load_model, resolve_preprocess
 from tinyvit.weights._builder import download as fetch_download
 from tinyvit.weights.record import Weights
 from tinyvit.weights.specs import parse_spec
 
-__all__ = ["download", "embed", "embed_iter", "get_model", "load", "predict", "predict_iter", "preprocess"]
+__all__ = [
+    "download", "embed", "embed_iter", "embed_text", "get_model", "load", "predict", "predict_iter", "preprocess",
+]  # fmt: skip
 
 ModelArg = str | os.PathLike | VisionTransformer
 
@@ -102,8 +106,7 @@ def _stream(
     items, _ = expand_inputs(images)
     if errors == "raise":
         check_paths(items)
-    net = model_for(model, replace(o, preprocess=None))  # the preprocessing is the runner's: for this run
-    runner = Runner(net, preprocess=o.preprocess, fast=o.fast, **task)
+    runner = runner_for(model, o, progress=bool(progress), **task)
     yield from runner.stream(items, batch_size=batch_size, workers=workers, errors=errors, progress=progress)
 
 
@@ -147,9 +150,12 @@ def predict(
     process). ``errors="raise"`` stops at the first bad image with :class:`tinyvit.ImageError`;
     ``errors="return"`` returns a failed :class:`Prediction` for it and goes on with the rest.
     ``progress``: a progress bar on stderr (default: for more than one batch). The model options
-    (``device``, ``dtype``, ``fast``, ``labels``, ``preprocess``, ``arch``) as keyword arguments or
-    ``options=``: see :class:`~tinyvit.run.options.ModelOptions`; ``preprocess`` applies to this
-    call (a loaded model's too).
+    (``device``, ``dtype``, ``fast``, ``labels``, ``preprocess``, ``arch``, ``classes``,
+    ``templates``) as keyword arguments or ``options=``: see
+    :class:`~tinyvit.run.options.ModelOptions`; ``preprocess`` applies to this call (a loaded
+    model's too). With ``classes`` (a CLIP / SigLIP checkpoint with its text tower), the image is
+    classified into them zero-shot, scored as the home library scores: CLIP a softmax over the
+    classes, SigLIP independent sigmoids (which do not sum to 1).
     """
     items, single = expand_inputs(images)
     show = progress if progress is not None else len(items) > batch_size
@@ -206,3 +212,37 @@ def embed(
         )
     ]  # fmt: skip
     return rows[0] if single else torch.stack(rows)  # type: ignore[arg-type]
+
+
+def embed_text(
+    texts: str | Sequence[str],
+    model: ModelArg,
+    *,
+    normalize: bool = False,
+    batch_size: int = 256,
+    progress: bool | None = None,
+    options: ModelOptions | None = None,
+    **model_options: Any,
+) -> torch.Tensor:
+    """Texts → their text embeddings through a CLIP / SigLIP checkpoint's text tower: (E,) for one
+    string, (N, E) float32 for a list — open_clip's ``encode_text``, transformers'
+    ``get_text_features`` (with the padding its pipeline uses), tokenized as that library does.
+    ``model``: a checkpoint with both towers (an open_clip folder or repository, a transformers
+    ``CLIPModel`` / ``SiglipModel``), or an image tower loaded from one; ``normalize=True``: unit L2
+    norm, as for images. A model without a text tower is refused in one line. ``progress``: a bar
+    on stderr (default: for more than one batch). Needs the ``tinyvit[text]`` extra."""
+    single = isinstance(texts, str)
+    items = [texts] if single else list(texts)
+    encoder = text_encoder_for(model, ModelOptions.of(options, **model_options))
+    show = progress if progress is not None else len(items) > batch_size
+    bar = None
+    if show and sys.stderr.isatty():
+        from huggingface_hub.utils import tqdm
+
+        bar = tqdm(total=len(items), unit="text", desc="embed_text", file=sys.stderr)
+    try:
+        out = encoder(items, normalize=normalize, batch_size=batch_size, progress=bar)
+    finally:
+        if bar is not None:
+            bar.close()
+    return out[0] if single else out

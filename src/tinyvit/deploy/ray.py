@@ -76,8 +76,7 @@ import torch  # noqa: E402
 from tinyvit.images.inputs import IMAGE_SUFFIXES, describe_input, files_from_args  # noqa: E402
 from tinyvit.models.vit import VisionTransformer  # noqa: E402
 from tinyvit.run.options import DEFAULT_MODEL, ModelOptions  # noqa: E402
-from tinyvit.run.runner import Runner  # noqa: E402
-from tinyvit.run.runtime import model_for  # noqa: E402
+from tinyvit.run.session import runner_for  # noqa: E402
 from tinyvit.weights.specs import parse_spec  # noqa: E402
 
 __all__ = ["Classifier", "Embedder", "JobSummary", "RayExtraMissing", "run_job"]
@@ -127,8 +126,8 @@ class _Runner:
             raise TinyViTError(f"column must be one of {', '.join(INPUT_COLUMNS)}, got {column!r}")
         if o.device is None and _assigned("GPU") > 0 and torch.cuda.is_available():
             o = replace(o, device="cuda")  # Ray has set CUDA_VISIBLE_DEVICES to this actor's GPU(s)
-        self.model = model_for(model, replace(o, preprocess=None))
-        self.runner = Runner(self.model, preprocess=o.preprocess, fast=o.fast, **self._task())
+        self.runner = runner_for(model, o, **self._task())
+        self.model = self.runner.model
         self.column = column
         self.keep_input = keep_input
         self.names = {c: prefix + c for c in self._outputs}
@@ -366,8 +365,8 @@ def _check_model(model: str | os.PathLike, address: str | None, kind: str, optio
     preprocessing, an embedding model asked for classes; the actors then find the weights in the
     cache); for a cluster, where the nodes fetch the weights themselves, a zoo name is resolved."""
     if address is None:
-        o = replace(options, device=None, dtype=None, fast=False, preprocess=None)  # the actors' concern
-        Runner(model_for(model, o), task="classify" if kind == "predict" else "embed", preprocess=options.preprocess)
+        o = replace(options, device=None, dtype=None, fast=False)  # the actors' concern
+        runner_for(model, o, task="classify" if kind == "predict" else "embed")
     else:
         parse_spec(model)  # an unknown zoo name fails now, naming the close ones
 

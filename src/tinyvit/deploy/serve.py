@@ -60,6 +60,7 @@ from tinyvit.core.errors import TinyViTError
 from tinyvit.run.options import ServeOptions
 from tinyvit.run.runner import ItemError, Runner, model_output
 from tinyvit.run.runtime import model_for
+from tinyvit.run.session import runner_for
 
 
 class ServeExtraMissing(TinyViTError, ImportError):
@@ -253,9 +254,8 @@ class TinyViTAPI(ls.LitAPI):
 
     def make_runner(self, device=None) -> Runner:
         """The runner of the model as the options state it, on ``device``."""
-        o = self.options.model
-        model = model_for(self.model_spec, replace(o, device=device, preprocess=None))
-        return Runner(model, task=self.task, top_k=self.options.top_k, preprocess=o.preprocess, fast=o.fast)
+        return runner_for(self.model_spec, replace(self.options.model, device=device), task=self.task,
+                          top_k=self.options.top_k)  # fmt: skip
 
     def setup(self, device):
         import torch
@@ -490,10 +490,12 @@ def build_server(
     options = options or ServeOptions()
     accelerator, devices = _placement(options)
     spec = os.fspath(model_spec)
-    model = model_for(spec, replace(options.model, device=None, dtype=None, fast=False))
+    checked = replace(options.model, device=None, dtype=None, fast=False)
+    model = model_for(spec, replace(checked, classes=None, templates=None))
     record = model.weights
-    api = TinyViTAPI(spec, options, task="embed" if model_output(model) == "embedding" else "classify")
-    Runner(model, task=api.task, top_k=options.top_k)  # what the workers' setup will do: refused now, or never
+    embeds = model_output(model) == "embedding" and options.model.classes is None  # classes: zero-shot, classified
+    api = TinyViTAPI(spec, options, task="embed" if embeds else "classify")
+    runner_for(spec, checked, task=api.task, top_k=options.top_k)  # what the workers' setup will do: refused now
     server = SupervisedServer(
         api,
         accelerator=accelerator,

@@ -12,8 +12,8 @@ from tinyvit.core.errors import TinyViTError
 from tinyvit.images.inputs import class_folders
 from tinyvit.models.vit import VisionTransformer
 from tinyvit.run.options import DEFAULT_MODEL, ModelOptions
-from tinyvit.run.runner import Runner, check_run_options, class_names
-from tinyvit.run.runtime import model_for
+from tinyvit.run.runner import check_run_options
+from tinyvit.run.session import runner_for
 from tinyvit.weights.record import imagenet_classes
 
 __all__ = ["ClassCounts", "Evaluation", "evaluate", "folder_samples"]
@@ -102,13 +102,13 @@ def evaluate(
     root = Path(folder)
     if not root.is_dir():  # before the weights are fetched
         raise TinyViTError(f"{os.fspath(folder)!r}: " + ("not a folder" if root.exists() else "no such folder"))
-    fast = o.fast
-    net = model_for(model, o)
-    names = class_names(net)
-    ids = list(imagenet_classes().ids) if tuple(names) == imagenet_classes().names else names
+    runner = runner_for(model, o, progress=bool(progress))
+    net, names = runner.model, runner.names
+    imagenet = tuple(names) == imagenet_classes().names or o.classes == "imagenet"  # open_clip's names, same order
+    ids = list(imagenet_classes().ids) if imagenet else names
     samples = folder_samples(root, names, ids, limit)
     top5 = len(names) > 5  # with 5 classes or fewer, top-5 accuracy says nothing
-    runner = Runner(net, task="classify", top_k=min(5, len(names)), fast=fast)
+    runner.top_k = min(5, len(names))
     counts = {i: [0, 0, 0] for _, i in samples}
     errors = []
     results = runner.stream([p for p, _ in samples], batch_size=batch_size, errors="return", progress=progress)

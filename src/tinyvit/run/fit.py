@@ -218,17 +218,8 @@ def _json_row(line: str, what: str) -> tuple[str, str]:
 
 
 def base_spec(record: Weights) -> str | None:
-    """How :func:`tinyvit.load` loads these weights again (None: it cannot, e.g. random weights)."""
-    s = record.source
-    if record.name and record.tag:
-        return f"{record.name}:{record.tag}"
-    if s.kind == "hub" and s.repo_id:
-        return f"hf-hub:{s.repo_id}" + (f"@{s.revision}" if s.revision else "")
-    if s.kind == "url" and s.url:
-        return s.url
-    if s.kind == "file" and s.path and Path(s.path).exists():
-        return str(Path(s.path).resolve())
-    return None
+    """How :func:`tinyvit.load` loads the base again (None: it cannot, e.g. random weights)."""
+    return record.reload_spec
 
 
 def _embedding_map(model: VisionTransformer) -> tuple[torch.Tensor | None, torch.Tensor | None]:

@@ -37,7 +37,8 @@ from tinyvit.models.vit import VisionTransformer
 from tinyvit.weights._builder import resolve_preprocess
 
 __all__ = [
-    "TASKS", "Embedding", "ItemError", "Prediction", "Runner", "check_run_options", "class_names", "model_output",
+    "TASKS", "Embedding", "ItemError", "Prediction", "Runner", "ZeroShotHead", "check_run_options", "class_names",
+    "model_output",
 ]  # fmt: skip
 
 logger = logging.getLogger("tinyvit")
@@ -128,6 +129,28 @@ class Embedding:
 Result = Prediction | Embedding
 
 
+@dataclass(frozen=True)
+class ZeroShotHead:
+    """Classes named in words, for a CLIP / SigLIP image tower: each class's text embedding (the
+    unit mean of its prompts' unit embeddings, open_clip's ``build_zero_shot_classifier``). Scores
+    as the home library computes them: ``logits = scale * cos(image, class) (+ bias)``; with a
+    bias (SigLIP) independent sigmoids, which do not sum to 1; else (CLIP) a softmax over the
+    classes."""
+
+    names: tuple[str, ...]
+    weight: torch.Tensor = field(repr=False)  # (C, E) float32, unit rows
+    scale: float  # exp(logit_scale)
+    bias: float | None = None
+
+    def scores(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """Image embeddings (B, E) → class scores (B, C)."""
+        e = torch.nn.functional.normalize(embeddings.float(), dim=-1)
+        logits = self.scale * e @ self.weight.to(e.device).T
+        if self.bias is not None:
+            return (logits + self.bias).sigmoid()
+        return logits.softmax(dim=-1)
+
+
 def class_names(model: VisionTransformer) -> list[str]:
     """The class names of the model's outputs: its record's, else ``"class <i>"``."""
     record = model.weights
@@ -159,9 +182,9 @@ def check_run_options(*, batch_size: int = 1, errors: str = "raise", top_k: int 
 
 class Runner:
     """One model and how to run it: ``task`` ``"classify"`` (top ``top_k`` class names and scores)
-    or ``"embed"`` (class-token features, unit L2 norm with ``normalize``); ``preprocess``
-    overrides the model's record (a spec, or a zoo ``name[:tag]``); ``fast`` decodes JPEGs at
-    reduced scale."""
+    or ``"embed"`` (image embeddings, unit L2 norm with ``normalize``); ``preprocess`` overrides the
+    model's record (a spec, or a zoo ``name[:tag]``); ``fast`` decodes JPEGs at reduced scale;
+    ``head``: classes named in words, scored on the image embedding (zero-shot)."""
 
     def __init__(
         self,
@@ -172,12 +195,14 @@ class Runner:
         normalize: bool = False,
         preprocess: PreprocessSpec | str | None = None,
         fast: bool = False,
+        head: ZeroShotHead | None = None,
     ):
         if task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {task!r}")
         check_run_options(top_k=top_k)
         self.output = model_output(model)
-        if task == "classify" and self.output == "embedding":
+        self.head = head
+        if task == "classify" and self.output == "embedding" and head is None:
             spec = model.weights.spec if model.weights is not None else "this model"
             raise TinyViTError(
                 f"{spec} gives image embeddings, not classes: use tinyvit.embed, `tinyvit embed` or a served /embed"
@@ -188,7 +213,7 @@ class Runner:
         self.normalize = normalize
         self.fast = fast
         self.spec = resolve_preprocess(preprocess if preprocess is not None else model)
-        self.names = class_names(model) if task == "classify" else []
+        self.names = (list(head.names) if head is not None else class_names(model)) if task == "classify" else []
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
 
@@ -218,12 +243,13 @@ class Runner:
         ``top_k`` overrides the runner's for this batch."""
         x = self._to_device(x)
         with torch.inference_mode():
-            if self.task == "embed":  # an embedding model's output; a classifier's feature before its head
-                feats = (self.model(x) if self.output == "embedding" else self.model.extract_feat(x)).float()
-                if self.normalize:
-                    feats = torch.nn.functional.normalize(feats, dim=-1)
-                return [Embedding("", v) for v in feats.cpu()]
-            probs = self.model(x).float().softmax(dim=-1).cpu()
+            if self.task == "embed" or self.head is not None:
+                feats = self._embedding(x)
+                if self.head is None:
+                    return [Embedding("", v) for v in feats.cpu()]
+                probs = self.head.scores(feats).cpu()
+            else:
+                probs = self.model(x).float().softmax(dim=-1).cpu()
         k = min(top_k or self.top_k, len(self.names))
         top_p, top_i = probs.topk(k, dim=-1)
         names = self.names
@@ -231,6 +257,12 @@ class Runner:
             Prediction("", ti[0], names[ti[0]], tp[0], [(i, names[i], s) for i, s in zip(ti, tp, strict=True)], p)
             for p, tp, ti in zip(probs, top_p.tolist(), top_i.tolist(), strict=True)
         ]
+
+    def _embedding(self, x: torch.Tensor) -> torch.Tensor:
+        """The image embedding, float32: an embedding model's output; a classifier's feature before
+        its head (unit L2 norm with ``normalize``)."""
+        feats = (self.model(x) if self.output == "embedding" else self.model.extract_feat(x)).float()
+        return torch.nn.functional.normalize(feats, dim=-1) if self.normalize else feats
 
     def _to_device(self, x: torch.Tensor) -> torch.Tensor:
         if self.device.type == "cuda" and x.device.type == "cpu":

@@ -20,17 +20,20 @@ import torch
 from tinyvit.core.errors import OfflineError, TinyViTError, WeightsError
 from tinyvit.core.fsutil import sha256_file
 from tinyvit.images.spec import PreprocessSpec
+from tinyvit.models.text import TextTransformer
 from tinyvit.models.vit import VisionTransformer
+from tinyvit.text.tokenize import Tokenizer, tokenizer_for_folder
 from tinyvit.weights._hub import Fetched, fetch
 from tinyvit.weights.architecture import ArchArg
-from tinyvit.weights.convert import cached, prepare, with_overrides
+from tinyvit.weights.convert import cached, prepare, prepare_text, with_overrides
 from tinyvit.weights.files import weights_file_of
 from tinyvit.weights.manifest import resolve
-from tinyvit.weights.record import LabelsArg, Source, Weights
+from tinyvit.weights.record import LabelsArg, Source, TextTower, Weights
 from tinyvit.weights.specs import HubSpec, ModelSpec, PathSpec, UrlSpec, ZooSpec, parse_spec
 
 __all__ = [
-    "bare_model", "build_model", "download", "load_model", "resolve_preprocess", "weights_record", "weights_sha256",
+    "bare_model", "build_model", "download", "load_model", "load_text", "resolve_preprocess", "weights_record",
+    "weights_sha256",
 ]  # fmt: skip
 
 
@@ -74,17 +77,40 @@ def _tensors(spec: ModelSpec, arch: ArchArg, *, advise: bool = True) -> tuple[di
 
 
 def _fetch(spec: ModelSpec, advise: bool = True) -> Fetched:
+    """``fetch``, with the advice a zoo weight's offline error needs (not for `tinyvit download`
+    itself: it would advise running the command that just failed)."""
     try:
         return fetch(spec)
     except OfflineError as e:
         if not isinstance(spec, ZooSpec):
             raise
-        if not advise:  # `tinyvit download` itself: no advice to run it
-            raise OfflineError(f"{spec}: {e}") from e
-        raise OfflineError(
-            f"{spec}: {e}. Fetch it once where the Hub can be reached (`tinyvit download {spec}`), "
-            "or load a local copy by its path"
-        ) from e
+        message = str(e) if str(e).startswith(str(spec)) else f"{spec}: {e}"
+        if not advise:
+            raise OfflineError(message) from e
+        where = "the Hub" if spec.record.source.kind == "hub" else "its server"
+        raise OfflineError(f"{message}. Fetch it once where {where} can be reached (`tinyvit download {spec}`), "
+                           "or load a local copy by its path") from e  # fmt: skip
+
+
+def load_text(
+    spec: ModelSpec, *, device: torch.device | None = None, dtype: torch.dtype | None = None
+) -> tuple[TextTransformer, Tokenizer, TextTower]:
+    """The text tower of the CLIP / SigLIP checkpoint ``spec`` names, in eval mode, with the
+    tokenizer its library uses for it and its record — fetched and prepared as :func:`load_model`
+    does the image tower (the same files: a Hub snapshot brings the tokenizer's)."""
+    fetched = _fetch(spec)
+    try:
+        state, tower, folder = prepare_text(fetched)
+    finally:
+        if fetched.temporary:
+            fetched.path.unlink(missing_ok=True)
+    tokenizer = tokenizer_for_folder(folder, context_length=tower.config.context_length)
+    what = f"{str(fetched.path)!r} (text tower)"
+    model = TextTransformer.from_state_dict(tower.config, state, what=what, device=device, dtype=dtype)
+    weights = weights_file_of(fetched.path) or fetched.path
+    stat = weights.stat()
+    identity = fetched.key or f"file:{weights.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+    return model, tokenizer, replace(tower, tokenizer=tokenizer.kind, identity=identity)
 
 
 def build_model(

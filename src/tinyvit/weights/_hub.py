@@ -219,6 +219,9 @@ def download_url(url: str, folder: Path, what: str) -> tuple[Path, str]:
                 raise WeightsError(f"{what}: connection closed after {f.tell()} of {total} bytes")
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, urllib.error.URLError) and not isinstance(e, urllib.error.HTTPError):
+            reason = e.reason.strerror if isinstance(e.reason, OSError) and e.reason.strerror else e.reason
+            raise OfflineError(f"{what}: the server could not be reached ({reason})") from e  # no answer at all
         if isinstance(e, (urllib.error.URLError, OSError, ValueError)) and not isinstance(e, WeightsError):
             raise WeightsError(f"{what}: download failed ({e})") from e
         raise
@@ -326,7 +329,10 @@ def _download_checked(url: str, folder: Path, what: str, expected: str | None) -
 
 # What a Hub repository of a ViT holds beside its weights: timm's or transformers' config, the
 # processor's config, open_clip's config
-SIDE_FILES = ("config.json", "preprocessor_config.json", "open_clip_config.json")
+SIDE_FILES = ("config.json", "preprocessor_config.json", "processor_config.json", "open_clip_config.json")
+# A CLIP / SigLIP repository's tokenizer (text.tokenize reads whichever it has)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
+                   "spiece.model")  # fmt: skip
 
 
 def _hub_snapshot(spec: HubSpec) -> Path:
@@ -350,7 +356,7 @@ def _hub_snapshot(spec: HubSpec) -> Path:
         raise offline_error or WeightsError(
             f"{spec}: the repository holds none of {', '.join(WEIGHTS_FILES)}, {SHARD_INDEX}"
         )
-    for name in SIDE_FILES:
+    for name in SIDE_FILES + TOKENIZER_FILES:
         try:
             fetch_hf_hub(spec.repo_id, name, revision=spec.revision, optional=True)
         except OfflineError:

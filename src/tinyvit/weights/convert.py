@@ -42,6 +42,7 @@ from tinyvit.core.config import ViTConfig
 from tinyvit.core.errors import WeightsError
 from tinyvit.core.fsutil import sha256_file
 from tinyvit.images.spec import PreprocessSpec, size_rule
+from tinyvit.models.text import check_text_state_dict
 from tinyvit.models.vit import check_state_dict
 from tinyvit.weights._hub import Fetched, converted_path
 from tinyvit.weights.architecture import ArchArg, infer_config, refuse_unsupported
@@ -56,9 +57,10 @@ from tinyvit.weights.files import (
 )
 from tinyvit.weights.layouts import detect_layout, to_timm
 from tinyvit.weights.manifest import entries
-from tinyvit.weights.record import LabelsArg, Source, Weights, labels_from_mapping, parse_labels
+from tinyvit.weights.record import LabelsArg, Source, TextTower, Weights, labels_from_mapping, parse_labels
+from tinyvit.weights.text_layouts import detect_text_layout, text_config_from_hf, text_config_from_open_clip, text_state
 
-__all__ = ["convert", "detect_layout", "prepare", "read_weights", "to_timm", "with_overrides"]
+__all__ = ["convert", "detect_layout", "prepare", "prepare_text", "read_weights", "to_timm", "with_overrides"]
 
 # ---------------------------------------------------------------------------------------------
 # The zoo's weights of an architecture
@@ -355,6 +357,37 @@ def _read_converted(path: Path) -> tuple[dict[str, torch.Tensor], Weights] | Non
     except WeightsError as e:
         path.unlink(missing_ok=True)
         raise WeightsError(f"{e}; the cached file was removed, load again to fetch it afresh") from e
+
+
+def prepare_text(fetched: Fetched) -> tuple[dict[str, torch.Tensor], TextTower, Path]:
+    """The text tower beside a fetched CLIP / SigLIP image tower — the text half of :func:`prepare`:
+    its tensors under tinyvit's names, checked against its config (``open_clip_config.json``'s
+    ``text_cfg``, transformers' ``text_config``), its record, and the folder its tokenizer files
+    are in. Read in place on every load (text towers are small)."""
+    what = repr(str(fetched.path))
+    if fetched.record is not None:
+        raise WeightsError(f"{fetched.record.spec}: the zoo's file holds the image tower only: it has no text tower; "
+                           "load the model's open_clip or transformers repository (hf-hub:…) for text")  # fmt: skip
+    ckpt = read_checkpoint(fetched.path)
+    layout = detect_text_layout(ckpt.tensors)
+    if layout is None:
+        raise WeightsError(
+            f"{what}: no text tower in this checkpoint (an image model, or a CLIP / SigLIP image tower saved "
+            "alone); text and zero-shot classes need both towers: an open_clip folder or a transformers "
+            "CLIPModel / SiglipModel"
+        )
+    state, logits = text_state(ckpt.tensors, layout, what=what)
+    if layout == "hf":
+        if ckpt.hf_config is None:
+            raise WeightsError(f"{what}: a transformers text tower needs its config.json beside it")
+        config = text_config_from_hf(ckpt.hf_config, what=f"{what} config.json")
+    else:
+        if ckpt.open_clip_config is None:
+            raise WeightsError(f"{what}: an open_clip checkpoint needs its open_clip_config.json beside it")
+        config = text_config_from_open_clip(ckpt.open_clip_config, what=f"{what} open_clip_config.json")
+    check_text_state_dict(config, state, f"{what} (text tower, {layout} layout)")
+    tower = TextTower(config, logits.get("logit_scale"), logits.get("logit_bias"), tokenizer="")
+    return state, tower, fetched.path if fetched.path.is_dir() else fetched.path.parent
 
 
 # ---------------------------------------------------------------------------------------------

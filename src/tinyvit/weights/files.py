@@ -207,6 +207,10 @@ def _read_configs(ckpt: Checkpoint, folder: Path) -> None:
     elif config is not None and ("architecture" in config or "pretrained_cfg" in config):
         ckpt.timm_config = config
     ckpt.hf_preprocessor = _read_json(folder / "preprocessor_config.json")
+    if ckpt.hf_preprocessor is None:  # transformers 5.x saves a processor as one file, its image part nested
+        processor = _read_json(folder / "processor_config.json") or {}
+        nested = processor.get("image_processor")
+        ckpt.hf_preprocessor = nested if isinstance(nested, dict) else None
     ckpt.open_clip_config = _read_json(folder / "open_clip_config.json")
 
 

@@ -24,6 +24,7 @@ from typing import Any
 
 from tinyvit.core.config import ViTConfig
 from tinyvit.core.errors import TinyViTError
+from tinyvit.core.text_config import TextConfig
 from tinyvit.images.spec import PreprocessSpec, SizeRule
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "Source",
     "Weights",
     "LabelsArg",
+    "TextTower",
     "imagenet_classes",
     "parse_labels",
 ]
@@ -100,6 +102,25 @@ class Fit:
         sha = f" (sha256 {self.base_sha256[:12]}…)" if self.base_sha256 else ""
         return (f"on {self.base}{sha}, {sum(self.images)} images, {self.date}; held-out accuracy {accuracy} "
                 f"({self.validation})" + ("; head only: loading it loads the base" if self.head_only else ""))
+
+
+@dataclass(frozen=True)
+class TextTower:
+    """The text tower beside a CLIP / SigLIP image tower: its architecture, the learned scale (and
+    SigLIP's bias) of its image-text logits, and which tokenizer its library uses with it."""
+
+    config: TextConfig
+    logit_scale: float | None  # as stored: the logits are exp(logit_scale) x cosine (+ logit_bias)
+    logit_bias: float | None  # SigLIP's; then the scores are sigmoids, else a softmax over the classes
+    tokenizer: str  # what tokenizes its text, for people ("open_clip SimpleTokenizer", …)
+    identity: str = ""  # what the checkpoint is (a SHA-256, or a local file's path, size and time): keys caches
+
+    def describe(self) -> str:
+        c = self.config
+        scale = "no logit scale" if self.logit_scale is None else f"logit scale {self.logit_scale:.3g}"
+        bias = "" if self.logit_bias is None else f", logit bias {self.logit_bias:.3g} (sigmoid scores)"
+        return (f"text tower {c.embed_dim}d x {c.depth} blocks, {c.context_length} tokens, embedding "
+                f"{c.output_dim}; {self.tokenizer}; {scale}{bias}")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -186,6 +207,20 @@ class Weights:
         if self.source.kind == "init":
             return f"{self.name or 'ViT'} (randomly initialised)"
         return f"{self.name}:{self.tag}" if self.name and self.tag else self.source.location
+
+    @property
+    def reload_spec(self) -> str | None:
+        """How :func:`tinyvit.load` loads these weights again (None: it cannot, e.g. random weights)."""
+        s = self.source
+        if self.name and self.tag:
+            return f"{self.name}:{self.tag}"
+        if s.kind == "hub" and s.repo_id:
+            return f"hf-hub:{s.repo_id}" + (f"@{s.revision}" if s.revision else "")
+        if s.kind == "url" and s.url:
+            return s.url
+        if s.kind == "file" and s.path and Path(s.path).exists():
+            return str(Path(s.path).resolve())
+        return None
 
     def with_overrides(
         self, *, categories: Sequence[str] | None = None, preprocess: PreprocessSpec | None = None
