@@ -1,0 +1,345 @@
+"""Photo search (issue #27): `tinyvit index` / `tinyvit search` and `tinyvit.Index` — exact against a
+brute-force cosine search over tinyvit.embed, incremental, crash-safe, one-line refusals."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import cli, small_vit_file
+from PIL import Image
+
+import tinyvit
+import tinyvit.run.search.index as search_index
+from tinyvit.run.runner import Runner
+from tinyvit.run.search import Index
+from tinyvit.run.search.query import Term, parse_query
+
+TIE = 1e-6
+
+
+def _photo(path: Path, seed: int, size: tuple[int, int] = (48, 40)) -> Path:
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory) -> Path:
+    return small_vit_file(tmp_path_factory.mktemp("model"))
+
+
+@pytest.fixture(scope="module")
+def other_model_file(tmp_path_factory) -> Path:
+    return small_vit_file(tmp_path_factory.mktemp("other"), seed=1)
+
+
+@pytest.fixture
+def photos(tmp_path) -> Path:
+    folder = tmp_path / "photos"
+    (folder / "sub").mkdir(parents=True)
+    for i in range(10):
+        _photo(folder / ("sub" if i % 3 == 0 else "") / f"p{i:02d}.png", seed=i, size=(40 + 3 * i, 36 + i))
+    return folder
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(str(p) for p in folder.rglob("*.png"))
+
+
+def _brute_force(files: list[str], model: Path, q: torch.Tensor, k: int) -> list[tuple[str, float]]:
+    vectors = tinyvit.embed(files, str(model), normalize=True)
+    scores = vectors @ torch.nn.functional.normalize(q, dim=0)
+    top = torch.topk(scores, k)
+    return [(files[i], float(s)) for s, i in zip(top.values, top.indices.tolist(), strict=True)]
+
+
+def _same_ranking(hits, expected) -> None:
+    """Equal scores (1e-6), and equal paths where the scores are not tied."""
+    assert len(hits) == len(expected)
+    for h, (path, score) in zip(hits, expected, strict=True):
+        assert abs(h.score - score) <= TIE, (h, path, score)
+        if h.path != path:
+            assert any(abs(e - h.score) <= TIE for p, e in expected if p == h.path), (h, path)
+
+
+def _one_line_error(ran) -> str:
+    lines = ran.stderr.strip().splitlines()
+    assert ran.returncode == 1 and len(lines) == 1 and lines[0].startswith("tinyvit: error: "), ran
+    return lines[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Exact search
+
+
+def test_image_queries_equal_a_brute_force_search_over_embed(tmp_path, photos, model_file):
+    index = Index.open(tmp_path / "photos.tvi", model_file, create=True)
+    summary = index.update([photos])
+    assert summary.to_dict() == {"added": 10, "updated": 0, "removed": 0, "unchanged": 0, "failed": 0}
+    files = _files(photos)
+    for query in (files[3], files[7]):
+        q = tinyvit.embed(query, str(model_file))
+        _same_ranking(index.search(query, top_k=5), _brute_force(files, model_file, q, 5))
+    # a weighted sum of image terms, as rclip takes it: unit embeddings times weights, summed
+    unit = tinyvit.embed([files[1], files[2], files[5]], str(model_file), normalize=True)
+    q = unit[0] + 2 * unit[1] - 0.5 * unit[2]
+    hits = index.search(f"{files[1]} + 2:{files[2]} - 0.5:{files[5]}", top_k=10)
+    _same_ranking(hits, _brute_force(files, model_file, q, 10))
+    assert [h.rank for h in hits] == list(range(1, 11))
+
+
+def test_the_cli_prints_rank_score_path_and_json_hits(tmp_path, photos, model_file):
+    out = tmp_path / "photos.tvi"
+    ran = cli("index", photos, "--model", model_file, "-o", out, "--json")
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.strip() == '{"added": 10, "updated": 0, "removed": 0, "unchanged": 0, "failed": 0}'
+    files = _files(photos)
+    expected = _brute_force(files, model_file, tinyvit.embed(files[4], str(model_file)), 3)
+    text = cli("search", out, files[4], "--top-k", "3")
+    assert text.returncode == 0, text.stderr
+    rows = [re.fullmatch(r"\s*(\d+)\s+(\S+)\s+(.+)", line).groups() for line in text.stdout.strip().splitlines()]
+    assert [int(r[0]) for r in rows] == [1, 2, 3] and rows[0][2] == files[4]
+    assert all(abs(float(r[1]) - s) < 1e-4 for r, (_, s) in zip(rows, expected, strict=True))
+    ran = cli("search", out, files[4], "--top-k", "3", "--json")
+    import json
+
+    hits = [json.loads(line) for line in ran.stdout.strip().splitlines()]
+    assert [sorted(h) for h in hits] == [["path", "rank", "score"]] * 3
+    assert hits[0]["path"] == files[4] and abs(hits[0]["score"] - 1) < 1e-5
+
+
+def test_query_parsing_as_rclip_takes_it(tmp_path):
+    photo = _photo(tmp_path / "a b + c.png", 0)  # a file is one term, whatever its name holds
+    assert parse_query("sunset + 2:beach - people") == [Term(1, "sunset"), Term(2, "beach"), Term(-1, "people")]
+    assert parse_query("t-shirt - 0.5:dog") == [Term(1, "t-shirt"), Term(-0.5, "dog")]
+    assert parse_query(["cat", f"{photo}"]) == [Term(1, "cat"), Term(1, image=str(photo))]
+    plain = _photo(tmp_path / "b.png", 1)
+    assert parse_query(f"night - 2:{plain}") == [Term(1, "night"), Term(-2, image=str(plain))]
+    with pytest.raises(tinyvit.TinyViTError, match="empty term"):
+        parse_query("sunset + ")
+
+
+# ---------------------------------------------------------------------------------------------
+# Incremental updates
+
+
+def _record_embedded(monkeypatch) -> list[str]:
+    seen: list[str] = []
+    real = Runner.decode
+
+    def decode(self, image, name=None):
+        seen.append(os.fspath(image))
+        return real(self, image, name)
+
+    monkeypatch.setattr(Runner, "decode", decode)
+    return seen
+
+
+def test_updates_count_added_changed_removed_and_leave_unchanged_files_unread(tmp_path, photos, model_file,
+                                                                                monkeypatch):  # fmt: skip
+    out = tmp_path / "photos.tvi"
+    assert Index.open(out, model_file, create=True).update([photos]).added == 10
+    files = _files(photos)
+    _photo(Path(files[0]), seed=100)  # changed content (and size)
+    same = Path(files[1])
+    os.utime(same, ns=(time.time_ns(), time.time_ns() + 10**9))  # a new time, the same content
+    Path(files[2]).unlink()  # removed
+    new = _photo(photos / "sub" / "new.png", seed=200)
+    embedded = _record_embedded(monkeypatch)
+    hashed: list[str] = []
+    real_sha = search_index.sha256_file
+    monkeypatch.setattr(search_index, "sha256_file", lambda p: hashed.append(os.fspath(p)) or real_sha(p))
+    summary = Index.open(out).update([photos])
+    assert summary.to_dict() == {"added": 1, "updated": 1, "removed": 1, "unchanged": 8, "failed": 0}
+    assert sorted(embedded) == sorted([files[0], str(new)])  # only what changed went through the model
+    assert sorted(set(hashed)) == sorted([files[0], files[1], str(new)])  # unchanged size and time: never read
+    index = Index.open(out)
+    now = _files(photos)
+    assert sorted(index.paths) == now
+    _same_ranking(index.search(files[0], top_k=9), _brute_force(now, model_file, tinyvit.embed(files[0],
+                  str(model_file)), 9))  # fmt: skip
+
+    # nothing changed: nothing read, and the model is not even loaded
+    embedded.clear()
+    monkeypatch.setattr(search_index, "model_for", lambda *a, **k: pytest.fail("the model was loaded"))
+    ran = cli("index", photos, "-o", out, "--json")
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.strip() == '{"added": 0, "updated": 0, "removed": 0, "unchanged": 10, "failed": 0}'
+    assert embedded == []
+
+
+def test_unreadable_images_are_one_line_each_and_counted(tmp_path, photos, model_file):
+    (photos / "broken.jpg").write_bytes(b"not a jpeg")
+    (photos / "sub" / "empty.png").write_bytes(b"")
+    ran = cli("index", photos, "--model", model_file, "-o", tmp_path / "p.tvi", "--json")
+    assert ran.returncode == 1
+    assert ran.stdout.strip() == '{"added": 10, "updated": 0, "removed": 0, "unchanged": 0, "failed": 2}'
+    errors = ran.stderr.strip().splitlines()
+    assert len(errors) == 2 and all(e.startswith("tinyvit: error: '") for e in errors), errors
+    assert any("broken.jpg" in e for e in errors) and any("empty.png" in e for e in errors)
+
+
+def test_replaced_rows_are_compacted_and_search_stays_exact(tmp_path, photos, model_file, monkeypatch):
+    monkeypatch.setattr(search_index, "COMPACT_MIN", 0)
+    out = tmp_path / "photos.tvi"
+    index = Index.open(out, model_file, create=True)
+    index.update([photos])
+    files = _files(photos)
+    for f in files[:6]:
+        _photo(Path(f), seed=hash(f) % 1000 + 50)
+    assert index.update([photos]).updated == 6  # 6 dead rows of 16: not yet
+    for f in files[:6]:
+        _photo(Path(f), seed=hash(f) % 1000 + 60, size=(33, 33))
+    assert index.update([photos]).updated == 6  # 12 dead of 22 > 10 live: rewritten
+    assert sorted(p.name for p in out.glob("vectors-*.bin")) == ["vectors-1.bin"]
+    assert Index.open(out)._store.meta["rows"] == 10
+    q = tinyvit.embed(files[0], str(model_file))
+    _same_ranking(Index.open(out).search(files[0], top_k=10), _brute_force(files, model_file, q, 10))
+
+
+# ---------------------------------------------------------------------------------------------
+# Crash safety
+
+KILLED_UPDATE = """
+import sys, time
+import tinyvit.run.search.index as search_index
+import tinyvit.run.search.store as store
+from tinyvit.run.search import Index
+
+search_index.COMMIT_EVERY = 3
+real = store._append
+calls = []
+
+def append(path, offset, vectors):
+    real(path, offset, vectors)
+    calls.append(1)
+    if len(calls) == 3:  # the third batch's vectors are on disk, its transaction not yet committed
+        print("appended", flush=True)
+        time.sleep(600)
+
+store._append = append
+Index.open(sys.argv[1], sys.argv[2], create=True).update([sys.argv[3]])
+"""
+
+
+def test_a_kill_9_in_the_middle_of_an_update_leaves_the_previous_index_usable(tmp_path, photos, model_file):
+    out = tmp_path / "photos.tvi"
+    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(KILLED_UPDATE), out, model_file, photos],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        line = proc.stdout.readline()
+        assert line.strip() == "appended", proc.stderr.read()
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    index = Index.open(out)
+    committed = index.paths
+    assert len(committed) == 6  # two whole transactions; the third, killed before its commit, is not there
+    assert (out / "vectors-0.bin").stat().st_size > 6 * 64 * 4  # its vectors were written, and are ignored
+    q = tinyvit.embed(committed[0], str(model_file))
+    _same_ranking(index.search(committed[0], top_k=6), _brute_force(sorted(committed), model_file, q, 6))
+    summary = Index.open(out).update([photos])  # going on: the rest, once each
+    assert summary.to_dict() == {"added": 4, "updated": 0, "removed": 0, "unchanged": 6, "failed": 0}
+    files = _files(photos)
+    _same_ranking(Index.open(out).search(files[5], top_k=10),
+                  _brute_force(files, model_file, tinyvit.embed(files[5], str(model_file)), 10))  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# One-line refusals
+
+
+def test_another_model_a_missing_index_and_words_for_an_image_model_are_one_line_each(
+    tmp_path, photos, model_file, other_model_file
+):
+    out = tmp_path / "photos.tvi"
+    assert cli("index", photos, "--model", model_file, "-o", out).returncode == 0
+    query = _files(photos)[0]
+    line = _one_line_error(cli("search", out, query, "--model", other_model_file))
+    assert "photos.tvi" in line and "differs in its weights" in line
+    line = _one_line_error(cli("index", photos, "--model", other_model_file, "-o", out))
+    assert "differs in its weights" in line
+    line = _one_line_error(cli("search", tmp_path / "nope.tvi", query))
+    assert "'" + str(tmp_path / "nope.tvi") + "': no such index" in line
+    line = _one_line_error(cli("search", out, "a red car"))
+    assert "text tower" in line
+    with pytest.raises(tinyvit.TinyViTError, match="differs in its weights"):
+        Index.open(out, other_model_file).search(query)
+
+
+# ---------------------------------------------------------------------------------------------
+# Near-duplicates, the page, Ray's rows
+
+
+def test_duplicates_group_copies_and_nothing_else(tmp_path, photos, model_file):
+    files = _files(photos)
+    shutil.copy(files[3], photos / "copy of p03.png")
+    Image.open(files[3]).resize((41, 37)).save(photos / "p03 smaller.png")
+    out = tmp_path / "photos.tvi"
+    Index.open(out, model_file, create=True).update([photos])
+    vectors = tinyvit.embed(_files(photos), str(model_file), normalize=True)
+    sims = vectors @ vectors.T
+    threshold = 0.999
+    index = Index.open(out)
+    groups = index.duplicates(threshold)
+    group = [p for p, _ in groups[0]]
+    assert str(photos / "copy of p03.png") in group and files[3] in group
+    linked = {(a, b) for a in range(len(vectors)) for b in range(len(vectors)) if a != b and sims[a, b] >= threshold}
+    assert {p for g in groups for p, _ in g} == {_files(photos)[a] for a, _ in linked}
+    ran = cli("search", out, "--duplicates", "--threshold", str(threshold), "--json")
+    assert ran.returncode == 0 and '"group": 1' in ran.stdout
+
+
+def test_the_html_page_holds_every_hits_thumbnail_and_score(tmp_path, photos, model_file):
+    out = tmp_path / "photos.tvi"
+    Index.open(out, model_file, create=True).update([photos])
+    page = tmp_path / "hits.html"
+    files = _files(photos)
+    ran = cli("search", out, files[2], "--top-k", "7", "--json", "--html", page)
+    assert ran.returncode == 0, ran.stderr
+    import base64
+    import io
+    import json
+
+    hits = [json.loads(line) for line in ran.stdout.splitlines()]
+    text = page.read_text()
+    thumbs = re.findall(r'<img src="data:image/jpeg;base64,([^"]+)"', text)
+    assert len(thumbs) == 7 and "http" not in text.split("<body>")[1].replace("file://", "")
+    for b64 in thumbs:
+        assert max(Image.open(io.BytesIO(base64.b64decode(b64))).size) <= 256
+    for hit in hits:
+        assert f"{hit['score']:.4f}" in text and hit["path"] in text
+
+
+def test_index_ray_reads_the_parquet_rows_embed_ray_writes(tmp_path, photos, model_file):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    files = _files(photos)
+    vectors = tinyvit.embed(files, str(model_file))  # embed --ray without --normalize: the index normalizes
+    folder = tmp_path / "embeddings.parquet"
+    folder.mkdir()
+    emb = [v.tolist() for v in vectors] + [None]
+    table = pa.table({"path": [*files, "/gone/bad.jpg"], "embedding": pa.array(emb, pa.list_(pa.float32())),
+                      "error": [None] * len(files) + ["not an image"]})  # fmt: skip
+    pq.write_table(table.slice(0, 6), folder / "part-0.parquet")
+    pq.write_table(table.slice(6), folder / "part-1.parquet")
+    out = tmp_path / "photos.tvi"
+    ran = cli("index", "--ray", folder, "--model", model_file, "-o", out, "--json")
+    assert ran.returncode == 1 and "/gone/bad.jpg" in ran.stderr
+    assert ran.stdout.strip() == '{"added": 10, "updated": 0, "removed": 0, "unchanged": 0, "failed": 1}'
+    q = tinyvit.embed(files[6], str(model_file))
+    _same_ranking(Index.open(out).search(files[6], top_k=10), _brute_force(files, model_file, q, 10))
+    ran = cli("index", photos, "-o", out, "--json")  # the same files, seen locally: their size and time match
+    assert ran.stdout.strip() == '{"added": 0, "updated": 0, "removed": 0, "unchanged": 10, "failed": 0}'
