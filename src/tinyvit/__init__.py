@@ -40,6 +40,7 @@ _LAZY = {
     "embed_text": "tinyvit.api",
     "ModelOptions": "tinyvit.run.options",
     "patch_features": "tinyvit.run.dense",
+    "Index": "tinyvit.run.search",
     "evaluate": "tinyvit.run.evaluate",
     "Evaluation": "tinyvit.run.evaluate",
     "Prediction": "tinyvit.run.runner",
@@ -57,6 +58,7 @@ __all__ = [
     "FitError",
     "FitOptions",
     "ImageError",
+    "Index",
     "ModelOptions",
     "Metrics",
     "Prediction",
@@ -106,6 +108,7 @@ if TYPE_CHECKING:
     from tinyvit.run.fit import FitOptions, fit
     from tinyvit.run.options import ModelOptions
     from tinyvit.run.runner import Embedding, Prediction
+    from tinyvit.run.search import Index
     from tinyvit.weights.convert import convert
     from tinyvit.weights.manifest import available_models, list_models
     from tinyvit.weights.record import Fit, Metrics, Source, Weights
