@@ -40,6 +40,7 @@ from tinyvit import __version__
 from tinyvit.core.errors import TinyViTError
 from tinyvit.core.fsutil import atomic_path
 from tinyvit.images.spec import SizeRule
+from tinyvit.models._linear import PackedLinear
 from tinyvit.models.vit import VisionTransformer
 from tinyvit.run.options import canonical_dtype
 
@@ -219,10 +220,12 @@ def _traced_rule(model: VisionTransformer, dynamic_size: bool, size: int) -> Siz
 
 
 def _converted(model: VisionTransformer, dtype: torch.dtype, rule: SizeRule) -> VisionTransformer:
-    """The model itself when it is already on the CPU in ``dtype`` with ``rule``, else a converted
-    copy (built on the meta device and assigned the tensors: one copy, no random initialisation)."""
+    """The model itself when it is already on the CPU in ``dtype`` with ``rule`` and runs torch's own
+    kernels, else a converted copy (built on the meta device and assigned the tensors: one copy, no
+    random initialisation) — a model on oneDNN's prepacked path (``run/cpu.py``) is traced as ``nn.Linear``."""
     state = model.state_dict()
-    if rule == model.size_rule and all(t.dtype == dtype and t.device.type == "cpu" for t in state.values()):
+    as_is = all(t.dtype == dtype and t.device.type == "cpu" for t in state.values())
+    if as_is and rule == model.size_rule and not any(isinstance(m, PackedLinear) for m in model.modules()):
         return model
     state = {k: v.detach() for k, v in state.items()}
     return VisionTransformer.from_state_dict(model.config, state, size_rule=rule, device=torch.device("cpu"),

@@ -1,0 +1,208 @@
+"""The fastest GEMM path this CPU has, measured once and remembered.
+
+A ViT spends nearly all its time in its linear layers. torch multiplies them on the CPU with MKL
+(``default``: what ``F.linear`` runs, timm's kernels, bit for bit); torch also ships oneDNN, which
+multiplies by a weight prepacked into its own layout (``onednn``, :mod:`tinyvit.models._linear`).
+Which is faster is the CPU's business (MKL runs AVX2 kernels on AMD processors; oneDNN chooses by
+instruction set), so it is measured, never guessed from a vendor name: a ViT-shaped GEMM
+(256 × 768 → 3072) through each path, in alternating rounds, the best of each (the CPU's
+capability: on a shared machine, the slower rounds measure the neighbours). The figures are kept in
+``$HF_HOME/tinyvit/cpu_gemm.json`` per CPU model, torch version, thread count and dtype, so a
+machine pays for the measurement (about 0.1-0.2 s) once, at its first model load.
+
+``TINYVIT_CPU_GEMM=default`` or ``=onednn`` forces a path (one that is not available falls back to
+``default``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from tinyvit.core.errors import TinyViTError
+from tinyvit.core.fsutil import atomic_path
+from tinyvit.models._linear import onednn_available, pack_linears, prepack
+
+__all__ = [
+    "GemmChoice", "apply_cpu_path", "available_paths", "cache_file", "cpu_summary", "gemm_choice", "measure_paths",
+]  # fmt: skip
+
+log = logging.getLogger("tinyvit")
+
+PATHS = ("default", "onednn")  # the first is the reference (timm's kernels)
+LABELS = {"default": "torch F.linear (MKL)", "onednn": "oneDNN prepacked"}
+MARGIN = 1.05  # another path is chosen only when it is at least this much faster than the default
+SHAPE = (256, 768, 3072)  # M × K → N: 256 tokens through ViT-B's first MLP layer (about 10 ms)
+ROUNDS = 4
+ENV = "TINYVIT_CPU_GEMM"
+CACHE_FORMAT = 1
+
+_CHOICES: dict[str, GemmChoice] = {}
+_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class GemmChoice:
+    """The path chosen for one dtype on this CPU, and the GFLOP/s each path reached."""
+
+    dtype: str
+    path: str
+    gflops: dict[str, float]
+    how: str  # "measured", "cached", "forced" or "only path"
+
+    def describe(self) -> str:
+        """E.g. ``"float32 GEMM: oneDNN prepacked, 478 GFLOP/s measured; torch F.linear (MKL) 203"``."""
+        others = "; ".join(f"{LABELS[p]} {g:.0f}" for p, g in self.gflops.items() if p != self.path)
+        mine = f", {self.gflops[self.path]:.0f} GFLOP/s" if self.path in self.gflops else ""
+        return f"{self.dtype} GEMM: {LABELS[self.path]}{mine} ({self.how})" + (f"; {others}" if others else "")
+
+
+def available_paths() -> tuple[str, ...]:
+    """The GEMM paths this torch has on the CPU; ``default`` always."""
+    return PATHS if onednn_available() else PATHS[:1]
+
+
+def machine_key(dtype: torch.dtype) -> str:
+    """What the measurement depends on: CPU model, torch version, threads, dtype."""
+    return f"{cpu_model()} | torch {torch.__version__} | {torch.get_num_threads()} threads | {_name(dtype)}"
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; elsewhere what ``platform`` says)."""
+    info = Path("/proc/cpuinfo")
+    lines = info.read_text(errors="replace").splitlines() if info.is_file() else []  # Linux; else platform's
+    for line in lines:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def cache_file() -> Path:
+    """Where the measured figures are kept: ``$HF_HOME/tinyvit/cpu_gemm.json``."""
+    from tinyvit.weights._hub import cache_dir
+
+    return cache_dir() / "cpu_gemm.json"
+
+
+def measure_paths(
+    dtype: torch.dtype = torch.float32, paths: tuple[str, ...] | None = None, shape: tuple[int, int, int] = SHAPE,
+    rounds: int = ROUNDS,
+) -> dict[str, float]:  # fmt: skip
+    """GFLOP/s of one ``shape`` GEMM through each path, in alternating rounds (the best of each)."""
+    m, k, n = shape
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(m, k, generator=gen).to(dtype)
+    w, b = (torch.randn(n, k, generator=gen) * 0.02).to(dtype), torch.zeros(n, dtype=dtype)
+    calls = {p: _gemm(p, x, w, b) for p in paths or available_paths()}
+    times: dict[str, list[float]] = {p: [] for p in calls}
+    with torch.inference_mode():
+        for call in calls.values():
+            call()  # warm up: first-call dispatch and allocation
+        for _ in range(rounds):
+            for p, call in calls.items():
+                start = time.perf_counter()
+                call()
+                times[p].append(time.perf_counter() - start)
+    return {p: round(2 * m * k * n / min(t) / 1e9, 1) for p, t in times.items()}
+
+
+def _gemm(path: str, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> Callable[[], torch.Tensor]:
+    if path == "default":
+        return lambda: F.linear(x, w, b)
+    if path == "onednn":
+        packed = prepack(w)
+        return lambda: torch.ops.mkldnn._linear_pointwise(x, packed, b, "none", [], "")
+    raise TinyViTError(f"unknown CPU GEMM path {path!r}; the paths are {', '.join(PATHS)}")
+
+
+def gemm_choice(dtype: torch.dtype | str = torch.float32) -> GemmChoice:
+    """The path for ``dtype`` GEMMs on this CPU: forced by ``$TINYVIT_CPU_GEMM``, else measured
+    once per machine (kept in :func:`cache_file`) and the fastest by :data:`MARGIN`."""
+    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    paths = available_paths()
+    if forced := os.environ.get(ENV):
+        if forced not in PATHS:
+            raise TinyViTError(f"{ENV}={forced!r}: use one of {', '.join(PATHS)}")
+        return GemmChoice(_name(dtype), forced if forced in paths else "default", {}, "forced")
+    if len(paths) == 1:
+        return GemmChoice(_name(dtype), "default", {}, "only path")
+    key = machine_key(dtype)
+    with _LOCK:
+        if key not in _CHOICES:
+            _CHOICES[key] = _cached_or_measured(key, dtype, paths)
+        return _CHOICES[key]
+
+
+def _cached_or_measured(key: str, dtype: torch.dtype, paths: tuple[str, ...]) -> GemmChoice:
+    entries = _read_cache()
+    if key in entries and set(entries[key].get("gflops", {})) == set(paths):
+        return GemmChoice(**{**entries[key], "how": "cached"})
+    gflops = measure_paths(dtype, paths)
+    best = max(gflops, key=gflops.get)
+    path = best if gflops[best] >= MARGIN * gflops["default"] else "default"
+    choice = GemmChoice(_name(dtype), path, gflops, "measured")
+    _write_cache(entries | {key: asdict(choice)})
+    log.info("%s", choice.describe())
+    return choice
+
+
+def _read_cache() -> dict[str, dict]:
+    file = cache_file()
+    try:
+        data = json.loads(file.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as e:
+        log.warning("ignoring %s (%s); measuring again", file, e)
+        return {}
+    ok = isinstance(data, dict) and data.get("format") == CACHE_FORMAT and isinstance(data.get("choices"), dict)
+    return data["choices"] if ok else {}
+
+
+def _write_cache(entries: dict[str, dict]) -> None:
+    file = cache_file()
+    try:
+        with atomic_path(file) as tmp:
+            tmp.write_text(json.dumps({"format": CACHE_FORMAT, "choices": entries}, indent=1) + "\n")
+    except OSError as e:  # a read-only cache: measured again by the next process, nothing else lost
+        log.warning("could not write %s (%s)", file, e)
+
+
+def apply_cpu_path(model: torch.nn.Module, exact: bool = False) -> GemmChoice | None:
+    """Put ``model`` on this CPU's fastest GEMM path (its linear layers prepacked in place) unless
+    ``exact`` or it is not on the CPU; the choice made, or None when nothing was chosen. The
+    choice is kept on the model as ``model.gemm``."""
+    param = next(model.parameters(), None)
+    if exact or param is None or param.device.type != "cpu" or param.dtype not in (torch.float32, torch.bfloat16):
+        return None
+    choice = gemm_choice(param.dtype)
+    if choice.path == "onednn":
+        pack_linears(model)
+    model.gemm = choice
+    return choice
+
+
+def cpu_summary(dtypes: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16)) -> dict:
+    """What ``tinyvit models --cpu`` prints: the CPU, torch, the paths, and the choice per dtype."""
+    choices = [gemm_choice(d) for d in dtypes]
+    return {
+        "cpu": f"{cpu_model()}; torch {torch.__version__}, {torch.get_num_threads()} threads",
+        "paths": list(available_paths()),
+        "choices": [asdict(c) for c in choices],
+        "describe": [c.describe() for c in choices],
+        "cache": str(cache_file()),
+    }
+
+
+def _name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
