@@ -50,7 +50,15 @@ class ModelOptions:
     * ``preprocess``: a :class:`~tinyvit.images.spec.PreprocessSpec`, or a zoo ``name[:tag]`` to
       preprocess like, instead of what the checkpoint says;
     * ``arch``: what the checkpoint's tensors cannot show (the number of attention heads): a zoo or
-      timm architecture name, ``"num_heads=6"`` / ``{"num_heads": 6}``, or a ``ViTConfig``.
+      timm architecture name, ``"num_heads=6"`` / ``{"num_heads": 6}``, or a ``ViTConfig``;
+    * ``classes``: zero-shot classification with a CLIP / SigLIP checkpoint's text tower: the class
+      names (a list, or ``"imagenet"`` for ImageNet's 1,000 as open_clip names them);
+      ``templates``: the prompts each class name goes into — one (``"a photo of a {}."``; default
+      ``"This is a photo of {}."``, transformers' pipeline's), a list (their normalized embeddings
+      averaged, open_clip's ``build_zero_shot_classifier``), or ``"openai"`` / ``"simple"``, open_clip's
+      80 / 7 ImageNet templates. ``template=`` is taken for ``templates=``;
+    * ``exact``: on the CPU, torch's reference GEMM kernels (timm's, bit for bit) instead of the
+      fastest path this CPU has (:mod:`tinyvit.run.cpu`; within 1e-5 relative of float64 logits).
 
     ``labels``, ``preprocess`` and ``arch`` describe weights being loaded; a model already loaded
     refuses them.
@@ -62,14 +70,18 @@ class ModelOptions:
     labels: str | tuple[str, ...] | None = None
     preprocess: PreprocessSpec | str | None = None
     arch: ViTConfig | str | tuple[tuple[str, Any], ...] | None = None
+    exact: bool = False
+    classes: str | tuple[str, ...] | None = None
+    templates: str | tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.device is not None:
             object.__setattr__(self, "device", str(self.device))
         if self.dtype is not None:
             object.__setattr__(self, "dtype", canonical_dtype(str(self.dtype)))
-        if not isinstance(self.fast, bool):
-            raise TinyViTError(f"fast must be True or False, got {self.fast!r}")
+        for name in ("fast", "exact"):
+            if not isinstance(getattr(self, name), bool):
+                raise TinyViTError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if isinstance(self.labels, Sequence) and not isinstance(self.labels, str):
             object.__setattr__(self, "labels", tuple(self.labels))
         elif isinstance(self.labels, os.PathLike):
@@ -79,15 +91,32 @@ class ModelOptions:
             raise TinyViTError(f"preprocess must be a PreprocessSpec or a zoo name to preprocess like, not {kind}")
         if isinstance(self.arch, dict):  # kept hashable: options key the models a process keeps loaded
             object.__setattr__(self, "arch", tuple(sorted(self.arch.items())))
+        for name in ("classes", "templates"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                object.__setattr__(self, name, tuple(value))
+                if not all(isinstance(v, str) and v.strip() for v in getattr(self, name)):
+                    raise TinyViTError(f"{name}: every entry must be a non-empty string")
+        if self.classes is not None and self.labels is not None:
+            raise TinyViTError("classes= (zero-shot, through the text tower) and labels= (a classifier's names) "
+                               "do not go together")  # fmt: skip
+        prompts = (self.templates,) if isinstance(self.templates, str) else self.templates or ()
+        if any("{}" not in t for t in prompts) and self.templates not in ("openai", "simple"):
+            raise TinyViTError(f"templates {self.templates!r}: a template holds {{}} where the class name goes, or "
+                               "is one of openai, simple")  # fmt: skip
+        if self.templates is not None and self.classes is None:
+            raise TinyViTError("templates= needs classes=: the templates make the classes' prompts")
 
     @classmethod
     def of(cls, options: ModelOptions | None = None, **given: Any) -> ModelOptions:
         """``options`` with the fields ``given`` as keyword arguments (None: not given) replaced;
         an unknown name is a ``TypeError`` that lists the known ones."""
         known = {f.name for f in fields(cls)}
+        if "template" in given:  # the singular, as transformers' pipeline and the issue spell it
+            given["templates"] = given.pop("template")
         if unknown := sorted(set(given) - known):
             raise TypeError(f"unknown model option(s) {', '.join(unknown)}; the options are {', '.join(sorted(known))}")
-        changes = {k: v for k, v in given.items() if v is not None and not (k == "fast" and v is False)}
+        changes = {k: v for k, v in given.items() if v is not None and not (k in ("fast", "exact") and v is False)}
         return replace(options or cls(), **changes)
 
     @property
