@@ -10,11 +10,8 @@ import inspect
 import signal
 from multiprocessing.process import BaseProcess
 
+import litserve as ls  # noqa: E402  (the test extra installs the serve extra: a broken one fails, never skips)
 import pytest
-
-pytest.importorskip("litserve")
-
-import litserve as ls  # noqa: E402
 from fastapi import HTTPException  # noqa: E402
 from litserve.server import RegularRequestHandler  # noqa: E402
 from litserve.utils import LitAPIStatus, ResponseBufferItem, WorkerSetupStatus  # noqa: E402
@@ -200,3 +197,16 @@ def test_hook_answer_waiting(server):
     with pytest.raises(HTTPException) as answered:
         RegularRequestHandler._handle_error_response(gone)
     assert answered.value.status_code == 503
+
+
+def test_alias_route(server):
+    """``register_endpoints`` put one POST APIRoute at the LitAPI's api_path; its alias answers the
+    same (here: the request reaches the same endpoint function)."""
+    from fastapi.routing import APIRoute
+
+    server.alias_route("/predict", "/")
+    posts = {r.path: r for r in server.app.routes if isinstance(r, APIRoute) and "POST" in r.methods}
+    assert posts["/"].endpoint is posts["/predict"].endpoint
+    assert posts["/"].dependencies == posts["/predict"].dependencies
+    with pytest.raises(RuntimeError, match="0 POST routes at /nowhere"):
+        server.alias_route("/nowhere", "/x")

@@ -187,3 +187,29 @@ def test_templates_and_classes_are_checked():
 
     assert len(class_names("imagenet")) == 1000 and len(templates_of("openai")) == 80
     assert templates_of(None) == ("This is a photo of {}.",)
+
+
+# ---------------------------------------------------------------------------------------------
+# Served: what huggingface_hub's InferenceClient sends to an Inference Endpoint's URL (POST /)
+
+
+def test_served_zero_shot_and_text_embeddings_through_inference_client(folders, tmp_path, monkeypatch):
+    """``InferenceClient(model=URL).zero_shot_image_classification`` posts its JSON to the URL it is
+    given — for an Inference Endpoint the root — and ``feature_extraction`` posts texts: a served
+    CLIP answers both as predict and embed_text do."""
+    from huggingface_hub import InferenceClient
+    from test_serve import REQUEST_TIMEOUT, serving
+
+    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    folder = folders["hf_clip"]
+    with serving(folder, tmp_path) as s:
+        client = InferenceClient(model=f"http://127.0.0.1:{s.port}", timeout=REQUEST_TIMEOUT)
+        answer = client.zero_shot_image_classification(PHOTOS[1].read_bytes(), candidate_labels=Z["labels"],
+                                                       hypothesis_template="a photo of a {}.")  # fmt: skip
+        want = tinyvit.predict(PHOTOS[1], folder, classes=Z["labels"], template="a photo of a {}.", top_k=5)
+        assert [a.label for a in answer] == [n for _, n, _ in want.topk]
+        assert max(abs(a.score - p) for a, (_, _, p) in zip(answer, want.topk, strict=True)) < 1e-5
+        vectors = client.feature_extraction(Z["prompts"][:2])
+        assert np.abs(vectors - tinyvit.embed_text(Z["prompts"][:2], folder).numpy()).max() < 1e-5

@@ -27,7 +27,10 @@ The hooks, and the LitServe detail each relies on:
   ``response`` is ``(value, LitAPIStatus)``, an exception value answered as the error it is;
 * ``request_shutdown``: ``_shutdown_event`` and ``uvicorn_graceful_timeout``;
 * ``queue_manager``: ``transport_config.manager``, the ``multiprocessing.Manager`` (and its
-  ``_process``) that holds LitServe's queues.
+  ``_process``) that holds LitServe's queues;
+* ``alias_route``: ``__init__`` registers, through ``register_endpoints``, one FastAPI ``APIRoute``
+  per ``LitAPI`` at its ``api_path`` (POST) on ``app``; the same endpoint, with its dependencies,
+  then also answers at another path (``POST /``, where Inference Endpoints clients send).
 """
 
 from __future__ import annotations
@@ -147,6 +150,17 @@ class HookedLitServer(ls.LitServer):
         """Make :meth:`run` stop, giving the API servers ``grace`` seconds to finish."""
         self.uvicorn_graceful_timeout = grace
         self._shutdown_event.set()
+
+    def alias_route(self, path: str, alias: str) -> None:
+        """Answer ``POST alias`` as ``POST path`` is answered: the same endpoint, dependencies and
+        queue (a request sent to either is the same request)."""
+        from fastapi.routing import APIRoute
+
+        routes = [r for r in self.app.routes if isinstance(r, APIRoute) and r.path == path and "POST" in r.methods]
+        if len(routes) != 1:
+            raise RuntimeError(f"LitServe registered {len(routes)} POST routes at {path}, not one")
+        route = routes[0]
+        self.app.add_api_route(alias, route.endpoint, methods=["POST"], dependencies=route.dependencies)
 
     def queue_manager(self) -> tuple[Any, BaseProcess | None]:
         """LitServe's ``multiprocessing.Manager`` and its process (None, None before ``run``)."""

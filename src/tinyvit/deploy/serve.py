@@ -61,6 +61,7 @@ from tinyvit.run.options import ServeOptions
 from tinyvit.run.runner import ItemError, Runner, model_output
 from tinyvit.run.runtime import model_for
 from tinyvit.run.session import runner_for
+from tinyvit.run.zeroshot import templates_of, text_encoder_for, zero_shot_head
 
 
 class ServeExtraMissing(TinyViTError, ImportError):
@@ -130,21 +131,71 @@ async def read_payload(request: Request) -> dict:
 
 
 def _parse_json(body: bytes) -> dict:
+    """A JSON body in the Hugging Face formats: ``{"inputs": "<base64 image>", "parameters":
+    {...}}`` — image classification (``top_k``), zero-shot (``candidate_labels``,
+    ``hypothesis_template``: what ``InferenceClient.zero_shot_image_classification`` sends) — or
+    ``{"inputs": ["text", ...]}`` / ``{"inputs": "text"}`` with no image (text embeddings: what
+    ``InferenceClient.feature_extraction`` sends)."""
     usage = 'expected JSON {"inputs": "<base64 image>", "parameters": {"top_k": 5}}'
     try:
         doc = json.loads(body)
     except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
         raise HTTPException(400, f"the body is not valid JSON ({e}); {usage}") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), str):
+    if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), (str, list)):
         raise HTTPException(400, usage)
     unknown = sorted(set(doc) - {"inputs", "parameters"})
     params = doc.get("parameters") or {}
-    if unknown or not isinstance(params, dict) or set(params) - {"top_k"}:
+    known = {"top_k", "candidate_labels", "hypothesis_template", "normalize", "truncate", "truncation_direction",
+             "prompt_name"}  # fmt: skip  (feature_extraction sends the last four; tinyvit's towers truncate)
+    if unknown or not isinstance(params, dict) or set(params) - known:
         raise HTTPException(400, f"unknown fields ({', '.join(unknown) or 'in parameters'}); {usage}")
     top_k = params.get("top_k")
     if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
         raise HTTPException(400, f"parameters.top_k must be an integer >= 1, got {top_k!r}")
-    text = doc["inputs"]
+    inputs = doc["inputs"]
+    if isinstance(inputs, str) and _image_bytes(inputs) is None and inputs.strip() and "candidate_labels" not in params:
+        inputs = [inputs]  # one text (feature_extraction's single string): no image file's bytes in it
+    if isinstance(inputs, list):
+        return {"texts": _texts(inputs), "normalize": bool(params.get("normalize", False)), "top_k": None}
+    return {"image": _base64_image(inputs), "top_k": top_k, **_zero_shot_params(params)}
+
+
+_IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM", b"II*\x00", b"MM\x00*", b"RIFF")
+
+
+def _image_bytes(text: str) -> bytes | None:
+    """The image file a string holds as base64 (or a data URL), or None: what an image's bytes
+    start with tells an image from a text, whatever the text."""
+    try:
+        data = _base64_image(text)
+    except HTTPException:
+        return None
+    return data if data.startswith(_IMAGE_MAGIC) else None
+
+
+def _texts(inputs: list) -> list[str]:
+    if not inputs or not all(isinstance(t, str) for t in inputs):
+        raise HTTPException(400, 'inputs: a list of texts to embed (["a red car", ...]), or a base64 image')
+    return inputs
+
+
+def _zero_shot_params(params: dict) -> dict:
+    """``candidate_labels`` and ``hypothesis_template`` (transformers' pipeline's names), checked."""
+    labels, template = params.get("candidate_labels"), params.get("hypothesis_template")
+    if labels is None:
+        if template is not None:
+            raise HTTPException(400, "parameters.hypothesis_template goes with parameters.candidate_labels")
+        return {}
+    if isinstance(labels, str):
+        labels = [label.strip() for label in labels.split(",")]
+    if not isinstance(labels, list) or not labels or not all(isinstance(x, str) and x.strip() for x in labels):
+        raise HTTPException(400, "parameters.candidate_labels: a list of class names")
+    if template is not None and (not isinstance(template, str) or "{}" not in template):
+        raise HTTPException(400, "parameters.hypothesis_template: a text with {} where the class name goes")
+    return {"classes": tuple(labels), "template": template}
+
+
+def _base64_image(text: str) -> bytes:
     if text.startswith("data:") and "," in text:  # a data URL: data:image/png;base64,....
         text = text.split(",", 1)[1]
     try:  # line breaks and spaces are left out: `base64` wraps its output at 76 columns
@@ -153,7 +204,7 @@ def _parse_json(body: bytes) -> dict:
         raise HTTPException(400, "inputs is not valid base64") from None
     if not image:
         raise HTTPException(400, "inputs is empty: it must be the base64 of an image file")
-    return {"image": image, "top_k": top_k}
+    return image
 
 
 def _multipart_file(body: bytes, content_type: str) -> bytes:
@@ -231,9 +282,13 @@ def check_exposure(host: str, api_key: str | None, no_auth: bool) -> None:
 
 @dataclass
 class _Item:
-    decoded: Any  # (3, H, W) float32 tensor, or the ItemError saying why the image cannot be run
+    decoded: Any  # (3, H, W) float32 tensor, or the ItemError saying why the request cannot be run
     top_k: int
-    result: Any = None  # the Prediction, after predict
+    classes: tuple[str, ...] | None = None  # zero-shot: the candidate labels, through the text tower
+    template: str | None = None
+    texts: list[str] | None = None  # a text embedding request instead of an image
+    normalize: bool = False
+    result: Any = None  # the Prediction or Embedding (a list of vectors for texts), after predict
 
 
 class TinyViTAPI(ls.LitAPI):
@@ -271,21 +326,64 @@ class TinyViTAPI(ls.LitAPI):
         # LitServe hands the payload from ``read_payload`` over unchanged (its annotation is not
         # ``Request``), so raw bodies arrive as bytes. The runner returns a bad image's error
         # instead of raising it: an exception here would fail every request of the batch.
-        return _Item(self.runner.decode(request["image"]), request["top_k"] or self.options.top_k)
+        if "texts" in request:
+            return _Item(None, 0, texts=request["texts"], normalize=request["normalize"])
+        classes = request.get("classes")
+        top_k = request["top_k"] or (len(classes) if classes else self.options.top_k)
+        return _Item(self.runner.decode(request["image"]), top_k, classes, request.get("template"))
 
     def predict(self, x):
         items = x if isinstance(x, list) else [x]
-        top_k = max(item.top_k for item in items) if self.task == "classify" else None
-        results = self.runner.run_batch([item.decoded for item in items], [""] * len(items), top_k=top_k)
-        for item, result in zip(items, results, strict=True):
-            item.result = result
+        groups: dict[tuple, list[_Item]] = {}
+        for item in items:
+            if item.texts is not None:
+                self._embed_texts(item)
+            else:
+                groups.setdefault((item.classes, item.template), []).append(item)
+        for (classes, template), group in groups.items():  # one forward pass per class set
+            head = None if classes is None else self._head(group, classes, template)
+            if classes is not None and head is None:
+                continue
+            top_k = max(item.top_k for item in group) if self.task == "classify" or head else None
+            results = self.runner.run_batch([i.decoded for i in group], [""] * len(group), top_k=top_k, head=head)
+            for item, result in zip(group, results, strict=True):
+                item.result = result
         return items if isinstance(x, list) else items[0]
+
+    def _text_encoder(self):
+        """The model's text tower (loaded on the first request that needs it)."""
+        if getattr(self, "_encoder", None) is None:
+            device = str(self.runner.device)
+            self._encoder = text_encoder_for(self.model_spec, replace(self.options.model, device=device))
+        return self._encoder
+
+    def _head(self, group: list[_Item], classes: tuple[str, ...], template: str | None):
+        """The zero-shot head of a class set, or None with each item's 400 / 500 set."""
+        try:
+            return zero_shot_head(self._text_encoder(), classes, templates_of(template))
+        except TinyViTError as e:
+            error = ItemError("the request", str(e))
+        except Exception as e:  # a bug, not a bad request: this group fails, the server goes on
+            error = ItemError("the request", f"zero-shot classes failed: {type(e).__name__}", True, e)
+        for item in group:
+            item.decoded = error
+        return None
+
+    def _embed_texts(self, item: _Item) -> None:
+        try:
+            item.result = self._text_encoder()(item.texts, normalize=item.normalize)
+        except TinyViTError as e:
+            item.decoded = ItemError("the request", str(e))
+        except Exception as e:  # a bug: this request fails, the others go on
+            item.decoded = ItemError("the request", f"text embedding failed: {type(e).__name__}", True, e)
 
     def encode_response(self, output):
         if isinstance(output.decoded, ItemError):
             status = 500 if output.decoded.internal else 400
             return JSONResponse(status_code=status, content={"detail": str(output.decoded)})
-        if self.task == "embed":
+        if output.texts is not None:
+            return output.result.tolist()  # (N, E): what feature_extraction reads
+        if self.task == "embed" and output.classes is None:
             return {"embedding": output.result.vector.tolist()}
         return [{"label": name, "score": p} for _, name, p in output.result.topk[: output.top_k]]
 
@@ -505,6 +603,7 @@ def build_server(
         model_metadata=record.to_dict() if record is not None else {},
         middlewares=[(BearerAuth, {"digest": key_digest(api_key)})] if api_key is not None else None,
     )
+    server.alias_route(api.api_path, "/")  # where Inference Endpoints' clients (InferenceClient(model=URL)) post
     setattr(server.app.state, _LIMIT_STATE, options.max_body_bytes)
     _add_route_hints(server, api)
     server.tinyvit_about = record.describe() if record is not None else spec

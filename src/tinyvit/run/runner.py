@@ -238,21 +238,22 @@ class Runner:
 
     # -- one batch
 
-    def forward(self, x: torch.Tensor, *, top_k: int | None = None) -> list[Result]:
+    def forward(self, x: torch.Tensor, *, top_k: int | None = None, head: ZeroShotHead | None = None) -> list[Result]:
         """A batch of preprocessed images (B, 3, H, W) → one result per row (``input`` unset).
-        ``top_k`` overrides the runner's for this batch."""
+        ``top_k`` overrides the runner's for this batch; ``head``, its classes (a server's request)."""
         x = self._to_device(x)
+        head = head or self.head
         with torch.inference_mode():
-            if self.task == "embed" or self.head is not None:
+            if self.task == "embed" or head is not None:
                 feats = self._embedding(x)
-                if self.head is None:
+                if head is None:
                     return [Embedding("", v) for v in feats.cpu()]
-                probs = self.head.scores(feats).cpu()
+                probs = head.scores(feats).cpu()
             else:
                 probs = self.model(x).float().softmax(dim=-1).cpu()
-        k = min(top_k or self.top_k, len(self.names))
+        names = list(head.names) if head is not None else self.names
+        k = min(top_k or self.top_k, len(names))
         top_p, top_i = probs.topk(k, dim=-1)
-        names = self.names
         return [
             Prediction("", ti[0], names[ti[0]], tp[0], [(i, names[i], s) for i, s in zip(ti, tp, strict=True)], p)
             for p, tp, ti in zip(probs, top_p.tolist(), top_i.tolist(), strict=True)
@@ -270,13 +271,14 @@ class Runner:
         return x.to(device=self.device, dtype=self.dtype)
 
     def run_batch(
-        self, decoded: Sequence[torch.Tensor | ItemError], labels: Sequence[str], *, top_k: int | None = None
+        self, decoded: Sequence[torch.Tensor | ItemError], labels: Sequence[str], *, top_k: int | None = None,
+        head: ZeroShotHead | None = None,
     ) -> list[Result]:
         """Decoded items (tensors or errors) → one result each, in order; ``labels`` name them in
-        the results. The tensors run as one forward pass."""
+        the results. The tensors run as one forward pass (``head``: see :meth:`forward`)."""
         tensors = [d for d in decoded if not isinstance(d, ItemError)]
-        outputs = iter(self.forward(torch.stack(tensors), top_k=top_k) if tensors else ())
-        failed = Embedding if self.task == "embed" else Prediction
+        outputs = iter(self.forward(torch.stack(tensors), top_k=top_k, head=head) if tensors else ())
+        failed = Embedding if self.task == "embed" and head is None and self.head is None else Prediction
         return [
             failed(label, error=d.reason) if isinstance(d, ItemError) else replace(next(outputs), input=label)
             for d, label in zip(decoded, labels, strict=True)
