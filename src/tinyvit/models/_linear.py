@@ -67,8 +67,10 @@ class PackedLinear(nn.Module):
             destination[prefix + "bias"] = self.bias if keep_vars else self.bias.detach()
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any) -> None:
-        if (weight := state_dict.get(prefix + "weight")) is not None:
+        key = prefix + "weight"
+        if (weight := state_dict.get(key)) is not None:
             self.packed = prepack(weight.to(self.packed.dtype))
+            state_dict = {k: v for k, v in state_dict.items() if k != key}  # read here: not an unexpected key
         super()._load_from_state_dict(state_dict, prefix, *args)
 
     def __getstate__(self) -> dict:  # an opaque tensor has no storage to pickle or deep-copy: the dense one
