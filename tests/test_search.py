@@ -20,6 +20,7 @@ from conftest import cli, small_vit_file
 from PIL import Image
 
 import tinyvit
+import tinyvit.run.runtime as runtime
 import tinyvit.run.search.index as search_index
 from tinyvit.run.runner import Runner
 from tinyvit.run.search import Index
@@ -130,6 +131,17 @@ def test_query_parsing_as_rclip_takes_it(tmp_path):
         parse_query("sunset + ")
 
 
+def test_float16_vectors_score_within_1e_3_of_float32(tmp_path, photos, model_file):
+    ran = cli("index", photos, "--model", model_file, "-o", tmp_path / "half.tvi", "--vectors", "float16")
+    assert ran.returncode == 0, ran.stderr
+    index = Index.open(tmp_path / "half.tvi")
+    assert index._store.vectors().dtype == np.float16
+    files = _files(photos)
+    expected = dict(_brute_force(files, model_file, tinyvit.embed(files[2], str(model_file)), 10))
+    hits = index.search(files[2], top_k=10)
+    assert hits[0].path == files[2] and all(abs(h.score - expected[h.path]) < 1e-3 for h in hits)
+
+
 # ---------------------------------------------------------------------------------------------
 # Incremental updates
 
@@ -172,11 +184,17 @@ def test_updates_count_added_changed_removed_and_leave_unchanged_files_unread(tm
 
     # nothing changed: nothing read, and the model is not even loaded
     embedded.clear()
-    monkeypatch.setattr(search_index, "model_for", lambda *a, **k: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(runtime, "model_for", lambda *a, **k: pytest.fail("the model was loaded"))
     ran = cli("index", photos, "-o", out, "--json")
     assert ran.returncode == 0, ran.stderr
     assert ran.stdout.strip() == '{"added": 0, "updated": 0, "removed": 0, "unchanged": 10, "failed": 0}'
     assert embedded == []
+    # … nor torch imported (an unchanged library of 10,000 photos re-indexes in well under 2 s)
+    code = ("import sys\nfrom tinyvit.deploy.cli import main\n"
+            f"assert main(['index', {str(photos)!r}, '-o', {str(out)!r}, '--model', {str(model_file)!r}]) == 0\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\n")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
 
 
 def test_unreadable_images_are_one_line_each_and_counted(tmp_path, photos, model_file):
@@ -213,6 +231,7 @@ def test_replaced_rows_are_compacted_and_search_stays_exact(tmp_path, photos, mo
 
 KILLED_UPDATE = """
 import sys, time
+import tinyvit.run.runtime as runtime
 import tinyvit.run.search.index as search_index
 import tinyvit.run.search.store as store
 from tinyvit.run.search import Index
@@ -343,3 +362,53 @@ def test_index_ray_reads_the_parquet_rows_embed_ray_writes(tmp_path, photos, mod
     _same_ranking(Index.open(out).search(files[6], top_k=10), _brute_force(files, model_file, q, 10))
     ran = cli("index", photos, "-o", out, "--json")  # the same files, seen locally: their size and time match
     assert ran.stdout.strip() == '{"added": 0, "updated": 0, "removed": 0, "unchanged": 10, "failed": 0}'
+
+
+# ---------------------------------------------------------------------------------------------
+# Words: the text tower of a CLIP checkpoint (tests/test_zeroshot.py's open_clip folder)
+
+
+@pytest.fixture(scope="module")
+def clip_folder(tmp_path_factory) -> str:
+    from test_zeroshot import build
+
+    return build("open_clip_clip", tmp_path_factory.mktemp("clip") / "open_clip_clip")
+
+
+def test_word_and_mixed_queries_equal_a_brute_force_search_over_embed_and_embed_text(tmp_path, photos, clip_folder):
+    out = tmp_path / "photos.tvi"
+    ran = cli("index", photos, "--model", clip_folder, "-o", out, "--json")
+    assert ran.returncode == 0, ran.stderr
+    files = _files(photos)
+    images = tinyvit.embed(files, clip_folder, normalize=True)
+    index = Index.open(out)
+    for words in ("a photo of a cat", "sunset over the sea"):
+        q = tinyvit.embed_text(words, clip_folder)
+        _same_ranking(index.search(words, top_k=10), _brute_force(files, clip_folder, q, 10))
+    cat, dog = tinyvit.embed_text(["cat", "dog"], clip_folder, normalize=True)
+    q = cat + 2 * images[3] - 0.5 * dog
+    _same_ranking(index.search(f"cat + 2:{files[3]} - 0.5:dog", top_k=10), _brute_force(files, clip_folder, q, 10))
+    ran = cli("search", out, "cat", "--top-k", "3", "--json")
+    assert ran.returncode == 0 and len(ran.stdout.splitlines()) == 3, ran.stderr
+
+
+def test_past_the_ann_size_an_ann_file_serves_queries_scored_exactly(tmp_path, model_file, monkeypatch):
+    pytest.importorskip("faiss")
+    from tinyvit.run.search import ann
+
+    monkeypatch.setattr(ann, "ANN_MIN_ROWS", 1000)
+    rng = np.random.default_rng(0)
+    centers = rng.standard_normal((40, 64)).astype(np.float32)
+    vectors = centers[rng.integers(0, 40, 3000)] + 0.5 * rng.standard_normal((3000, 64)).astype(np.float32)
+    index = Index.open(tmp_path / "big.tvi", model_file, create=True)
+    index.ingest((f"s3://bucket/{i:05d}.jpg", v, None) for i, v in enumerate(vectors))
+    assert [p.name for p in (tmp_path / "big.tvi").glob("ann-*.faiss")] == ["ann-vectors-0.faiss"]
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    found = 0
+    for q in centers[:20] + 0.5 * rng.standard_normal((20, 64)).astype(np.float32):
+        approximate, exact = index.search(q, top_k=10), index.search(q, top_k=10, exact=True)
+        truth = unit @ (q / np.linalg.norm(q))
+        for h in approximate:  # the scores shown are exact cosines
+            assert abs(h.score - truth[int(h.path[-9:-4])]) < 1e-5
+        found += len({h.path for h in approximate} & {h.path for h in exact})
+    assert found / 200 >= 0.98

@@ -15,27 +15,27 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from tinyvit.core.errors import TinyViTError
 from tinyvit.core.fsutil import sha256_file
 from tinyvit.images.inputs import files_from_args
-from tinyvit.models.vit import VisionTransformer
 from tinyvit.run.options import ModelOptions
-from tinyvit.run.runner import Runner
-from tinyvit.run.runtime import model_for
 from tinyvit.run.search.query import Term, parse_query
-from tinyvit.run.search.store import FileRow, Store
-from tinyvit.weights._builder import weights_sha256
+from tinyvit.run.search.store import VECTOR_DTYPES, FileRow, Store
 
-__all__ = ["COMMIT_EVERY", "Hit", "Index", "UpdateSummary", "model_identity"]
+if TYPE_CHECKING:
+    import torch
+
+    from tinyvit.models.vit import VisionTransformer
+    from tinyvit.run.runner import Runner
+
+__all__ = ["COMMIT_EVERY", "Hit", "Index", "UpdateSummary", "parquet_rows"]
 
 COMMIT_EVERY = 256  # photos per transaction: what Ctrl-C or a crash can lose at most
 COMPACT_MIN = 1024  # dead rows (replaced or removed photos) before the vectors file is rewritten
-CHUNK_ROWS = 65536  # vectors per block of the exact search (float16 rows are widened a block at a time)
 
 
 @dataclass
@@ -75,30 +75,9 @@ class _Plan:
     unchanged: int = 0
 
 
-def model_identity(model: VisionTransformer, runner: Runner, load: str | None, fast: bool) -> dict[str, Any]:
-    """What names the embeddings an index holds: how to load the model again, its weights' SHA-256
-    (of the tensors, for a model without a file), its preprocessing, the embedding width."""
-    record = model.weights
-    sha = weights_sha256(record) if record is not None else None
-    if sha is None:
-        sha = "tensors:" + _tensors_sha256(model)
-    return {"load": load, "name": record.spec if record is not None else None, "sha256": sha,
-            "preprocess": runner.spec.to_dict(), "fast": fast, "dim": runner.embedding_dim}  # fmt: skip
-
-
-def _tensors_sha256(model: torch.nn.Module) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
 def _load_arg(model: str | os.PathLike | VisionTransformer | None) -> str | None:
     """How an index names its model for later loads: a local path made absolute, else the spec."""
-    if model is None or isinstance(model, torch.nn.Module):
+    if not isinstance(model, (str, os.PathLike)):  # None, or a loaded model
         return None
     text = os.fspath(model)
     return os.path.abspath(text) if Path(text).exists() else text
@@ -115,6 +94,8 @@ class Index:
         self._model: VisionTransformer | None = None
         self._runner: Runner | None = None
         self._cache: tuple[list[str], np.ndarray, np.ndarray] | None = None
+        self._vectors_dtype = "float32"  # of a new index
+        self._position_cache: tuple[Any, dict[int, int]] | None = None  # for the ANN path
 
     @classmethod
     def open(
@@ -123,19 +104,26 @@ class Index:
         model: str | os.PathLike | VisionTransformer | None = None,
         *,
         create: bool = False,
+        vectors: str = "float32",
         options: ModelOptions | None = None,
         **model_options: Any,
     ) -> Index:
         """The index at ``path``. ``model`` (a spec or a loaded model) is the one to embed and query
         with: by default the one the index was built with; another is refused when it is used.
         ``create=True``: a missing index is made by the first :meth:`update` (which then needs
-        ``model``). ``model_options``: as :func:`tinyvit.embed` takes them."""
+        ``model``), its vectors stored as ``vectors`` (``"float32"``: scores exactly those of
+        :func:`tinyvit.embed`'s vectors; ``"float16"``: half the size, scores within ~1e-3).
+        ``model_options``: as :func:`tinyvit.embed` takes them."""
         path = Path(path)
         o = ModelOptions.of(options, **model_options)
+        if vectors not in VECTOR_DTYPES:
+            raise ValueError(f"vectors must be one of {VECTOR_DTYPES}, got {vectors!r}")
         if create and not path.exists():
             if model is None:
                 raise TinyViTError(f"{str(path)!r} is a new index: say which model embeds it (model=, --model)")
-            return cls(path, None, model, o)
+            index = cls(path, None, model, o)
+            index._vectors_dtype = vectors
+            return index
         return cls(path, Store.open(path), model, o)
 
     # -- what it holds
@@ -174,6 +162,10 @@ class Index:
                     name = self.identity.get("name") if self.identity else None
                     raise TinyViTError(f"{str(self.path)!r} was built with a model given as an object ({name}); "
                                        "pass it as model=")  # fmt: skip
+            from tinyvit.run.runner import Runner
+            from tinyvit.run.runtime import model_for
+            from tinyvit.run.search.vectors import model_identity
+
             model = model_for(arg, replace(self.options, preprocess=None))
             runner = Runner(model, task="embed", normalize=True, preprocess=self.options.preprocess,
                             fast=self.options.fast)  # fmt: skip
@@ -246,8 +238,17 @@ class Index:
         if self._store is not None and self._store.dead_rows() > max(COMPACT_MIN, len(self._store.files())):
             with self._store.writing():
                 self._store.compact()
-        self._cache = None
+        self._refresh_ann()
         return summary
+
+    def _refresh_ann(self) -> None:
+        """Past ``ann.ANN_MIN_ROWS``, with faiss installed: the ANN file brought up to date."""
+        from tinyvit.run.search import ann
+
+        self._cache = None
+        if self._store is not None and self._store.meta["rows"] >= ann.ANN_MIN_ROWS and ann.available():
+            with self._store.writing():
+                ann.refresh(self._store)
 
     def _embed(self, todo, summary: UpdateSummary, batch_size: int, workers, progress, on_error) -> None:
         runner = self.runner()
@@ -277,9 +278,11 @@ class Index:
                 self._cache = None
 
     def _ensure_store(self, runner: Runner) -> Store:
+        from tinyvit.run.search.vectors import model_identity
+
         if self._store is None:
             identity = model_identity(runner.model, runner, _load_arg(self._model_arg), self.options.fast)
-            self._store = Store.create(self.path, identity, runner.embedding_dim)
+            self._store = Store.create(self.path, identity, runner.embedding_dim, self._vectors_dtype)
         return self._store
 
     def ingest(self, rows: Iterable[tuple[str, Any, str | None]]) -> UpdateSummary:
@@ -291,53 +294,89 @@ class Index:
         known = set(store.files())
         summary = UpdateSummary()
         batch: list[tuple[str, int, int, str]] = []
-        vectors: list[torch.Tensor] = []
+        vectors: list[np.ndarray] = []
         with store.writing():
             for path, vector, error in rows:
                 if error is not None or vector is None:
                     summary.failed += 1
                     summary.errors.append(f"{path!r}: {error or 'no embedding'}")
                     continue
-                v = torch.as_tensor(np.asarray(vector, dtype=np.float32))
+                v = np.asarray(vector, dtype=np.float32)
                 if v.shape != (store.dim,):
                     raise TinyViTError(f"{path!r}: an embedding of {tuple(v.shape)} for an index of {store.dim}")
                 st = os.stat(path) if "://" not in path and os.path.exists(path) else None
                 batch.append((path, st.st_size if st else -1, st.st_mtime_ns if st else -1, ""))
-                vectors.append(torch.nn.functional.normalize(v, dim=0))
+                vectors.append(v / max(float(np.linalg.norm(v)), 1e-12))  # as torch's normalize
                 if len(batch) >= COMMIT_EVERY:
                     _commit(store, batch, vectors, known, summary)
                     batch, vectors = [], []
             if batch:
                 _commit(store, batch, vectors, known, summary)
-        self._cache = None
+        self._refresh_ann()
         return summary
 
     # -- search
 
-    def search(self, query: Any, *, top_k: int = 10) -> list[Hit]:
-        """The ``top_k`` photos most like ``query``, best first: exact cosine similarity over every
-        stored vector. ``query``: words, an image path or URL, an rclip-style sum (``"sunset +
-        2:beach - people"``), a list of those (added up), or a vector (the model's embedding)."""
+    def search(self, query: Any, *, top_k: int = 10, exact: bool | None = None) -> list[Hit]:
+        """The ``top_k`` photos most like ``query``, best first, by cosine similarity. ``query``:
+        words, an image path or URL, an rclip-style sum (``"sunset + 2:beach - people"``), a list of
+        those (added up), or a vector (the model's embedding). Exact over every stored vector, unless
+        the index is past ``ann.ANN_MIN_ROWS`` and has an ANN file (faiss installed) and ``exact`` is
+        not True: then the ANN index's candidates, scored exactly."""
         if not isinstance(top_k, int) or top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
         if self._store is None:
             return []
-        return self.search_vector(self.query_vector(query), top_k=top_k)
+        return self.search_vector(self.query_vector(query), top_k=top_k, exact=exact)
 
-    def search_vector(self, q: torch.Tensor | np.ndarray, *, top_k: int = 10) -> list[Hit]:
-        """Exact top-k for a query vector (unit length or not: cosine either way)."""
+    def search_vector(self, q: Any, *, top_k: int = 10, exact: bool | None = None) -> list[Hit]:
+        """Top-k for a query vector (unit length or not: cosine either way); ``exact`` as :meth:`search`."""
+        import torch
+
+        from tinyvit.run.search.vectors import exact_scores
+
         paths, rows, vectors = self._live()
         q = torch.as_tensor(np.asarray(q, dtype=np.float32)).flatten()
-        if q.shape[0] != (vectors.shape[1] if vectors.ndim == 2 else q.shape[0]):
+        if vectors.ndim == 2 and q.shape[0] != vectors.shape[1]:
             raise TinyViTError(f"a query vector of {q.shape[0]} numbers for an index of {vectors.shape[1]}")
         q = torch.nn.functional.normalize(q, dim=0)
+        if not exact and (hits := self._approximate(q, top_k)) is not None:
+            return hits
         scores = exact_scores(vectors, q)[torch.from_numpy(rows)]
         top = torch.topk(scores, min(top_k, len(paths)))
         pairs = zip(top.values.tolist(), top.indices.tolist(), strict=True)
         return [Hit(i + 1, s, paths[j]) for i, (s, j) in enumerate(pairs)]
 
+    def _approximate(self, q: Any, top_k: int) -> list[Hit] | None:
+        """The ANN path (see ``run/search/ann.py``), or None where exact search is to be used."""
+        from tinyvit.run.search import ann
+
+        paths, rows, vectors = self._live()
+        if len(paths) < ann.ANN_MIN_ROWS or not ann.available() or self._store is None:
+            return None
+        found = ann.candidates(self._store, q.numpy(), top_k)
+        if found is None:
+            return None
+        position = self._positions()
+        live = [(int(r), position[int(r)]) for r in found if int(r) in position]
+        if len(live) < min(top_k, len(paths)):  # too many candidates were replaced or removed rows
+            return None
+        cand = np.array([r for r, _ in live])
+        scores = np.asarray(vectors[cand], dtype=np.float32) @ q.numpy()
+        order = np.argsort(-scores, kind="stable")[:top_k]
+        return [Hit(i + 1, float(scores[j]), paths[live[j][1]]) for i, j in enumerate(order)]
+
+    def _positions(self) -> dict[int, int]:
+        """Row in the vectors file → position in :meth:`_live`'s paths."""
+        live = self._live()
+        if self._position_cache is None or self._position_cache[0] is not live:
+            self._position_cache = (live, {int(r): i for i, r in enumerate(live[1])})
+        return self._position_cache[1]
+
     def query_vector(self, query: Any) -> torch.Tensor:
         """A query → one unit vector: each term's unit embedding times its weight, summed, normalized."""
+        import torch
+
         if isinstance(query, (torch.Tensor, np.ndarray)):
             return torch.nn.functional.normalize(torch.as_tensor(query, dtype=torch.float32).flatten(), dim=0)
         terms = parse_query(query)
@@ -352,6 +391,8 @@ class Index:
         images = [t.image for t in terms if t.image is not None]
         texts = [t.text for t in terms if t.text is not None]
         by_image = iter(self._image_vectors(images) if images else [])
+        if texts:
+            from tinyvit.run.search.vectors import text_vectors
         by_text = iter(text_vectors(texts, self._text_model(), self.options) if texts else [])
         return [next(by_image) if t.image is not None else next(by_text) for t in terms]
 
@@ -382,6 +423,8 @@ class Index:
             raise ValueError(f"threshold must be a cosine similarity in [-1, 1], got {threshold}")
         if self._store is None:
             return []
+        from tinyvit.run.search.vectors import near_duplicate_groups
+
         paths, rows, vectors = self._live()
         return near_duplicate_groups(np.asarray(vectors)[rows], paths, threshold)
 
@@ -406,51 +449,13 @@ def _plan(listed: dict[str, Path], known: dict[str, FileRow], roots: list[str]) 
     return plan
 
 
-def _commit(store: Store, rows: list, vectors: list[torch.Tensor], known: set[str], summary: UpdateSummary) -> None:
-    """One transaction of embedded photos; counted only once committed (Ctrl-C loses at most these)."""
-    store.commit_rows(rows, torch.stack(vectors).numpy())
+def _commit(store: Store, rows: list, vectors: list, known: set[str], summary: UpdateSummary) -> None:
+    """One transaction of embedded photos (vectors: tensors or arrays); counted only once committed
+    (Ctrl-C loses at most these)."""
+    store.commit_rows(rows, np.stack([np.asarray(v, dtype=np.float32) for v in vectors]))
     updated = sum(path in known for path, *_ in rows)
     summary.updated += updated
     summary.added += len(rows) - updated
-
-
-def exact_scores(vectors: np.ndarray, q: torch.Tensor) -> torch.Tensor:
-    """``vectors @ q`` in float32, a block of rows at a time (a memory map is read once, float16
-    rows widened block by block)."""
-    n = vectors.shape[0]
-    qn = q.numpy()
-    out = np.empty(n, dtype=np.float32)
-    for start in range(0, n, CHUNK_ROWS):
-        block = np.asarray(vectors[start : start + CHUNK_ROWS])
-        wide = block if block.dtype == np.float32 else block.astype(np.float32)
-        np.dot(wide, qn, out=out[start : start + CHUNK_ROWS])
-    return torch.from_numpy(out)
-
-
-def near_duplicate_groups(vectors: np.ndarray, paths: list[str], threshold: float) -> list[list[tuple[str, float]]]:
-    """Connected components of the graph "cosine >= threshold" (union–find over blocks of V Vᵀ)."""
-    v = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))
-    parent = list(range(len(paths)))
-    best = [-2.0] * len(paths)
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for start in range(0, len(paths), 1024):
-        sims = v[start : start + 1024] @ v.T
-        for a, b in (sims >= threshold).nonzero().tolist():
-            i = start + a
-            if b != i:
-                best[i] = max(best[i], float(sims[a, b]))
-                parent[find(i)] = find(b)
-    groups: dict[int, list[tuple[str, float]]] = {}
-    for i, p in enumerate(paths):
-        if best[i] > -2.0:
-            groups.setdefault(find(i), []).append((p, best[i]))
-    return sorted((sorted(g) for g in groups.values()), key=lambda g: g[0][0])
 
 
 def parquet_rows(folder: str | os.PathLike) -> Iterator[tuple[str, Any, str | None]]:
@@ -473,15 +478,3 @@ def parquet_rows(folder: str | os.PathLike) -> Iterator[tuple[str, Any, str | No
         yield from zip(cols["path"], cols["embedding"], cols["error"], strict=True)
 
 
-def text_vectors(texts: list[str], model: Any, options: ModelOptions) -> list[torch.Tensor]:
-    """Words → unit embeddings through the text tower of ``model``'s checkpoint (what
-    ``tinyvit.embed_text`` gives); a model without one is refused in one line."""
-    try:
-        from tinyvit.run.zeroshot import text_encoder_for
-    except ImportError:
-        raise TinyViTError(
-            f"word queries ({texts[0]!r}) need text towers (tinyvit.embed_text), which this tinyvit lacks; "
-            "query with an image path or URL"
-        ) from None
-    encoder = text_encoder_for(model, replace(options, preprocess=None))
-    return list(encoder(texts, normalize=True, batch_size=64, progress=None))

@@ -124,11 +124,12 @@ class Store:
         return [p for p, _ in pairs], np.fromiter((r for _, r in pairs), dtype=np.int64, count=len(pairs))
 
     def vectors(self) -> np.ndarray:
-        """The committed rows of the vectors file, memory-mapped (read-only): (rows, dim)."""
+        """The committed rows of the vectors file, memory-mapped: (rows, dim)."""
         rows = self.meta["rows"]
         if rows == 0:
             return np.zeros((0, self.dim), self.dtype)
-        return np.memmap(self.vectors_path, dtype=self.dtype, mode="r", shape=(rows, self.dim))
+        # copy-on-write: pages are shared with the file and never written back; writable, so torch takes it as is
+        return np.memmap(self.vectors_path, dtype=self.dtype, mode="c", shape=(rows, self.dim))
 
     # -- writing: each call one transaction
 

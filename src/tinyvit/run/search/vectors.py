@@ -1,0 +1,99 @@
+"""The torch side of photo search: the model's identity, the exact scores, near-duplicate groups,
+words through the text tower. Imported by ``run/search/index.py`` only when vectors are computed, so
+that an update with nothing to do never imports torch."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import torch
+
+from tinyvit.core.errors import TinyViTError
+from tinyvit.models.vit import VisionTransformer
+from tinyvit.run.options import ModelOptions
+from tinyvit.run.runner import Runner
+from tinyvit.weights._builder import weights_sha256
+
+__all__ = ["WIDEN_ROWS", "exact_scores", "model_identity", "near_duplicate_groups", "text_vectors"]
+
+WIDEN_ROWS = 1024  # float16 vectors widened to float32 at a time by the exact search
+
+
+def model_identity(model: VisionTransformer, runner: Runner, load: str | None, fast: bool) -> dict[str, Any]:
+    """What names the embeddings an index holds: how to load the model again, its weights' SHA-256
+    (of the tensors, for a model without a file), its preprocessing, the embedding width."""
+    record = model.weights
+    sha = weights_sha256(record) if record is not None else None
+    if sha is None:
+        sha = "tensors:" + _tensors_sha256(model)
+    return {"load": load, "name": record.spec if record is not None else None, "sha256": sha,
+            "preprocess": runner.spec.to_dict(), "fast": fast, "dim": runner.embedding_dim}  # fmt: skip
+
+
+def _tensors_sha256(model: torch.nn.Module) -> str:
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def exact_scores(vectors: np.ndarray, q: torch.Tensor) -> torch.Tensor:
+    """``vectors @ q`` in float32. float16 rows are widened ``WIDEN_ROWS`` at a time into one
+    buffer that stays in cache (measured on 2 cores at 1 M × 512: 0.19 s, against 0.65 s widening
+    64k-row blocks; torch's half ``mv`` is as fast but rounds the scores to float16)."""
+    t = torch.from_numpy(vectors) if vectors.flags.writeable else torch.from_numpy(np.array(vectors))
+    if t.dtype == torch.float32:
+        return torch.mv(t, q)
+    n = t.shape[0]
+    out = torch.empty(n, dtype=torch.float32)
+    buf = torch.empty(min(n, WIDEN_ROWS), t.shape[1], dtype=torch.float32)
+    for start in range(0, n, WIDEN_ROWS):
+        block = t[start : start + WIDEN_ROWS]
+        m = block.shape[0]
+        buf[:m].copy_(block)
+        torch.mv(buf[:m], q, out=out[start : start + m])
+    return out
+
+
+def near_duplicate_groups(vectors: np.ndarray, paths: list[str], threshold: float) -> list[list[tuple[str, float]]]:
+    """Connected components of the graph "cosine >= threshold" (union–find over blocks of V Vᵀ)."""
+    v = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))
+    parent = list(range(len(paths)))
+    best = [-2.0] * len(paths)
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for start in range(0, len(paths), 1024):
+        sims = v[start : start + 1024] @ v.T
+        for a, b in (sims >= threshold).nonzero().tolist():
+            i = start + a
+            if b != i:
+                best[i] = max(best[i], float(sims[a, b]))
+                parent[find(i)] = find(b)
+    groups: dict[int, list[tuple[str, float]]] = {}
+    for i, p in enumerate(paths):
+        if best[i] > -2.0:
+            groups.setdefault(find(i), []).append((p, best[i]))
+    return sorted((sorted(g) for g in groups.values()), key=lambda g: g[0][0])
+
+
+def text_vectors(texts: list[str], model: Any, options: ModelOptions) -> list[torch.Tensor]:
+    """Words → unit embeddings through the text tower of ``model``'s checkpoint (what
+    ``tinyvit.embed_text`` gives); a model without one is refused in one line."""
+    try:
+        from tinyvit.run.zeroshot import text_encoder_for
+    except ImportError:
+        raise TinyViTError(
+            f"word queries ({texts[0]!r}) need text towers (tinyvit.embed_text), which this tinyvit lacks; "
+            "query with an image path or URL"
+        ) from None
+    encoder = text_encoder_for(model, replace(options, preprocess=None))
+    return list(encoder(texts, normalize=True, batch_size=64, progress=None))
