@@ -8,7 +8,9 @@ wins. The two differ by float reassociation only: the same products, summed in a
 
 A :class:`PackedLinear` replaces its ``nn.Linear`` (the weight is reordered, the original freed:
 memory is not doubled) and still reads as one: ``weight`` (dense, on demand), ``state_dict`` in the
-original's keys and layout, ``in_features`` / ``out_features``.
+original's keys and layout, ``in_features`` / ``out_features``. The GELU or SiLU that follows an
+MLP's first layer is fused into that layer's GEMM (oneDNN's post-op: the same function, applied
+while the output is still in cache).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["PackedLinear", "onednn_available", "pack_linears", "prepack", "unpack_linears"]
+__all__ = ["FUSED", "PackedLinear", "fusable", "onednn_available", "pack_linears", "prepack", "unpack_linears"]
 
 
 def onednn_available() -> bool:
@@ -39,11 +41,13 @@ def prepack(weight: torch.Tensor) -> torch.Tensor:
 class PackedLinear(nn.Module):
     """``y = x Wᵀ + b`` through oneDNN with ``W`` prepacked: a drop-in for an ``nn.Linear`` on the CPU."""
 
-    def __init__(self, linear: nn.Linear):
+    def __init__(self, linear: nn.Linear, activation: nn.Module | None = None):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.register_buffer("packed", prepack(linear.weight), persistent=False)
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach(), requires_grad=False)
+        self.fused = activation  # applied to the output inside oneDNN's GEMM (gelu, silu), else None
+        self.attr, self.algorithm = ("none", "") if activation is None else _post_op(activation)
 
     @property
     def weight(self) -> torch.Tensor:
@@ -51,7 +55,7 @@ class PackedLinear(nn.Module):
         return self.packed.to_dense()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, self.attr, [], self.algorithm)
 
     def to_linear(self) -> nn.Linear:
         """The ``nn.Linear`` this was made from (same tensors, bit for bit)."""
@@ -83,28 +87,58 @@ class PackedLinear(nn.Module):
         self._buffers["packed"] = prepack(self._buffers["packed"])
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, oneDNN"
+        fused = "" if self.fused is None else f" + {self.attr}"
+        bias = self.bias is not None
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={bias}, oneDNN{fused}"
 
 
-def pack_linears(model: nn.Module, skip: tuple[str, ...] = ("head", "head_dist")) -> int:
+# A layer whose output goes straight into its parent's activation: models/vit.py's Mlp
+# (act(fc1(x))) and SwiGLU (act(fc1_g(x))). The activation then runs inside the GEMM (one pass
+# over the output instead of two) and the parent's becomes the identity.
+FUSED = {"fc1": "act", "fc1_g": "act"}
+
+
+def _post_op(activation: nn.Module) -> tuple[str, str]:
+    if type(activation) is nn.GELU:
+        return "gelu", activation.approximate  # "none" (erf) or "tanh", as oneDNN names them
+    if type(activation) is nn.SiLU:
+        return "swish", ""
+    raise ValueError(f"oneDNN's linear has no post-op for {type(activation).__name__}")
+
+
+def fusable(activation: nn.Module | None) -> bool:
+    """Whether oneDNN's linear can apply ``activation`` to its output itself."""
+    return type(activation) in (nn.GELU, nn.SiLU)
+
+
+def pack_linears(model: nn.Module, skip: tuple[str, ...] = ("head", "head_dist"), fuse: bool = True) -> int:
     """Replace ``model``'s CPU ``nn.Linear`` layers (those not named in ``skip``: the head, small and
-    read by ``fit``) by :class:`PackedLinear`, one at a time; how many were replaced."""
+    read by ``fit``) by :class:`PackedLinear`, one at a time; with ``fuse``, the GELU / SiLU that
+    follows an MLP's first layer (:data:`FUSED`) runs inside its GEMM. How many were replaced."""
     count = 0
     for parent_name, parent in list(model.named_modules()):
         for name, child in list(parent.named_children()):
             full = f"{parent_name}.{name}" if parent_name else name
-            if type(child) is nn.Linear and full not in skip and child.weight.device.type == "cpu":
-                setattr(parent, name, PackedLinear(child))
-                count += 1
+            if type(child) is not nn.Linear or full in skip or child.weight.device.type != "cpu":
+                continue
+            act = getattr(parent, FUSED.get(name, ""), None) if fuse else None
+            act = act if fusable(act) else None
+            setattr(parent, name, PackedLinear(child, act))
+            if act is not None:
+                setattr(parent, FUSED[name], nn.Identity())
+            count += 1
     return count
 
 
 def unpack_linears(model: nn.Module) -> int:
-    """The reverse of :func:`pack_linears`: every :class:`PackedLinear` back to ``nn.Linear``."""
+    """The reverse of :func:`pack_linears`: every :class:`PackedLinear` back to ``nn.Linear`` (and a
+    fused activation back to its parent)."""
     count = 0
     for _, parent in list(model.named_modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, PackedLinear):
                 setattr(parent, name, child.to_linear())
+                if child.fused is not None:
+                    setattr(parent, FUSED[name], child.fused)
                 count += 1
     return count
