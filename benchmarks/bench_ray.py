@@ -45,9 +45,12 @@ def machine_line(library: str = "ray") -> str:
     """The date, CPU, cores, Python, and the versions of torch, tinyvit and ``library``."""
     from importlib import metadata
 
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
+    lines = open("/proc/cpuinfo").read().splitlines()
+    cpu = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), "?")
+    have = set(next((ln.split(":", 1)[1].split() for ln in lines if ln.startswith("flags")), []))
+    flags = " ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in have) or "no AVX2"
     return (
-        f"{time.strftime('%Y-%m-%d')} | {cpu} | {len(os.sched_getaffinity(0))} cores, torch threads "
+        f"{time.strftime('%Y-%m-%d')} | {cpu} ({flags}) | {len(os.sched_getaffinity(0))} cores, torch threads "
         f"{torch.get_num_threads()} | Python {platform.python_version()} | torch {torch.__version__}, "
         f"tinyvit {tinyvit.__version__}, {library} {metadata.version(library)}"
     )
