@@ -15,6 +15,7 @@ while the output is still in cache).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -111,10 +112,14 @@ def fusable(activation: nn.Module | None) -> bool:
     return type(activation) in (nn.GELU, nn.SiLU)
 
 
-def pack_linears(model: nn.Module, skip: tuple[str, ...] = ("head", "head_dist"), fuse: bool = True) -> int:
+def pack_linears(
+    model: nn.Module, skip: tuple[str, ...] = ("head", "head_dist"), fuse: bool = True,
+    release: Callable[[torch.Tensor], object] | None = None,
+) -> int:  # fmt: skip
     """Replace ``model``'s CPU ``nn.Linear`` layers (those not named in ``skip``: the head, small and
     read by ``fit``) by :class:`PackedLinear`, one at a time; with ``fuse``, the GELU / SiLU that
-    follows an MLP's first layer (:data:`FUSED`) runs inside its GEMM. How many were replaced."""
+    follows an MLP's first layer (:data:`FUSED`) runs inside its GEMM. ``release`` is called with
+    each original weight once it is packed (and no longer used). How many were replaced."""
     count = 0
     for parent_name, parent in list(model.named_modules()):
         for name, child in list(parent.named_children()):
@@ -124,6 +129,8 @@ def pack_linears(model: nn.Module, skip: tuple[str, ...] = ("head", "head_dist")
             act = getattr(parent, FUSED.get(name, ""), None) if fuse else None
             act = act if fusable(act) else None
             setattr(parent, name, PackedLinear(child, act))
+            if release is not None:
+                release(child.weight)
             if act is not None:
                 setattr(parent, FUSED[name], nn.Identity())
             count += 1

@@ -16,6 +16,7 @@ machine pays for the measurement (0.3-0.6 s on 2 cores) once, at its first model
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import os
@@ -108,7 +109,7 @@ def measure_paths(
         for p, t in _best_times(dtype, paths, (m, k, n), rounds).items():
             seconds[p] += t
         flops += 2 * m * k * n
-    return {p: round(flops / t / 1e9, 1) for p, t in seconds.items()}
+    return {p: float(f"{flops / t / 1e9:.4g}") for p, t in seconds.items()}
 
 
 def _best_times(dtype: torch.dtype, paths: tuple[str, ...], shape: tuple[int, int, int], rounds: int) -> dict:
@@ -194,15 +195,76 @@ def _write_cache(entries: dict[str, dict]) -> None:
 def apply_cpu_path(model: torch.nn.Module, exact: bool = False) -> GemmChoice | None:
     """Put ``model`` on this CPU's fastest GEMM path (its linear layers prepacked in place) unless
     ``exact`` or it is not on the CPU; the choice made, or None when nothing was chosen. The
-    choice is kept on the model as ``model.gemm``."""
+    choice is kept on the model as ``model.gemm``.
+
+    Memory is not doubled: weights memory-mapped from a checkpoint (tinyvit loads safetensors so)
+    are read once to be packed, then their pages are given back to the kernel one layer at a time,
+    and the few tensors left in the file (norms, embeddings, the head) are copied out so that the
+    mapping closes: the packed model holds what the mapped one did once its pages were read."""
     param = next(model.parameters(), None)
     if exact or param is None or param.device.type != "cpu" or param.dtype not in (torch.float32, torch.bfloat16):
         return None
     choice = gemm_choice(param.dtype)
     if choice.path == "onednn":
-        pack_linears(model)
+        maps = _file_mappings()
+        pack_linears(model, release=lambda w: _drop_pages(w, maps))
+        _copy_out_of_files(model, maps)
     model.gemm = choice
     return choice
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory-mapped weights (Linux): what /proc/self/maps says and madvise does
+
+
+MADV_DONTNEED = 4
+PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def _file_mappings() -> list[tuple[int, int]]:
+    """Address ranges of this process's private read-only mappings of files (a safetensors file
+    mapped by safetensors), from ``/proc/self/maps``; none elsewhere."""
+    maps = Path("/proc/self/maps")
+    if not maps.is_file():
+        return []
+    ranges = []
+    for line in maps.read_text().splitlines():
+        parts = line.split(maxsplit=5)
+        if len(parts) == 6 and parts[5].startswith("/") and parts[1] in ("r--p", "rw-p"):
+            lo, hi = (int(v, 16) for v in parts[0].split("-"))
+            ranges.append((lo, hi))
+    return ranges
+
+
+def _in_files(t: torch.Tensor, maps: list[tuple[int, int]]) -> tuple[int, int] | None:
+    if t.is_mkldnn or t.device.type != "cpu" or not t.numel():
+        return None
+    start = t.data_ptr()
+    end = start + t.numel() * t.element_size()
+    return (start, end) if any(lo <= start and end <= hi for lo, hi in maps) else None
+
+
+def _drop_pages(t: torch.Tensor, maps: list[tuple[int, int]]) -> None:
+    """Give back the resident pages of a memory-mapped tensor no longer used (whole pages inside it
+    only: the kernel reads them from the file again if they are ever touched)."""
+    if (span := _in_files(t, maps)) is None or not hasattr(ctypes, "CDLL"):
+        return
+    lo, hi = -(-span[0] // PAGE) * PAGE, span[1] // PAGE * PAGE
+    if hi > lo and ctypes.CDLL(None, use_errno=True).madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo),
+                                                               MADV_DONTNEED) != 0:  # fmt: skip
+        log.debug("madvise failed (errno %d): pages kept", ctypes.get_errno())
+
+
+def _copy_out_of_files(model: torch.nn.Module, maps: list[tuple[int, int]]) -> None:
+    """Copy the model's tensors that still live in a file mapping into memory of their own."""
+    with torch.no_grad():
+        for module in model.modules():
+            for p in module.parameters(recurse=False):
+                if _in_files(p, maps):
+                    p.data = p.data.clone()
+            for name, b in list(module.named_buffers(recurse=False)):
+                if b is not None and _in_files(b, maps):
+                    setattr(module, name, b.clone())
 
 
 def cpu_summary(dtypes: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16)) -> dict:
