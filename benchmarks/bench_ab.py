@@ -10,7 +10,8 @@ times ``tinyvit.predict_iter`` over the set (the exact path and the fast path),
 Reported: the median time per set and the median of the per-round ratios B/A in throughput (>1:
 B is faster). The sets are real photos re-encoded as JPEGs (tests/fixtures/photos):
 ImageNet-size (500x375) and 12 MP (4000x3000); the weights are a random ViT-B/32-384 (speed does
-not depend on the values).
+not depend on the values). With ``--by-name``, predict and embed get the checkpoint's path, so the
+runtime loads it as ``tinyvit predict`` does (on the CPU GEMM path ``run/cpu.py`` chooses).
 """
 
 from __future__ import annotations
@@ -39,14 +40,15 @@ files = {files!r}
 t = time.perf_counter()
 model = tinyvit.load({weights!r})
 out = {{"load": time.perf_counter() - t}}
+run = {weights!r} if {by_name!r} else model  # by name: the runtime loads it (on the CPU path it chooses)
 bs = {batch_size}
-list(tinyvit.predict_iter(files[:bs], model, batch_size=bs))  # warm-up
+list(tinyvit.predict_iter(files[:bs], run, batch_size=bs))  # warm-up
 for mode in ("exact", "fast"):
     t = time.perf_counter()
-    n = sum(1 for _ in tinyvit.predict_iter(files, model, batch_size=bs, fast=mode == "fast"))
+    n = sum(1 for _ in tinyvit.predict_iter(files, run, batch_size=bs, fast=mode == "fast"))
     out[mode] = time.perf_counter() - t
 t = time.perf_counter()
-n = sum(1 for _ in tinyvit.embed_iter(files, model, batch_size=bs))
+n = sum(1 for _ in tinyvit.embed_iter(files, run, batch_size=bs))
 out["embed"] = time.perf_counter() - t
 x = tinyvit.preprocess(files[:bs], model)
 t = time.perf_counter()
@@ -58,8 +60,9 @@ print(json.dumps(out))
 """
 
 
-def run(src: str, files: list[str], weights: str, batch_size: int) -> dict[str, float]:
-    code = textwrap.dedent(CHILD.format(src=os.path.abspath(src), files=files, weights=weights, batch_size=batch_size))
+def run(src: str, files: list[str], weights: str, batch_size: int, by_name: bool = False) -> dict[str, float]:
+    code = textwrap.dedent(CHILD.format(src=os.path.abspath(src), files=files, weights=weights, batch_size=batch_size,
+                                        by_name=by_name))  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -96,6 +99,9 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--images", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--by-name", action="store_true", help="predict and embed get the checkpoint's path, not the "
+                   "loaded model: the runtime loads it, on the CPU GEMM path it chooses (forward: the loaded "
+                   "model); TINYVIT_CPU_GEMM=default forces torch's own kernels")  # fmt: skip
     args = p.parse_args()
 
     sys.path.insert(0, args.b)
@@ -117,7 +123,7 @@ def main() -> None:
             times: dict[str, list[dict]] = {"A": [], "B": []}
             for _ in range(args.rounds):
                 for label, src in (("A", args.a), ("B", args.b)):
-                    times[label].append(run(src, [str(f) for f in files], weights, args.batch_size))
+                    times[label].append(run(src, [str(f) for f in files], weights, args.batch_size, args.by_name))
             for mode in ("load", "exact", "fast", "embed", "forward"):
                 a = [t[mode] for t in times["A"]]
                 b = [t[mode] for t in times["B"]]

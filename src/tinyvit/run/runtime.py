@@ -16,6 +16,7 @@ import torch
 
 from tinyvit.core.errors import TinyViTError
 from tinyvit.models.vit import VisionTransformer
+from tinyvit.run.cpu import apply_cpu_path
 from tinyvit.run.options import ModelOptions, canonical_dtype
 from tinyvit.weights._builder import load_model, resolve_preprocess
 from tinyvit.weights.specs import ModelSpec, PathSpec, parse_spec
@@ -93,16 +94,21 @@ _MODELS_LOCK = threading.Lock()
 def cached_model(spec: str | os.PathLike | ModelSpec, options: ModelOptions | None = None) -> VisionTransformer:
     """A loaded model, shared within the process per (spec, options); at most
     :data:`MODEL_CACHE_SIZE` are kept. A local file is known by its size and modification time
-    too: written again (``convert``, ``fit``), it is loaded again."""
+    too: written again (``convert``, ``fit``), it is loaded again.
+
+    On the CPU, the model's linear layers run on this CPU's fastest GEMM path (:mod:`tinyvit.run.cpu`:
+    measured once per machine, the weights prepacked in place); with ``exact``, on torch's reference
+    kernels, bit-identical to timm."""
     o = options or ModelOptions()
     parsed, device, dtype = parse_spec(spec), parse_device(o.device), parse_dtype(o.dtype)
     preprocess = None if o.preprocess is None else resolve_preprocess(o.preprocess)
-    key = (parsed, str(device), str(dtype), o.labels, preprocess, o.arch, _stamp(parsed))
+    key = (parsed, str(device), str(dtype), o.labels, preprocess, o.arch, o.exact, _stamp(parsed))
     with _MODELS_LOCK:
         model = _MODELS.get(key)
         if model is None:
             model = load_model(parsed, device=device, dtype=dtype, labels=o.labels, preprocess=preprocess,
                                arch=o.arch_arg)  # fmt: skip
+            apply_cpu_path(model, exact=o.exact)
             _MODELS[key] = model
             while len(_MODELS) > MODEL_CACHE_SIZE:
                 _MODELS.popitem(last=False)
