@@ -12,7 +12,11 @@ weights are ``tests/refdata.py`` ``fill(name, shape)`` under the checkpoint's ow
 written the way its library writes them (``save_for_hf`` / ``save_pretrained``) and read back
 through that library's own loading path; inputs are ``refdata.make_input``. The fixture stores
 names, shapes, side files (verbatim) and outputs, at the trained size and two others (timm: the
-model created with ``dynamic_img_size=True``, as its users must for other sizes).
+model created with ``dynamic_img_size=True``, as its users must for other sizes). And the real photos of
+tests/fixtures/photos through each case's home preprocessing, read from the folder as its users
+read it (timm's ``create_transform(**resolve_model_data_config(model))``, transformers'
+``DINOv3ViTImageProcessor.from_pretrained(folder)``, open_clip's ``image_transform_v2`` of the
+model's ``preprocess_cfg``), into the model: their pixels (hashes) and the model's outputs.
 
     .refs/bin/python scripts/make_rope_fixtures.py
 
@@ -22,6 +26,7 @@ See tests/fixtures/ROPE.md for the fixture format.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import sys
@@ -29,19 +34,23 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from make_family_fixtures import (  # noqa: E402
     BATCH,
     OTHER_P8,
     OTHER_P14,
     OUT,
+    PHOTO_NAMES,
     Fixture,
     buffers_of,
     filled_state,
     inputs,
     key_table,
     make_input,
+    open_rgb,
     safetensors_keys,
+    to_pixels,
 )
 from safetensors.torch import save_file  # noqa: E402
 
@@ -108,6 +117,25 @@ def _facts(net: torch.nn.Module) -> dict:
     return facts
 
 
+def photo_case(fx: Fixture, name: str, transform, mean, std, run, how: str, call: str) -> dict:
+    """The photos through ``transform`` (stacked, PHOTO_NAMES order) and ``run``: the output stored
+    as ``{name}/photos``; each photo's pixels as a hash — of the 8-bit pixels whose normalization
+    gives the tensor back (exactly, to 1e-6), else of the float32 tensor itself."""
+    tensors, pixels = [], {}
+    for photo in PHOTO_NAMES:
+        x = transform(open_rgb(photo))
+        tensors.append(x)
+        arr, err = to_pixels(x, mean, std)
+        arr = arr if err <= 1e-6 else x.numpy().astype("<f4")
+        pixels[photo] = {"dtype": str(arr.dtype), "shape": list(arr.shape),
+                         "sha256": hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest()}  # fmt: skip
+    y = run(torch.stack(tensors)).detach().float().contiguous().clone()
+    fx.tensors[f"{name}/photos"] = y
+    print(f"  {name}/photos: pixels {tuple(tensors[0].shape)} {pixels[PHOTO_NAMES[0]]['dtype']} -> {tuple(y.shape)}")
+    return {"how": how, "call": call, "pixels": pixels, "output": {"safetensors_key": f"{name}/photos",
+                                                                    "shape": list(y.shape)}}  # fmt: skip
+
+
 def timm_case(fx: Fixture, name: str, family: str, arch: str, kwargs: dict, covers: str) -> None:
     import timm
     from timm.models import save_for_hf
@@ -157,6 +185,12 @@ def timm_case(fx: Fixture, name: str, family: str, arch: str, kwargs: dict, cove
         "safetensors_metadata": meta, "keys": keys, "buffers": buffers_of(loaded), "facts": _facts(loaded),
         "inputs": ins,
     }  # fmt: skip
+    from timm.data import create_transform, resolve_model_data_config
+
+    cfg = resolve_model_data_config(loaded)
+    case["photos"] = photo_case(fx, name, create_transform(**cfg), cfg["mean"], cfg["std"], dynamic,
+                                "timm.data.create_transform(**timm.data.resolve_model_data_config(model))",
+                                "model_dynamic(x)")  # fmt: skip
     fx.add(name, case, outputs)
 
 
@@ -182,6 +216,7 @@ def hf_case(fx: Fixture, name: str, config_kwargs: dict, covers: str) -> None:
         DINOv3ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
         files = {p.name: p.read_text() for p in sorted(folder.iterdir()) if p.suffix == ".json"}
         loaded = DINOv3ViTModel.from_pretrained(folder).eval()
+        processor = DINOv3ViTImageProcessor.from_pretrained(folder)
     ins = inputs(name, [(BATCH, 3, 32, 32)] + [(BATCH, 3, h, w) for h, w in OTHER_P8])
     out = loaded(pixel_values=make_input(ins[0]))
     outputs = {"pooler_output": (0, "model(pixel_values=x).pooler_output", out.pooler_output),
@@ -197,6 +232,19 @@ def hf_case(fx: Fixture, name: str, config_kwargs: dict, covers: str) -> None:
         "loaded_with": "DINOv3ViTModel.from_pretrained(folder)", "files": files,
         "weights_files": ["model.safetensors"], "safetensors_metadata": meta, "keys": keys, "inputs": ins,
     }  # fmt: skip
+    case["photos"] = photo_case(
+        fx, name, lambda img: processor(images=img, return_tensors="pt")["pixel_values"][0], processor.image_mean,
+        processor.image_std, lambda x: loaded(pixel_values=x).pooler_output,
+        "DINOv3ViTImageProcessor.from_pretrained(folder)(images=img, return_tensors='pt')",
+        "model(pixel_values=x).pooler_output",
+    )  # fmt: skip
+    full = DINOv3ViTImageProcessor()  # the real checkpoints' 224 x 224: every photo's pixels, hashed
+    case["photos"]["full_pixels_sha256"] = {
+        photo: hashlib.sha256(full(images=open_rgb(photo), return_tensors="pt")["pixel_values"][0].numpy()
+                              .astype("<f4").tobytes()).hexdigest()
+        for photo in PHOTO_NAMES
+    }  # fmt: skip
+    case["photos"]["full_processor"] = full.to_dict()
     fx.add(name, case, outputs)
 
 
@@ -265,6 +313,15 @@ def oc_case(fx: Fixture, name: str, family: str, config_name: str, covers: str) 
         "files": {"open_clip_config.json": config_text}, "weights_files": ["open_clip_model.safetensors"],
         "safetensors_metadata": meta, "keys": keys, "facts": _facts(trunk), "inputs": ins,
     }  # fmt: skip
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+
+    pcfg = PreprocessCfg(**loaded.visual.preprocess_cfg)
+    case["photos"] = photo_case(
+        fx, name, image_transform_v2(pcfg, is_train=False), pcfg.mean, pcfg.std,
+        lambda x: loaded.encode_image(x, normalize=False),
+        "open_clip.transform.image_transform_v2(PreprocessCfg(**model.visual.preprocess_cfg), is_train=False)",
+        "model.encode_image(x, normalize=False)",
+    )  # fmt: skip
     fx.add(name, case, outputs)
 
 

@@ -7,6 +7,7 @@ scripts/make_rope_fixtures.py; ROPE.md says what every field is), at the trained
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from safetensors.torch import load_file, save_file
 
 import tinyvit
 from tinyvit.core.config import ViTConfig
+from tinyvit.weights.convert import preprocess_from_hf
 
 FX = json.loads((FIXTURES / "rope.json").read_text())
 REF = load_file(FIXTURES / "rope.safetensors")
@@ -183,3 +185,59 @@ def test_patch_features_of_images_follow_the_weights_preprocessing(models):
     x = tinyvit.preprocess([image, image], model)
     assert got.shape == (2, x.shape[-2] // 8, x.shape[-1] // 8, 64)
     assert torch.equal(got, tinyvit.patch_features(x, model))
+
+
+# ---------------------------------------------------------------------------------------------
+# Real photos through each case's home preprocessing, as its folder states it
+
+PHOTO_ORDER = ["astronaut", "chelsea", "coffee", "rocket"]  # the fixture script's PHOTO_NAMES
+PHOTO_FILES = [FIXTURES / "photos" / f"{p}.jpg" for p in PHOTO_ORDER]
+PHOTO_CASES = [name for name, case in CASES.items() if "photos" in case]
+
+
+def pixels_sha256(x: torch.Tensor, spec: tinyvit.PreprocessSpec, dtype: str) -> str:
+    """As the fixture hashes them: the 8-bit pixels whose normalization is ``x``, or ``x`` itself (float32)."""
+    if dtype == "uint8":
+        mean, std = torch.tensor(spec.mean).view(3, 1, 1), torch.tensor(spec.std).view(3, 1, 1)
+        arr = (x * std + mean).round().clamp(0, 255).to(torch.uint8).numpy()
+    else:
+        arr = x.numpy().astype("<f4")
+    return hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest()
+
+
+@pytest.mark.parametrize("name", PHOTO_CASES)
+def test_real_photos_through_the_home_preprocessing(models, name):
+    """timm's create_transform of the folder's data config, transformers' DINOv3ViTImageProcessor
+    (which resizes the rescaled float image), open_clip's image_transform_v2: the pixels equal to
+    the last bit, and the model's output on them within 1e-4 of the home library's."""
+    model, entry = models[name], CASES[name]["photos"]
+    spec = model.weights.preprocess
+    x = tinyvit.preprocess(PHOTO_FILES, model)
+    for photo, xi in zip(PHOTO_ORDER, x, strict=True):
+        want = entry["pixels"][photo]
+        assert list(xi.shape) == want["shape"], (photo, spec)
+        assert pixels_sha256(xi, spec, want["dtype"]) == want["sha256"], (photo, spec)
+    with torch.inference_mode():
+        got = model(x)
+    delta = (got - REF[entry["output"]["safetensors_key"]]).abs().max().item()
+    assert delta <= 1e-4, delta
+
+
+def test_dinov3_processor_pixels_at_the_real_checkpoints_size(models):
+    """DINOv3ViTImageProcessor() (224 x 224, bilinear on the float image): every photo to the last bit."""
+    entry = CASES["hf_dinov3"]["photos"]
+    cfg = {**entry["full_processor"], "image_processor_type": "DINOv3ViTImageProcessor"}
+    spec = preprocess_from_hf(cfg, "DINOv3ViTImageProcessor()")
+    assert spec.float_resize and spec.crop == 224
+    for photo, path in zip(PHOTO_ORDER, PHOTO_FILES, strict=True):
+        assert pixels_sha256(tinyvit.preprocess(path, spec), spec, "float32") == entry["full_pixels_sha256"][photo]
+
+
+def test_float_resize_is_written_only_where_set():
+    spec = tinyvit.PreprocessSpec(224, 224, "bilinear", (0.0,) * 3, (1.0,) * 3, "squash", "floor", "torch")
+    assert "float_resize" not in spec.to_dict()
+    floats = tinyvit.PreprocessSpec.from_dict({**spec.to_dict(), "float_resize": True})
+    assert floats.float_resize and floats.to_dict()["float_resize"] is True
+    assert tinyvit.PreprocessSpec.from_dict(floats.to_dict()) == floats
+    with pytest.raises(ValueError, match="float_resize"):
+        tinyvit.PreprocessSpec(224, 224, "bilinear", (0.0,) * 3, (1.0,) * 3, float_resize=True)  # Pillow

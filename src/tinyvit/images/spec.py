@@ -16,7 +16,9 @@ torchvision, open_clip, mmpretrain) or ``(side - crop) // 2`` (``crop_offset="fl
 transformers). The resize runs on the uint8 image, in Pillow (``backend="pil"``) or in torch's
 antialiased interpolation on a uint8 tensor (``backend="torch"``: what transformers' torchvision
 backend runs, its default since 5.25). Then ``(x - mean) / std`` in float32, with ``mean`` and
-``std`` in 0–255 pixel values.
+``std`` in 0–255 pixel values. transformers' DINOv3 processor rescales first and resizes the float
+image (``float_resize``: torch backend only): ``x / 255`` in float32, resized and cropped without
+rounding, then ``(x - mean / 255) / (std / 255)``, as it computes it.
 
 The spec is pure data (no Pillow, numpy or torch here); ``images.py`` applies it to images, and a
 spec is callable as a shortcut for that: ``spec(image)`` → the (3, crop, crop) tensor.
@@ -24,7 +26,7 @@ spec is callable as a shortcut for that: ``spec(image)`` → the (3, crop, crop)
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -56,6 +58,7 @@ class PreprocessSpec:
     resize_mode: str = "short-edge"  # one of RESIZE_MODES: see the module docstring
     crop_offset: str = "round"  # or "floor" (transformers)
     backend: str = "pil"  # or "torch" (transformers' torchvision backend)
+    float_resize: bool = False  # resize the image rescaled to [0, 1] float32, not uint8 (transformers' DINOv3)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
@@ -66,6 +69,8 @@ class PreprocessSpec:
         if self.backend == "torch" and self.interpolation not in TORCH_INTERPOLATIONS:
             allowed = ", ".join(TORCH_INTERPOLATIONS)
             raise ValueError(f"the torch backend resizes with {allowed}, not {self.interpolation}")
+        if self.float_resize and (self.backend != "torch" or self.resize_mode == "longest"):
+            raise ValueError("float_resize (transformers' DINOv3 processor) needs backend 'torch', not 'longest'")
         if self.interpolation not in INTERPOLATIONS:
             raise ValueError(f"interpolation must be one of {sorted(INTERPOLATIONS)}, got {self.interpolation!r}")
         for name in ("resize", "crop"):
@@ -102,23 +107,24 @@ class PreprocessSpec:
     # -- serialisation
 
     def to_dict(self) -> dict:
-        """The fields; the last two only where they are not the defaults, so records and files
+        """The fields; the last three only where they are not the defaults, so records and files
         written for Pillow-based pipelines read in older versions too."""
         d = asdict(self)
         d["mean"], d["std"] = list(self.mean), list(self.std)
-        for name, default in (("crop_offset", "round"), ("backend", "pil")):
+        for name, default in (("crop_offset", "round"), ("backend", "pil"), ("float_resize", False)):
             if d[name] == default:
                 del d[name]
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> PreprocessSpec:
-        known = {"resize", "crop", "interpolation", "mean", "std", "resize_mode", "crop_offset", "backend"}
+        known = {f.name for f in fields(cls)}
         if unknown := sorted(set(d) - known):
             raise ValueError(f"unknown PreprocessSpec field(s): {', '.join(unknown)}")
         return cls(
             d["resize"], d["crop"], d["interpolation"], tuple(d["mean"]), tuple(d["std"]),
             d.get("resize_mode", "short-edge"), d.get("crop_offset", "round"), d.get("backend", "pil"),
+            bool(d.get("float_resize", False)),
         )  # fmt: skip
 
     def __call__(self, image: Any, *, fast: bool = False) -> torch.Tensor:
@@ -138,7 +144,7 @@ class PreprocessSpec:
             geometry += f", center crop {self.crop}" if self.crop != self.resize else ""
         if self.crop_offset == "floor" and self.resize_mode != "longest" and "crop" in geometry:
             geometry += " (offset rounded down)"
-        backend = " (torch)" if self.backend == "torch" else ""
+        backend = (" (torch, on floats)" if self.float_resize else " (torch)") if self.backend == "torch" else ""
         mean = ", ".join(f"{m:g}" for m in self.mean)
         std = ", ".join(f"{v:g}" for v in self.std)
         return f"{geometry}, {self.interpolation}{backend}; mean ({mean}), std ({std})"

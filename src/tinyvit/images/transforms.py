@@ -4,7 +4,7 @@ backend), the center crop or pad, then ``(x - mean) / std`` into a float32 tenso
 imported on first use).
 
 Resizing runs on the uint8 image, as in the reference libraries' pipelines, so the tensors match
-theirs.
+theirs; with ``float_resize`` (transformers' DINOv3 processor) on the image rescaled to [0, 1].
 """
 
 from __future__ import annotations
@@ -82,6 +82,23 @@ def _torch_resize(img: Image.Image, target: tuple[int, int], interpolation: str)
     return Image.fromarray(y[0].permute(1, 2, 0).numpy())
 
 
+def _float_resized(img: Image.Image, spec: PreprocessSpec, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """``float_resize``: transformers' DINOv3 processor, operation for operation — the uint8 tensor
+    times 1/255, torch's antialiased resize of the float image, the center crop (offset as the spec
+    says), ``(x - mean) / std`` with mean and std in [0, 1] — into a (3, crop, crop) float32 tensor."""
+    torch = _torch()
+    x = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).contiguous()[None] * (1 / 255)
+    w, h = spec.resized_size(*(size or img.size))
+    if (w, h) != img.size:
+        antialias = {"align_corners": False, "antialias": True} if spec.interpolation != "nearest" else {}
+        x = torch.nn.functional.interpolate(x, size=(h, w), mode=spec.interpolation, **antialias)
+    left, top, right, bottom = spec.crop_box(w, h)
+    x = x[0, :, top:bottom, left:right]
+    mean = torch.tensor([m / 255 for m in spec.mean], dtype=torch.float32).view(3, 1, 1)
+    std = torch.tensor([v / 255 for v in spec.std], dtype=torch.float32).view(3, 1, 1)
+    return x.sub(mean).div(std).contiguous()
+
+
 def normalize(img: Image.Image, spec: PreprocessSpec) -> torch.Tensor:
     """RGB uint8 image → (3, H, W) float32, ``(x - mean) / std``."""
     torch = _torch()
@@ -96,8 +113,11 @@ def preprocess_one(image: ImageInput, spec: PreprocessSpec, *, fast: bool = Fals
     scale first (Pillow's draft mode): much faster on big photos, no longer bit-exact."""
     size = _peek_jpeg_size(image) if fast else None
     if size is None:  # exact, or not a JPEG, or an input already decoded: nothing to gain
-        return normalize(resize_and_crop(load_image(image), spec), spec)
-    img = load_image(image, draft_size=spec.resized_size(*size))
+        img = load_image(image)
+    else:
+        img = load_image(image, draft_size=spec.resized_size(*size))
+    if spec.float_resize:
+        return _float_resized(img, spec, size)
     return normalize(resize_and_crop(img, spec, size=size), spec)
 
 

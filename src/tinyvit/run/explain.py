@@ -22,7 +22,7 @@ from tinyvit.core.errors import TinyViTError
 from tinyvit.core.fsutil import atomic_path
 from tinyvit.images.decode import ImageInput, load_image
 from tinyvit.images.spec import PreprocessSpec
-from tinyvit.images.transforms import normalize, resize_and_crop
+from tinyvit.images.transforms import preprocess_one
 from tinyvit.models.vit import VisionTransformer
 from tinyvit.run.runner import Runner, model_output
 
@@ -137,7 +137,7 @@ def explain(
     runner = Runner(model, task="classify" if classifier else "embed", top_k=1)
     spec = runner.spec
     photo = load_image(image)
-    x = normalize(resize_and_crop(photo, spec), spec)[None]
+    x = preprocess_one(photo, spec)[None]
     param = next(model.parameters())
     share = class_token_map(model, x.to(device=param.device, dtype=param.dtype))[0].float().cpu().numpy()
     if caption is None:

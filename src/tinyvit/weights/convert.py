@@ -95,7 +95,7 @@ def preprocess_from_hf(cfg: dict, what: str, backend: str = "torch") -> Preproce
     a square or the shortest edge, center crop (offset rounded down), rescale, normalize. ``backend``:
     ``"torch"`` for transformers' default since 5.25 (torchvision installed), ``"pil"`` for its PIL
     backend (earlier versions, or ``…ImageProcessorPil``). DINOv3's processor resizes the rescaled
-    float image, not the uint8 one: tinyvit's uint8 resize differs from it by under half a level."""
+    float image, not the uint8 one (``float_resize``, with its torch backend)."""
     kind = str(cfg.get("image_processor_type", "ViTImageProcessor")).removesuffix("Pil").removesuffix("Fast")
     if kind not in _HF_PROCESSORS:
         raise WeightsError(f"{what}: preprocessor_config.json is a {kind}; tinyvit reads {', '.join(_HF_PROCESSORS)}")
@@ -122,6 +122,7 @@ def preprocess_from_hf(cfg: dict, what: str, backend: str = "torch") -> Preproce
             resize=resize, crop=crop["height"] if crop else resize, interpolation=str(interpolation),
             mean=tuple(m / factor for m in mean), std=tuple(s / factor for s in std),
             resize_mode="short-edge" if short else "squash", crop_offset="floor", backend=backend,
+            float_resize=kind == "DINOv3ViTImageProcessor" and backend == "torch",
         )  # fmt: skip
     except ValueError as e:
         raise WeightsError(f"{what}: unsupported preprocessor_config.json ({e})") from e
