@@ -280,6 +280,9 @@ def add_embed(sub, common) -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", metavar="IMG|DIR")
     p.add_argument("-o", "--output", required=True, help="FEATS.safetensors or FEATS.npy (--ray: a Parquet folder)")
     p.add_argument("--normalize", action="store_true", help="scale each feature to unit L2 norm")
+    p.add_argument("--patches", action="store_true", help="every patch's final token instead (tinyvit.patch_features"
+                   "'s): patch_features (N, h, w, D), one grid for all, the preprocessing's crop (a larger one: "
+                   "--preprocess-like MODEL --resize N --crop N)")  # fmt: skip
     add_model_options(p)
     add_ray_options(p)
     p.set_defaults(run=run_embed)
@@ -291,6 +294,9 @@ def run_embed(args: argparse.Namespace) -> int:
     from tinyvit.run.embeddings import write_embeddings
     from tinyvit.run.runner import Runner
 
+    if args.patches and (args.ray is not None or args.normalize):
+        raise UsageError("--patches writes the patch features as the model gives them, to one file: no --ray, "
+                         "no --normalize")  # fmt: skip
     if args.ray is not None:
         return run_ray_job(args, "embed")
     inputs = files_from_args(args.images)
@@ -299,8 +305,11 @@ def run_embed(args: argparse.Namespace) -> int:
         raise UsageError(f"-o {args.output}: the output is a .safetensors or .npy file")
     refuse_existing(output, args.overwrite)
     model = model_from_args(args)
-    runner = Runner(model, task="embed", normalize=args.normalize, fast=args.fast)
-    rows = runner.stream(inputs, batch_size=args.batch_size, errors="return", progress="embed")
+    runner = Runner(model, task="patches" if args.patches else "embed", normalize=args.normalize, fast=args.fast)
+    rows = runner.stream(inputs, batch_size=args.batch_size, errors="return", progress=runner.task)
+    dim, what = (runner.patch_shape, "patch features") if args.patches else (runner.embedding_dim, "embeddings")
+    layout = {"key": "patch_features", "metadata": {"grid": dim[:2], "patch_size": model.config.patch_size,
+                                                    "image_size": runner.spec.crop}} if args.patches else {}
 
     def until_interrupted(stop: StopOnInterrupt):
         for row in rows:
@@ -312,15 +321,16 @@ def run_embed(args: argparse.Namespace) -> int:
     try:
         with StopOnInterrupt() as stop:
             summary = write_embeddings(
-                until_interrupted(stop), output, inputs=[str(p) for p in inputs], dim=runner.embedding_dim,
-                record=model.weights, normalized=args.normalize,
+                until_interrupted(stop), output, inputs=[str(p) for p in inputs], dim=dim,
+                record=model.weights, normalized=args.normalize, **layout,
             )  # fmt: skip
     except KeyboardInterrupt:
         print(f"tinyvit: interrupted; {output} was not written", file=sys.stderr)
         return 130
     for error in summary.failed.values():
         print(f"tinyvit: error: {error}", file=sys.stderr)
-    print(f"wrote {summary.path}: {summary.written} embeddings of {runner.embedding_dim} floats"
+    shape = "x".join(map(str, dim)) if args.patches else dim
+    print(f"wrote {summary.path}: {summary.written} {what} of {shape} floats"
           + (f", {_images(len(summary.failed))} failed (rows of NaN)" if summary.failed else ""))  # fmt: skip
     return 1 if summary.failed else 0
 
@@ -362,10 +372,14 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def add_explain(sub, common) -> argparse.ArgumentParser:
-    p = sub.add_parser("explain", help="draw the class token's attention rollout over an image", parents=[common])
-    p.add_argument("image", metavar="IMG")
+    p = sub.add_parser("explain", help="draw the class token's attention rollout over an image, or (--pca) the "
+                       "patch features' principal components", parents=[common])  # fmt: skip
+    p.add_argument("image", metavar="IMG", nargs="+", help="the image (--pca: one or more, side by side)")
+    p.add_argument("--pca", action="store_true", help="the first three principal components of the patch features "
+                   "as RGB over the photos, as in the DINOv2 paper (components shared by all the photos)")  # fmt: skip
     add_model_options(p, batch=False)
-    p.add_argument("-o", "--output", help="output picture: .png, .jpg, .webp… (default IMG-NAME.attention.png here)")
+    p.add_argument("-o", "--output", help="output picture: .png, .jpg, .webp… (default IMG-NAME.attention.png, "
+                   "--pca: IMG-NAME.pca.png, here)")  # fmt: skip
     p.set_defaults(run=run_explain)
     return p
 
@@ -375,7 +389,11 @@ def run_explain(args: argparse.Namespace) -> int:
     from tinyvit.run.explain import FORMATS, explain
     from tinyvit.run.runner import Runner, model_output
 
-    image = files_from_args([args.image])[0]
+    if args.pca:
+        return run_explain_pca(args)
+    if len(args.image) > 1:
+        raise UsageError("explain draws one image's attention; several images go with --pca")
+    image = files_from_args(args.image)[0]
     stem = Path(urllib.parse.urlparse(image).path if isinstance(image, str) else image).stem or "image"
     output = Path(args.output or f"{stem}.attention.png")
     if output.suffix.lower() not in FORMATS:
@@ -391,6 +409,25 @@ def run_explain(args: argparse.Namespace) -> int:
     top = next(Runner(model, task="classify", top_k=1).stream([image]))
     out = explain(image, model, output, caption=f"{top.name}  {top.score:.2f}   ({spec})")
     print(f"{image}: {top.name} ({top.score:.3f}); attention rollout drawn in {out}")
+    return 0
+
+
+def run_explain_pca(args: argparse.Namespace) -> int:
+    """``explain --pca``: the patch features' principal components over the photos (run/pca.py)."""
+    from tinyvit.images.inputs import files_from_args
+    from tinyvit.run.explain import FORMATS
+    from tinyvit.run.pca import explain_pca
+
+    images = files_from_args(args.image)
+    stem = Path(urllib.parse.urlparse(images[0]).path if isinstance(images[0], str) else images[0]).stem or "image"
+    output = Path(args.output or f"{stem}.pca.png")
+    if output.suffix.lower() not in FORMATS:
+        raise UsageError(f"-o {output}: the picture's format comes from its extension: {', '.join(sorted(FORMATS))}")
+    options = options_from_args(args)
+    if options.classes is not None:
+        raise UsageError("--pca draws the patch features; it takes no --classes")
+    out = explain_pca(images, model_from_args(args), output, preprocess=options.preprocess)
+    print(f"{_images(len(images))}: principal components of the patch features drawn in {out}")
     return 0
 
 

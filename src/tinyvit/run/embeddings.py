@@ -1,4 +1,5 @@
-"""Embedding files, written row by row as the features are computed (``tinyvit embed -o``)."""
+"""Embedding files, written row by row as the features are computed (``tinyvit embed -o``; with
+``--patches``, each row an image's patch features on its grid)."""
 
 from __future__ import annotations
 
@@ -31,9 +32,11 @@ def write_embeddings(
     dst: str | os.PathLike,
     *,
     inputs: Sequence[str],
-    dim: int,
+    dim: int | tuple[int, ...],
     record: Weights | None,
     normalized: bool,
+    key: str = "embeddings",
+    metadata: dict[str, object] | None = None,
 ) -> EmbeddingSummary:
     """Write embeddings to ``dst`` (``.safetensors`` or ``.npy``) as they come, one row at a time
     into a memory-mapped file, so a large folder never holds all features in memory; ``dst``
@@ -43,6 +46,8 @@ def write_embeddings(
     failed; its row is NaN); the header's metadata holds ``tinyvit.inputs`` (a JSON list, row
     order), ``tinyvit.weights`` (the model's record), ``tinyvit.errors`` (row → error) and
     ``tinyvit.normalized``. ``.npy``: the (N, D) array, the same information in ``<dst>.json``.
+    ``dim`` may be a row's shape (patch features: (h, w, D), written under ``key``); ``metadata``:
+    more ``tinyvit.*`` entries, JSON-encoded (e.g. ``grid``).
     """
     dst = Path(dst)
     if dst.suffix not in (".safetensors", ".npy"):
@@ -53,13 +58,15 @@ def write_embeddings(
     with atomic_path(dst, suffix=dst.suffix) as tmp:
         rows_file = tmp if dst.suffix == ".npy" else tmp.with_name(tmp.name + ".rows.npy")
         try:
-            rows = np.lib.format.open_memmap(rows_file, mode="w+", dtype=np.float32, shape=(n, dim))
+            row_shape = (dim,) if isinstance(dim, int) else tuple(dim)
+            rows = np.lib.format.open_memmap(rows_file, mode="w+", dtype=np.float32, shape=(n, *row_shape))
             failed = _fill_rows(rows, embeddings)
             meta = {
                 "tinyvit.inputs": json.dumps(list(inputs), ensure_ascii=False),
                 "tinyvit.weights": "null" if record is None else record.to_json(),
                 "tinyvit.errors": json.dumps({str(k): v for k, v in failed.items()}, ensure_ascii=False),
                 "tinyvit.normalized": json.dumps(normalized),
+                **{f"tinyvit.{k}": json.dumps(v) for k, v in (metadata or {}).items()},
             }
             if dst.suffix == ".npy":
                 del rows
@@ -69,7 +76,7 @@ def write_embeddings(
             else:
                 valid = np.ones(n, dtype=np.uint8)
                 valid[list(failed)] = 0
-                _write_safetensors(tmp, rows, valid, meta)
+                _write_safetensors(tmp, rows, valid, meta, key)
                 del rows
         finally:
             if rows_file != tmp:
@@ -96,14 +103,16 @@ def _fill_rows(rows: np.ndarray, embeddings: Iterable[Embedding]) -> dict[int, s
     return failed
 
 
-def _write_safetensors(path: Path, rows: np.ndarray, valid: np.ndarray, metadata: dict[str, str]) -> None:
+def _write_safetensors(
+    path: Path, rows: np.ndarray, valid: np.ndarray, metadata: dict[str, str], key: str = "embeddings"
+) -> None:
     """The safetensors format (an 8-byte little-endian header size, a JSON header, the raw bytes),
     copying the memory-mapped rows in chunks rather than building the file in memory."""
-    n, dim = rows.shape
+    n, dim = rows.shape[0], int(np.prod(rows.shape[1:]))
     size = n * dim * 4
     header = {
         "__metadata__": metadata,
-        "embeddings": {"dtype": "F32", "shape": [n, dim], "data_offsets": [0, size]},
+        key: {"dtype": "F32", "shape": list(rows.shape), "data_offsets": [0, size]},
         "valid": {"dtype": "U8", "shape": [n], "data_offsets": [size, size + n]},
     }
     text = json.dumps(header, ensure_ascii=False, separators=(",", ":")).encode()

@@ -34,6 +34,7 @@ from tinyvit.images.inputs import describe_input
 from tinyvit.images.spec import PreprocessSpec
 from tinyvit.images.transforms import preprocess_one
 from tinyvit.models.vit import VisionTransformer
+from tinyvit.run.dense import patch_tokens
 from tinyvit.weights._builder import resolve_preprocess
 
 __all__ = [
@@ -43,7 +44,7 @@ __all__ = [
 
 logger = logging.getLogger("tinyvit")
 
-TASKS = ("classify", "embed")
+TASKS = ("classify", "embed", "patches")
 PREFETCH_BATCHES = 2  # batches decoded ahead of the one the model is running
 
 
@@ -113,10 +114,11 @@ class Prediction:
 
 @dataclass(frozen=True)
 class Embedding:
-    """One image's class-token feature (``extract_feat``), or the error that prevented it."""
+    """One image's class-token feature (``extract_feat``), or its patch features (task
+    ``"patches"``), or the error that prevented it."""
 
     input: str
-    vector: torch.Tensor | None = field(default=None, repr=False)  # (D,) float32
+    vector: torch.Tensor | None = field(default=None, repr=False)  # (D,) float32; patches: (h, w, D)
     error: str | None = None  # why it failed (the input is named by ``input``)
 
     @property
@@ -182,7 +184,8 @@ def check_run_options(*, batch_size: int = 1, errors: str = "raise", top_k: int 
 
 class Runner:
     """One model and how to run it: ``task`` ``"classify"`` (top ``top_k`` class names and scores)
-    or ``"embed"`` (image embeddings, unit L2 norm with ``normalize``); ``preprocess`` overrides the
+    or ``"embed"`` (image embeddings, unit L2 norm with ``normalize``) or ``"patches"`` (the final
+    patch tokens on their grid, :func:`tinyvit.patch_features`'s); ``preprocess`` overrides the
     model's record (a spec, or a zoo ``name[:tag]``); ``fast`` decodes JPEGs at reduced scale;
     ``head``: classes named in words, scored on the image embedding (zero-shot)."""
 
@@ -225,6 +228,14 @@ class Runner:
         c = self.model.config
         return c.num_classes if self.output == "embedding" and c.num_classes else c.embed_dim
 
+    @property
+    def patch_shape(self) -> tuple[int, int, int]:
+        """(h, w, D) of one image's patch features: the preprocessing's square side in patches (a
+        remainder dropped, or padded to a whole patch where the weights' size rule pads)."""
+        p, pad = self.model.patch_embed.patch_size, self.model.patch_embed.pad
+        side = -(-self.spec.crop // p) if pad else self.spec.crop // p
+        return side, side, self.model.config.embed_dim
+
     def decode(self, image: Any, name: str | None = None) -> torch.Tensor | ItemError:
         """An image → its (3, H, W) float32 tensor, or the :class:`ItemError` saying why not.
         ``name``: how errors name the image (default: its path, or a short description)."""
@@ -244,6 +255,8 @@ class Runner:
         x = self._to_device(x)
         head = head or self.head
         with torch.inference_mode():
+            if self.task == "patches":
+                return [Embedding("", v) for v in patch_tokens(self.model, x).float().cpu()]
             if self.task == "embed" or head is not None:
                 feats = self._embedding(x)
                 if head is None:
@@ -278,7 +291,7 @@ class Runner:
         the results. The tensors run as one forward pass (``head``: see :meth:`forward`)."""
         tensors = [d for d in decoded if not isinstance(d, ItemError)]
         outputs = iter(self.forward(torch.stack(tensors), top_k=top_k, head=head) if tensors else ())
-        failed = Embedding if self.task == "embed" and head is None and self.head is None else Prediction
+        failed = Embedding if self.task != "classify" and head is None and self.head is None else Prediction
         return [
             failed(label, error=d.reason) if isinstance(d, ItemError) else replace(next(outputs), input=label)
             for d, label in zip(decoded, labels, strict=True)
@@ -303,7 +316,7 @@ class Runner:
         progress bar on stderr (a string: its label)."""
         check_run_options(batch_size=batch_size, errors=errors)
         names = list(names) if names is not None else [describe_input(item) for item in items]
-        bar = _progress(len(items), progress, "predict" if self.task == "classify" else "embed")
+        bar = _progress(len(items), progress, "predict" if self.task == "classify" else self.task)
         try:
             for start, decoded in self._decoded_batches(items, names, batch_size, workers):
                 if errors == "raise":
