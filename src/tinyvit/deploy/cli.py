@@ -63,7 +63,48 @@ def add_model_options(p: argparse.ArgumentParser, batch: bool = True, model: boo
             "--batch-size", type=positive_int, default=8, help="images per forward pass (default %(default)s)"
         )
         g.add_argument("--fast", action="store_true", help="decode big JPEGs at reduced scale first (not bit-exact)")
+    g.add_argument("--exact", action="store_true", help="torch's reference CPU kernels, bit-identical to timm, "
+                   "instead of the fastest GEMM path this CPU has (tinyvit models --cpu)")  # fmt: skip
     add_preprocess_options(p)
+
+
+def add_zero_shot_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("zero-shot", "classes named in words, through a CLIP / SigLIP checkpoint's text tower "
+                             "(the tinyvit[text] extra)")  # fmt: skip
+    names = g.add_mutually_exclusive_group()
+    names.add_argument("--classes", metavar="A,B,…", help="class names, comma-separated, or imagenet")
+    names.add_argument("--classes-file", metavar="FILE", help="class names, one per line")
+    prompts = g.add_mutually_exclusive_group()
+    prompts.add_argument("--template", metavar="T", action="append", help="a prompt with {} where the class name "
+                         "goes (default 'This is a photo of {}.'); repeat it to average several")  # fmt: skip
+    prompts.add_argument("--templates", metavar="SET|FILE", help="open_clip's ImageNet templates (openai: 80, "
+                         "simple: 7), or a file of templates, one per line")  # fmt: skip
+
+
+def zero_shot_from_args(args: argparse.Namespace) -> dict:
+    """``classes`` and ``templates`` as the command line states them (for ModelOptions)."""
+    classes = getattr(args, "classes", None)
+    if classes is not None and classes.lower() != "imagenet":
+        classes = tuple(c.strip() for c in classes.split(",") if c.strip())
+    if getattr(args, "classes_file", None):
+        classes = _lines(args.classes_file, "--classes-file")
+    templates = getattr(args, "templates", None) or (tuple(args.template) if getattr(args, "template", None) else None)
+    if isinstance(templates, str) and templates.lower() not in ("openai", "simple"):
+        templates = _lines(templates, "--templates")
+    if templates is not None and classes is None:
+        raise UsageError("--template / --templates go with --classes or --classes-file")
+    return {"classes": classes, "templates": templates}
+
+
+def _lines(path: str, option: str) -> tuple[str, ...]:
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise TinyViTError(f"{option} {path!r}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
+    out = tuple(line.strip() for line in lines if line.strip())
+    if not out:
+        raise TinyViTError(f"{option} {path!r}: no lines")
+    return out
 
 
 def add_preprocess_options(p: argparse.ArgumentParser) -> None:
@@ -134,7 +175,8 @@ def options_from_args(args: argparse.Namespace) -> ModelOptions:
     """The model options the command line states (``--device``, ``--dtype``, ``--fast``, ``--labels``,
     the preprocessing options, ``--arch``)."""
     return ModelOptions(device=args.device, dtype=args.dtype, fast=getattr(args, "fast", False), labels=args.labels,
-                        preprocess=preprocess_from_args(args), arch=args.arch)  # fmt: skip
+                        preprocess=preprocess_from_args(args), arch=args.arch, exact=getattr(args, "exact", False),
+                        **zero_shot_from_args(args))  # fmt: skip
 
 
 def model_from_args(args: argparse.Namespace):
@@ -173,6 +215,7 @@ def add_predict(sub, common) -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="classify images (files or folders)", parents=[common])
     p.add_argument("images", nargs="+", metavar="IMG|DIR")
     add_model_options(p)
+    add_zero_shot_options(p)
     p.add_argument("--top-k", type=positive_int, default=None, help="classes shown per image (default 5)")
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="print one JSON array (rows as they are ready)")
@@ -185,22 +228,25 @@ def add_predict(sub, common) -> argparse.ArgumentParser:
 
 def run_predict(args: argparse.Namespace) -> int:
     from tinyvit.images.inputs import files_from_args
-    from tinyvit.run.runner import Runner
+    from tinyvit.run.session import runner_for
 
     if args.ray is not None:
         return run_ray_job(args, "predict")
     if args.output:
         raise UsageError("-o is for --ray (Parquet); without it, results go to the standard output")
     inputs = files_from_args(args.images)
-    model = model_from_args(args)
-    classes = model.config.num_classes
+    runner = runner_for(args.model, options_from_args(args), task="classify", top_k=args.top_k or 5, progress=True)
+    classes = len(runner.names)
     if args.top_k is None:  # the default: 5, or every class of a model with fewer
-        args.top_k = min(5, classes) or 5  # (an embedding model: the runner says it has no classes)
+        runner.top_k = min(5, classes) or 5
     elif 0 < classes < args.top_k:
-        note = f"--top-k {args.top_k} is more than the model's {model.config.num_classes} classes"
-        print(f"tinyvit: note: {note}; showing all {model.config.num_classes}", file=sys.stderr)
-    runner = Runner(model, task="classify", top_k=args.top_k, fast=args.fast)
+        print(f"tinyvit: note: --top-k {args.top_k} is more than the model's {classes} classes; showing all {classes}",
+              file=sys.stderr)  # fmt: skip
+    if runner.head is not None and runner.head.bias is not None:
+        print("tinyvit: note: SigLIP scores each class on its own (sigmoid): the scores do not sum to 1",
+              file=sys.stderr)  # fmt: skip
     results = runner.stream(inputs, batch_size=args.batch_size, errors="return")
+    model = runner.model
     spec = model.weights.spec if model.weights is not None else None
     with StopOnInterrupt() as stop:
         done, failed = _print_predictions(results, args, spec, stop)
@@ -275,14 +321,17 @@ def run_ray_job(args: argparse.Namespace, kind: str) -> int:
 
 
 def add_embed(sub, common) -> argparse.ArgumentParser:
-    p = sub.add_parser("embed", help="image embeddings (tinyvit.embed's), to a .safetensors or .npy file",
-                       parents=[common])  # fmt: skip
-    p.add_argument("images", nargs="+", metavar="IMG|DIR")
+    p = sub.add_parser("embed", help="image embeddings (tinyvit.embed's), or text embeddings (--text), to a "
+                       ".safetensors or .npy file", parents=[common])  # fmt: skip
+    p.add_argument("images", nargs="*", metavar="IMG|DIR")
     p.add_argument("-o", "--output", required=True, help="FEATS.safetensors or FEATS.npy (--ray: a Parquet folder)")
     p.add_argument("--normalize", action="store_true", help="scale each feature to unit L2 norm")
     p.add_argument("--patches", action="store_true", help="every patch's final token instead (tinyvit.patch_features"
                    "'s): patch_features (N, h, w, D), one grid for all, the preprocessing's crop (a larger one: "
                    "--preprocess-like MODEL --resize N --crop N)")  # fmt: skip
+    p.add_argument("--text", action="append", metavar="TEXT", help="embed this text with a CLIP / SigLIP text tower "
+                   "instead of images (repeat it for more)")  # fmt: skip
+    p.add_argument("--text-file", metavar="FILE", help="embed each line of FILE as a text")
     add_model_options(p)
     add_ray_options(p)
     p.set_defaults(run=run_embed)
@@ -294,11 +343,15 @@ def run_embed(args: argparse.Namespace) -> int:
     from tinyvit.run.embeddings import write_embeddings
     from tinyvit.run.runner import Runner
 
+    if args.text or args.text_file:
+        return run_embed_text(args)
     if args.patches and (args.ray is not None or args.normalize):
         raise UsageError("--patches writes the patch features as the model gives them, to one file: no --ray, "
                          "no --normalize")  # fmt: skip
     if args.ray is not None:
         return run_ray_job(args, "embed")
+    if not args.images:
+        raise UsageError("give the images (files, folders) to embed, or --text / --text-file")
     inputs = files_from_args(args.images)
     output = Path(args.output)
     if output.suffix not in (".safetensors", ".npy"):
@@ -335,6 +388,27 @@ def run_embed(args: argparse.Namespace) -> int:
     return 1 if summary.failed else 0
 
 
+def run_embed_text(args: argparse.Namespace) -> int:
+    """``embed --text`` / ``--text-file``: the texts through the checkpoint's text tower, to -o."""
+    from tinyvit.api import embed_text
+    from tinyvit.run.embeddings import write_embeddings
+    from tinyvit.run.runner import Embedding
+
+    if args.images or args.ray is not None:
+        raise UsageError("--text / --text-file embed texts: give no images and no --ray")
+    texts = list(args.text or []) + (list(_lines(args.text_file, "--text-file")) if args.text_file else [])
+    output = Path(args.output)
+    if output.suffix not in (".safetensors", ".npy"):
+        raise UsageError(f"-o {args.output}: the output is a .safetensors or .npy file")
+    refuse_existing(output, args.overwrite)
+    options = options_from_args(args)
+    vectors = embed_text(texts, args.model, normalize=args.normalize, options=options)
+    summary = write_embeddings((Embedding(t, v) for t, v in zip(texts, vectors, strict=True)), output, inputs=texts,
+                               dim=vectors.shape[1], record=None, normalized=args.normalize)  # fmt: skip
+    print(f"wrote {summary.path}: {summary.written} text embeddings of {vectors.shape[1]} floats")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------
 # eval, explain
 
@@ -345,6 +419,7 @@ def add_eval(sub, common) -> argparse.ArgumentParser:
     )
     p.add_argument("root", metavar="DIR")
     add_model_options(p)
+    add_zero_shot_options(p)
     p.add_argument("--limit", type=positive_int, default=None, help="at most N images, taken from all classes in turn")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(run=run_eval)
@@ -357,8 +432,8 @@ def run_eval(args: argparse.Namespace) -> int:
     root = Path(args.root)
     if not root.is_dir():  # before the weights are fetched
         raise TinyViTError(f"{args.root!r}: " + ("not a folder" if root.exists() else "no such folder"))
-    result = evaluate(root, model_from_args(args), batch_size=args.batch_size, fast=args.fast, limit=args.limit,
-                      progress="eval" if not args.json else False)  # fmt: skip
+    result = evaluate(root, args.model, batch_size=args.batch_size, limit=args.limit,
+                      progress="eval" if not args.json else False, options=options_from_args(args))  # fmt: skip
     for error in result.errors:
         print(f"tinyvit: error: {error}", file=sys.stderr)
     if args.json:
@@ -378,6 +453,7 @@ def add_explain(sub, common) -> argparse.ArgumentParser:
     p.add_argument("--pca", action="store_true", help="the first three principal components of the patch features "
                    "as RGB over the photos, as in the DINOv2 paper (components shared by all the photos)")  # fmt: skip
     add_model_options(p, batch=False)
+    add_zero_shot_options(p)
     p.add_argument("-o", "--output", help="output picture: .png, .jpg, .webp… (default IMG-NAME.attention.png, "
                    "--pca: IMG-NAME.pca.png, here)")  # fmt: skip
     p.set_defaults(run=run_explain)
@@ -387,7 +463,8 @@ def add_explain(sub, common) -> argparse.ArgumentParser:
 def run_explain(args: argparse.Namespace) -> int:
     from tinyvit.images.inputs import files_from_args
     from tinyvit.run.explain import FORMATS, explain
-    from tinyvit.run.runner import Runner, model_output
+    from tinyvit.run.runner import model_output
+    from tinyvit.run.session import runner_for
 
     if args.pca:
         return run_explain_pca(args)
@@ -400,13 +477,14 @@ def run_explain(args: argparse.Namespace) -> int:
         raise UsageError(f"-o {output}: the picture's format comes from its extension: {', '.join(sorted(FORMATS))}")
     if not output.parent.is_dir():
         raise TinyViTError(f"-o {output}: the folder {str(output.parent)!r} does not exist")
+    options = options_from_args(args)
     model = model_from_args(args)
     spec = model.weights.spec if model.weights is not None else args.model
-    if model_output(model) == "embedding":  # no classes to name: the map alone
+    if model_output(model) == "embedding" and options.classes is None:  # no classes to name: the map alone
         out = explain(image, model, output, caption=spec)
         print(f"{image}: attention rollout drawn in {out}")
         return 0
-    top = next(Runner(model, task="classify", top_k=1).stream([image]))
+    top = next(runner_for(model, replace(options, labels=None, preprocess=None, arch=None), top_k=1).stream([image]))
     out = explain(image, model, output, caption=f"{top.name}  {top.score:.2f}   ({spec})")
     print(f"{image}: {top.name} ({top.score:.3f}); attention rollout drawn in {out}")
     return 0
@@ -485,13 +563,30 @@ def add_models(sub, common) -> argparse.ArgumentParser:
                    "checkpoint file or folder, or hf-hub:owner/repo")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--markdown", action="store_true", help="print the README's model table")
+    p.add_argument("--cpu", action="store_true", help="the GEMM path models run on here and the GFLOP/s measured")
     p.set_defaults(run=run_models)
     return p
+
+
+def run_models_cpu(args: argparse.Namespace) -> int:
+    """``tinyvit models --cpu``: the GEMM path chosen per dtype on this CPU (measured on first use)."""
+    from tinyvit.run.cpu import cpu_summary
+
+    summary = cpu_summary()
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    print(summary["cpu"])
+    for line in summary["describe"]:
+        print(line)
+    return 0
 
 
 def run_models(args: argparse.Namespace) -> int:
     from tinyvit.weights.manifest import entries, markdown_table, resolve, zoo_rows
 
+    if args.cpu:
+        return run_models_cpu(args)
     if args.name:
         from tinyvit.weights.specs import ZooSpec, parse_spec
 
@@ -660,6 +755,7 @@ def add_serve(sub, common) -> argparse.ArgumentParser:
     auth.add_argument("--no-auth", action="store_true", help="serve --host 0.0.0.0 or :: without a key (behind a "
                       "proxy that authenticates)")  # fmt: skip
     add_model_options(p, batch=False, model=False)  # --device, --dtype, --labels, the preprocessing: as predict
+    add_zero_shot_options(p)
     p.set_defaults(run=run_serve)
     return p
 
@@ -682,9 +778,103 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# index, search
+
+
+def add_index(sub, common) -> argparse.ArgumentParser:
+    p = sub.add_parser("index", help="create or update a searchable index of photos (tinyvit search)",
+                       parents=[common])  # fmt: skip
+    p.add_argument("images", nargs="+", metavar="IMG|DIR|GLOB", help="photos (files, folders, globs); with --ray: "
+                   "the Parquet folders `tinyvit embed --ray` wrote")  # fmt: skip
+    p.add_argument("-o", "--output", required=True, metavar="INDEX.tvi", help="the index (a folder) to create or "
+                   "update")  # fmt: skip
+    p.add_argument("--model", default=None, help=f"the model to embed with (default: the index's; a new index: "
+                   f"{DEFAULT_MODEL})")  # fmt: skip
+    p.add_argument("--json", action="store_true", help='print one summary object {"added", "updated", "removed", '
+                   '"unchanged", "failed"}')  # fmt: skip
+    p.add_argument("--ray", action="store_true", help="index the rows (path, embedding, error) of Parquet folders "
+                   "written by `tinyvit embed --ray --model M` (pass the same --model)")  # fmt: skip
+    p.add_argument("--vectors", choices=("float32", "float16"), default="float32", help="a new index's vectors: "
+                   "float32 (scores exactly tinyvit.embed's) or float16 (half the size) (default %(default)s)")
+    add_model_options(p, model=False)
+    p.set_defaults(run=run_index)
+    return p
+
+
+def run_index(args: argparse.Namespace) -> int:
+    from tinyvit.run.search.index import Index, parquet_rows
+
+    o = options_from_args(args)
+    index = Index.open(args.output, args.model or (None if Path(args.output).exists() else DEFAULT_MODEL),
+                       create=True, vectors=args.vectors, options=o)  # fmt: skip
+    report = lambda line: print(f"tinyvit: error: {line}", file=sys.stderr)  # noqa: E731
+    try:
+        if args.ray:
+            summary = index.ingest(row for folder in args.images for row in parquet_rows(folder))
+            for line in summary.errors:
+                report(line)
+        else:
+            summary = index.update(args.images, batch_size=args.batch_size, progress="index", on_error=report)
+    except KeyboardInterrupt:
+        print(f"tinyvit: interrupted; {args.output} keeps what was committed (run the same command to go on)",
+              file=sys.stderr)  # fmt: skip
+        return 130
+    finally:
+        index.close()
+    counts = summary.to_dict()
+    print(json.dumps(counts) if args.json else f"{args.output}: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+    return 1 if summary.failed else 0
+
+
+def add_search(sub, common) -> argparse.ArgumentParser:
+    p = sub.add_parser("search", help="search an index by words, an image, or both ('sunset + 2:beach - people')",
+                       parents=[common])  # fmt: skip
+    p.add_argument("index", metavar="INDEX.tvi")
+    p.add_argument("query", nargs="*", metavar="QUERY", help="words, an image path or URL, or a sum of weighted terms "
+                   "('sunset + 2:beach - people', 'photo.jpg - 0.5:night'); several are added up")  # fmt: skip
+    p.add_argument("--top-k", type=positive_int, default=10, help="hits shown (default %(default)s)")
+    p.add_argument("--json", action="store_true", help='one JSON object per line: {"rank", "score", "path"} (with '
+                   '--duplicates: {"group", "paths", "scores"})')  # fmt: skip
+    p.add_argument("--html", metavar="OUT.html", help="also write a page of thumbnails with their scores")
+    p.add_argument("--duplicates", action="store_true", help="list groups of near-duplicates instead of searching")
+    p.add_argument("--threshold", type=float, default=0.95, help="--duplicates: cosine similarity (default 0.95)")
+    p.add_argument("--no-ann", action="store_true", help="exact search even where the index has an ANN file (past "
+                   "250,000 photos, with tinyvit[search])")  # fmt: skip
+    p.add_argument("--model", default=None, help="the model to embed the query with (default: the index's own)")
+    add_model_options(p, batch=False, model=False)
+    p.set_defaults(run=run_search)
+    return p
+
+
+def run_search(args: argparse.Namespace) -> int:
+    from tinyvit.run.search.index import Index
+    from tinyvit.run.search.page import write_page
+
+    if bool(args.query) == args.duplicates:
+        raise UsageError("give a QUERY, or --duplicates (not both)")
+    with Index.open(args.index, args.model, options=options_from_args(args)) as index:
+        if args.duplicates:
+            groups = index.duplicates(args.threshold)
+            sections = [(f"group {i}", [(None, s, p) for p, s in g]) for i, g in enumerate(groups, 1)]
+            for i, g in enumerate(groups, 1):
+                print(json.dumps({"group": i, "paths": [p for p, _ in g], "scores": [s for _, s in g]}) if args.json
+                      else "\n".join([f"group {i}", *(f"  {s:.4f}  {p}" for p, s in g)]))  # fmt: skip
+            title = f"{len(groups)} groups of near-duplicates in {args.index} (cosine >= {args.threshold})"
+        else:
+            hits = index.search(args.query, top_k=args.top_k, exact=args.no_ann or None)
+            sections = [("", [(h.rank, h.score, h.path) for h in hits])]
+            for h in hits:
+                print(json.dumps(h.to_dict()) if args.json else f"{h.rank:4d}  {h.score:.4f}  {h.path}")
+            title = f"{' + '.join(args.query)} in {args.index}"
+    if args.html:
+        print(f"wrote {write_page(args.html, title, sections)}", file=sys.stderr)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
 
 COMMANDS = (add_predict, add_embed, add_eval, add_explain, add_fit, add_models, add_download, add_convert, add_export,
-            add_serve)
+            add_serve, add_index, add_search)
 
 
 def build_parser() -> argparse.ArgumentParser:
