@@ -197,6 +197,20 @@ def test_updates_count_added_changed_removed_and_leave_unchanged_files_unread(tm
     assert done.returncode == 0, done.stderr
 
 
+def test_a_folder_emptied_of_photos_has_them_removed(tmp_path, photos, model_file):
+    out = tmp_path / "photos.tvi"
+    Index.open(out, model_file, create=True).update([photos])
+    for f in (photos / "sub").glob("*.png"):
+        f.unlink()
+    assert Index.open(out).update([photos / "sub", photos]).to_dict()["removed"] == 4
+    for f in photos.glob("*.png"):
+        f.unlink()
+    ran = cli("index", photos, "-o", out, "--json")
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.strip() == '{"added": 0, "updated": 0, "removed": 6, "unchanged": 0, "failed": 0}'
+    assert Index.open(out).search(np.ones(64, np.float32)) == []
+
+
 def test_unreadable_images_are_one_line_each_and_counted(tmp_path, photos, model_file):
     (photos / "broken.jpg").write_bytes(b"not a jpeg")
     (photos / "sub" / "empty.png").write_bytes(b"")

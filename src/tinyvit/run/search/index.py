@@ -21,7 +21,7 @@ import numpy as np
 
 from tinyvit.core.errors import TinyViTError
 from tinyvit.core.fsutil import sha256_file
-from tinyvit.images.inputs import files_from_args
+from tinyvit.images.inputs import files_from_args, image_files
 from tinyvit.run.options import ModelOptions
 from tinyvit.run.search.query import Term, parse_query
 from tinyvit.run.search.store import VECTOR_DTYPES, FileRow, Store
@@ -219,11 +219,7 @@ class Index:
         are not opened. A photo that cannot be read is counted, reported to ``on_error`` (one line)
         and left out. Returns what was done."""
         entries = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
-        listed = {}
-        for f in files_from_args(entries, globs=True):
-            if isinstance(f, str):
-                raise TinyViTError(f"{f!r}: only local files are indexed; download it first")
-            listed[os.path.abspath(f)] = f
+        listed = _listed(entries)
         roots = [os.path.abspath(e) for e in entries if Path(e).is_dir()]
         plan = _plan(listed, self._store.files() if self._store is not None else {}, roots)
         if self._store is not None and self._model_changed():
@@ -427,6 +423,22 @@ class Index:
 
         paths, rows, vectors = self._live()
         return near_duplicate_groups(np.asarray(vectors)[rows], paths, threshold)
+
+
+def _listed(entries: list) -> dict[str, Path]:
+    """Absolute path → file, of every image the entries name (as ``tinyvit predict`` reads them);
+    a folder with no images left lists none (its photos are then removed), rather than failing."""
+    if not entries:
+        raise TinyViTError("no photos given: name files, folders or globs")
+    listed: dict[str, Path] = {}
+    for entry in entries:
+        folder = Path(entry)
+        found = image_files(folder) if folder.is_dir() else files_from_args([entry], globs=True)
+        for f in found:
+            if isinstance(f, str):
+                raise TinyViTError(f"{f!r}: only local files are indexed; download it first")
+            listed[os.path.abspath(f)] = f
+    return listed
 
 
 def _plan(listed: dict[str, Path], known: dict[str, FileRow], roots: list[str]) -> _Plan:
