@@ -289,6 +289,28 @@ def test_a_kill_9_in_the_middle_of_an_update_leaves_the_previous_index_usable(tm
                   _brute_force(files, model_file, tinyvit.embed(files[5], str(model_file)), 10))  # fmt: skip
 
 
+INTERRUPTED_INDEX = KILLED_UPDATE.replace(
+    "Index.open(sys.argv[1], sys.argv[2], create=True).update([sys.argv[3]])",
+    "from tinyvit.deploy.cli import main\n"
+    "sys.exit(main(['index', sys.argv[3], '--model', sys.argv[2], '-o', sys.argv[1]]))",
+)
+
+
+def test_ctrl_c_in_tinyvit_index_keeps_what_was_committed(tmp_path, photos, model_file):
+    out = tmp_path / "photos.tvi"
+    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(INTERRUPTED_INDEX), out, model_file, photos],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert proc.stdout.readline().strip() == "appended"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and "keeps what was committed" in err, err
+    assert len(Index.open(out)) == 6
+    assert Index.open(out).update([photos]).to_dict()["added"] == 4
+
+
 # ---------------------------------------------------------------------------------------------
 # One-line refusals
 
