@@ -121,11 +121,11 @@ def text_encoder_for(model: str | os.PathLike | ModelSpec | VisionTransformer, o
     else:
         spec = model
     parsed, device, dtype = parse_spec(spec), parse_device(o.device), parse_dtype(o.dtype)
-    key = (parsed, str(device), str(dtype))
+    key = (parsed, str(device), str(dtype), o.arch)
     with _ENCODERS_LOCK:
         encoder = _ENCODERS.get(key)
         if encoder is None:
-            text_model, tokenizer, tower = load_text(parsed, device=device, dtype=dtype)
+            text_model, tokenizer, tower = load_text(parsed, device=device, dtype=dtype, arch=o.arch_arg)
             encoder = _ENCODERS[key] = TextEncoder(text_model, tokenizer, tower, str(parsed))
             while len(_ENCODERS) > MODEL_CACHE_SIZE:
                 _ENCODERS.popitem(last=False)

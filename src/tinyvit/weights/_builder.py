@@ -22,10 +22,10 @@ from tinyvit.core.fsutil import sha256_file
 from tinyvit.images.spec import PreprocessSpec
 from tinyvit.models.text import TextTransformer
 from tinyvit.models.vit import VisionTransformer
-from tinyvit.text.tokenize import Tokenizer, tokenizer_for_folder
+from tinyvit.text.tokenize import Tokenizer, open_clip_tokenizer, tokenizer_for_folder
 from tinyvit.weights._hub import Fetched, fetch
 from tinyvit.weights.architecture import ArchArg
-from tinyvit.weights.convert import cached, prepare, prepare_text, with_overrides
+from tinyvit.weights.convert import cached, open_clip_config_named, prepare, prepare_text, with_overrides
 from tinyvit.weights.files import weights_file_of
 from tinyvit.weights.manifest import resolve
 from tinyvit.weights.record import LabelsArg, Source, TextTower, Weights
@@ -93,24 +93,33 @@ def _fetch(spec: ModelSpec, advise: bool = True) -> Fetched:
 
 
 def load_text(
-    spec: ModelSpec, *, device: torch.device | None = None, dtype: torch.dtype | None = None
+    spec: ModelSpec, *, device: torch.device | None = None, dtype: torch.dtype | None = None, arch: ArchArg = None
 ) -> tuple[TextTransformer, Tokenizer, TextTower]:
     """The text tower of the CLIP / SigLIP checkpoint ``spec`` names, in eval mode, with the
     tokenizer its library uses for it and its record — fetched and prepared as :func:`load_model`
     does the image tower (the same files: a Hub snapshot brings the tokenizer's)."""
     fetched = _fetch(spec)
     try:
-        state, tower, folder = prepare_text(fetched)
+        state, tower, folder = prepare_text(fetched, arch=arch)
     finally:
         if fetched.temporary:
             fetched.path.unlink(missing_ok=True)
-    tokenizer = tokenizer_for_folder(folder, context_length=tower.config.context_length)
+    tokenizer = _tokenizer(folder, tower, arch)
     what = f"{str(fetched.path)!r} (text tower)"
     model = TextTransformer.from_state_dict(tower.config, state, what=what, device=device, dtype=dtype)
     weights = weights_file_of(fetched.path) or fetched.path
     stat = weights.stat()
     identity = fetched.key or f"file:{weights.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
     return model, tokenizer, replace(tower, tokenizer=tokenizer.kind, identity=identity)
+
+
+def _tokenizer(folder: Path, tower: TextTower, arch: ArchArg) -> Tokenizer:
+    """The folder's tokenizer (its files, its configs), or, for open_clip's own save named by its
+    model name (``arch``), the one open_clip's config of that name uses."""
+    if isinstance(arch, str) and not (folder / "open_clip_config.json").is_file() and not (
+            folder / "config.json").is_file():  # fmt: skip
+        return open_clip_tokenizer(open_clip_config_named(arch, repr(str(folder))), folder)
+    return tokenizer_for_folder(folder, context_length=tower.config.context_length)
 
 
 def build_model(

@@ -221,7 +221,7 @@ def read_weights(
     if layout == "auto":
         layout = ckpt.record.source.layout if ckpt.record is not None else detect_layout(ckpt.tensors)
     if layout == "open_clip" and ckpt.open_clip_config is None and (arch is None or isinstance(arch, str)):
-        ckpt.open_clip_config, arch = _open_clip_config_named(arch, what), None
+        ckpt.open_clip_config, arch = open_clip_config_named(arch, what), None
     state, npz_heads = to_timm(ckpt.tensors, layout if ckpt.record is None else "timm")
     config = infer_config(ckpt, state, layout, npz_heads=npz_heads, arch=arch)
     zoo = zoo_weights(config, layout)
@@ -249,7 +249,7 @@ def _open_clip_archs() -> dict[str, dict]:
     return json.loads(text)["configs"]
 
 
-def _open_clip_config_named(arch: str | None, what: str) -> dict:
+def open_clip_config_named(arch: str | None, what: str) -> dict:
     """The ``open_clip_config.json`` an open_clip checkpoint saved without one (open_clip's own
     ``state_dict``, a training ``epoch_N.pt``) would have had: the config of the open_clip model
     ``arch`` names, as ``create_model_and_transforms(name, pretrained=path)`` takes it."""
@@ -360,7 +360,7 @@ def _read_converted(path: Path) -> tuple[dict[str, torch.Tensor], Weights] | Non
         raise WeightsError(f"{e}; the cached file was removed, load again to fetch it afresh") from e
 
 
-def prepare_text(fetched: Fetched) -> tuple[dict[str, torch.Tensor], TextTower, Path]:
+def prepare_text(fetched: Fetched, *, arch: ArchArg = None) -> tuple[dict[str, torch.Tensor], TextTower, Path]:
     """The text tower beside a fetched CLIP / SigLIP image tower — the text half of :func:`prepare`:
     its tensors under tinyvit's names, checked against its config (``open_clip_config.json``'s
     ``text_cfg``, transformers' ``text_config``), its record, and the folder its tokenizer files
@@ -383,8 +383,8 @@ def prepare_text(fetched: Fetched) -> tuple[dict[str, torch.Tensor], TextTower, 
             raise WeightsError(f"{what}: a transformers text tower needs its config.json beside it")
         config = text_config_from_hf(ckpt.hf_config, what=f"{what} config.json")
     else:
-        if ckpt.open_clip_config is None:
-            raise WeightsError(f"{what}: an open_clip checkpoint needs its open_clip_config.json beside it")
+        if ckpt.open_clip_config is None:  # open_clip's own save: its model name says the config
+            ckpt.open_clip_config = open_clip_config_named(arch if isinstance(arch, str) else None, what)
         config = text_config_from_open_clip(ckpt.open_clip_config, what=f"{what} open_clip_config.json")
     check_text_state_dict(config, state, f"{what} (text tower, {layout} layout)")
     tower = TextTower(config, logits.get("logit_scale"), logits.get("logit_bias"), tokenizer="")
