@@ -1,0 +1,112 @@
+"""DINOv3-S/16 (issue #26): tinyvit's forward against timm's eager model and against ONNX Runtime
+on tinyvit's own export (rotary embeddings inside the graph), at 224 and 512 px, batch 4.
+
+    PYTHONPATH=src .refs/bin/python benchmarks/bench_dinov3.py   # against timm (the reference env)
+    .venv/bin/python benchmarks/bench_dinov3.py                  # against ONNX Runtime (the project env)
+
+Whichever of timm and onnxruntime the interpreter has runs against tinyvit in the same alternating
+rounds (A B C A B C …, after a warm-up call each); ratios are medians of per-round ratios to
+tinyvit's plain load, so each table's ratios come from one run. Random weights: with timm, timm's
+``vit_small_patch16_dinov3`` saved by its ``save_for_hf`` and loaded by tinyvit from that folder
+(the same numbers); without it, the zoo's ``dinov3-small`` architecture, randomly initialised.
+"tinyvit, CPU GEMM path" is the model as ``predict`` / ``embed`` / the server run it
+(``run/cpu.py``: oneDNN prepacked linear layers where this CPU measured them faster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib.util
+import platform
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from bench_cpu import alternate, machine_line  # noqa: E402
+
+import tinyvit  # noqa: E402
+from tinyvit.run.cpu import apply_cpu_path  # noqa: E402
+from tinyvit.weights.manifest import resolve  # noqa: E402
+
+TIMM_NAME = "vit_small_patch16_dinov3"
+BASE = "tinyvit"
+
+
+def models(folder: Path) -> tuple[torch.nn.Module | None, tinyvit.VisionTransformer]:
+    """timm's model (None without timm) and tinyvit's, with the same random weights."""
+    folder.mkdir(parents=True)
+    if importlib.util.find_spec("timm") is not None:
+        import timm
+
+        ref = timm.create_model(TIMM_NAME, pretrained=False, dynamic_img_size=True).eval()
+        timm.models.save_for_hf(ref, str(folder), safe_serialization=True)
+        return ref, tinyvit.load(folder)
+    config = resolve("dinov3-small").config
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        save_file(tinyvit.VisionTransformer(config).init_weights().state_dict(), str(folder / "timm.safetensors"))
+    return None, tinyvit.load(tinyvit.convert(folder / "timm.safetensors", folder / "tv.safetensors", arch=config))
+
+
+def ort_session(model: tinyvit.VisionTransformer, path: Path):
+    import onnxruntime as ort
+
+    from tinyvit.deploy.export import export_onnx
+
+    export_onnx(model, path, dynamic_size=True)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def bench(size: int, batch: int, rounds: int, folder: Path) -> None:
+    ref, tv = models(folder / f"m{size}")
+    packed = copy.deepcopy(tv)
+    choice = apply_cpu_path(packed)
+    x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        want = tv(x)
+        calls = {BASE: lambda: tv(x), "tinyvit, CPU GEMM path": lambda: packed(x)}
+        dev = {"tinyvit, CPU GEMM path": (packed(x) - want).abs().max().item()}
+        if ref is not None:
+            calls["timm (eager)"] = lambda: ref(x)
+            dev["timm (eager)"] = (ref(x) - want).abs().max().item()
+        if importlib.util.find_spec("onnxruntime") is not None:
+            session, xn = ort_session(tv, folder / f"m{size}.onnx"), x.numpy()
+            calls["ONNX Runtime (tinyvit's export)"] = lambda: session.run(None, {"pixel_values": xn})
+            dev["ONNX Runtime (tinyvit's export)"] = float(np.abs(session.run(None, {"pixel_values": xn})[0]
+                                                                  - want.numpy()).max())  # fmt: skip
+        times = alternate(calls, rounds)
+    tokens = (size // 16) ** 2 + tv.config.num_prefix_tokens
+    path = choice.path if choice is not None else "none"
+    print(f"\nDINOv3-S/16 at {size} px ({tokens} tokens), batch {batch}, {rounds} alternating rounds "
+          f"(CPU GEMM path: {path})\n")  # fmt: skip
+    print(f"| contender | images/s | vs {BASE} | max abs deviation from {BASE} |\n|---|---:|---:|---:|")
+    for name, ts in times.items():
+        ratio = statistics.median(a / b for a, b in zip(times[BASE], ts, strict=True))
+        print(f"| {name} | {batch / statistics.median(ts):.3f} | {ratio:.2f}x | {dev.get(name, 0.0):.2g} |")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rounds", type=int, default=4)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--sizes", type=int, nargs="+", default=[224, 512])
+    args = p.parse_args()
+    print(f"{machine_line()}; Python {platform.python_version()}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in args.sizes:
+            bench(size, args.batch, args.rounds, Path(tmp))
+
+
+if __name__ == "__main__":
+    main()
