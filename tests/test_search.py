@@ -120,6 +120,14 @@ def test_the_cli_prints_rank_score_path_and_json_hits(tmp_path, photos, model_fi
     assert hits[0]["path"] == files[4] and abs(hits[0]["score"] - 1) < 1e-5
 
 
+def test_a_progress_bar_on_a_terminal_only(tmp_path, photos, model_file):
+    ran = cli("index", photos, "--model", model_file, "-o", tmp_path / "a.tvi", terminal=True)
+    assert ran.returncode == 0 and "index: 100%" in ran.stderr and "10/10" in ran.stderr, ran.stderr
+    _photo(photos / "one more.png", seed=99)
+    ran = cli("index", photos, "-o", tmp_path / "a.tvi")  # into a pipe: no bar
+    assert ran.returncode == 0 and ran.stderr == "", ran.stderr
+
+
 def test_query_parsing_as_rclip_takes_it(tmp_path):
     photo = _photo(tmp_path / "a b + c.png", 0)  # a file is one term, whatever its name holds
     assert parse_query("sunset + 2:beach - people") == [Term(1, "sunset"), Term(2, "beach"), Term(-1, "people")]
