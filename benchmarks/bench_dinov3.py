@@ -11,6 +11,12 @@ tinyvit's plain load, so each table's ratios come from one run. Random weights: 
 (the same numbers); without it, the zoo's ``dinov3-small`` architecture, randomly initialised.
 "tinyvit, CPU GEMM path" is the model as ``predict`` / ``embed`` / the server run it
 (``run/cpu.py``: oneDNN prepacked linear layers where this CPU measured them faster).
+
+With timm (``--photos N``, default 64): the patch features of N real photos (ImageNet-size JPEGs
+made from tests/fixtures/photos) through each library's preprocessing at the weights' 256 px:
+tinyvit's runner (what ``tinyvit embed --patches`` streams; decoding threads ahead of the model)
+against timm's ``create_transform`` + a DataLoader with one worker per core + ``forward_features``
+without the prefix tokens.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import argparse
 import copy
 import importlib.util
+import os
 import platform
 import statistics
 import sys
@@ -31,6 +38,7 @@ from safetensors.torch import save_file
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from bench_cpu import alternate, machine_line  # noqa: E402
+from bench_pipeline import make_set  # noqa: E402
 
 import tinyvit  # noqa: E402
 from tinyvit.run.cpu import apply_cpu_path  # noqa: E402
@@ -96,16 +104,63 @@ def bench(size: int, batch: int, rounds: int, folder: Path) -> None:
         print(f"| {name} | {batch / statistics.median(ts):.3f} | {ratio:.2f}x | {dev.get(name, 0.0):.2g} |")
 
 
+def patches_bench(rounds: int, images: int, folder: Path) -> None:
+    import timm
+    from PIL import Image
+    from torch.utils.data import DataLoader, Dataset
+
+    from tinyvit.run.runner import Runner
+
+    class Files(Dataset):
+        def __init__(self, files, transform):
+            self.files, self.transform = files, transform
+
+        def __len__(self):
+            return len(self.files)
+
+        def __getitem__(self, i):
+            with Image.open(self.files[i]) as img:
+                return self.transform(img.convert("RGB"))
+
+    ref, tv = models(folder / "patches")
+    files = make_set(folder / "photos", images, (500, 375))
+    transform = timm.data.create_transform(**timm.data.resolve_model_data_config(ref))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    runner = Runner(tv, task="patches")
+
+    def timm_patches() -> torch.Tensor:
+        loader = DataLoader(Files(files, transform), batch_size=8, num_workers=cores)
+        return torch.cat([ref.forward_features(x)[:, ref.num_prefix_tokens :] for x in loader])
+
+    def tinyvit_patches() -> torch.Tensor:
+        return torch.stack([e.vector for e in runner.stream(files, batch_size=8)])
+
+    with torch.inference_mode():
+        got, want = tinyvit_patches(), timm_patches()
+        deviation = (got.flatten(1, 2) - want).abs().max().item()
+        times = alternate({"timm + DataLoader": timm_patches, BASE: tinyvit_patches}, rounds)
+    print(f"\npatch features of {images} JPEGs (500x375) at {runner.spec.crop} px, grid {tuple(got.shape[1:3])}, "
+          f"batch 8, {rounds} alternating rounds\n")  # fmt: skip
+    print("| contender | images/s | vs timm + DataLoader | max abs deviation from timm |\n|---|---:|---:|---:|")
+    for name, ts in times.items():
+        ratio = statistics.median(a / b for a, b in zip(times["timm + DataLoader"], ts, strict=True))
+        dev = f"{deviation:.2g}" if name == BASE else "0"
+        print(f"| {name} | {images / statistics.median(ts):.3f} | {ratio:.2f}x | {dev} |")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--sizes", type=int, nargs="+", default=[224, 512])
+    p.add_argument("--photos", type=int, default=64, help="photos for the patch-features run (0: none; needs timm)")
     args = p.parse_args()
     print(f"{machine_line()}; Python {platform.python_version()}")
     with tempfile.TemporaryDirectory() as tmp:
         for size in args.sizes:
             bench(size, args.batch, args.rounds, Path(tmp))
+        if args.photos and importlib.util.find_spec("timm") is not None:
+            patches_bench(args.rounds, args.photos, Path(tmp))
 
 
 if __name__ == "__main__":
