@@ -97,16 +97,16 @@ def preprocess(
 
 
 def _stream(
-    images: Any, model: ModelArg, o: ModelOptions, task: dict[str, Any], *, batch_size: int, workers: int | None,
-    errors: str, progress: bool | str,
+    images: Any, model: ModelArg, o: ModelOptions, *, task: str, top_k: int = 5, normalize: bool = False,
+    batch_size: int, workers: int | None, errors: str, progress: bool | str,
 ) -> Iterator[Any]:
-    """The items first (checked before any weights are fetched), then the model, then the runner.
-    ``task``: the runner's task arguments (``task``, ``top_k`` / ``normalize``)."""
-    check_run_options(batch_size=batch_size, errors=errors, top_k=task.get("top_k", 1))
+    """The items first (checked before any weights are fetched), then the model (and, for
+    ``o.classes``, its text side), then the runner."""
+    check_run_options(batch_size=batch_size, errors=errors, top_k=top_k)
     items, _ = expand_inputs(images)
     if errors == "raise":
         check_paths(items)
-    runner = runner_for(model, o, progress=bool(progress), **task)
+    runner = runner_for(model, o, task=task, top_k=top_k, normalize=normalize, progress=bool(progress))
     yield from runner.stream(items, batch_size=batch_size, workers=workers, errors=errors, progress=progress)
 
 
@@ -126,7 +126,7 @@ def predict_iter(
     finishes. Arguments as :func:`predict`; ``workers``: decoding threads (default: one per core,
     at most 16)."""
     o = ModelOptions.of(options, **model_options)
-    return _stream(images, model, o, {"task": "classify", "top_k": top_k}, batch_size=batch_size, workers=workers,
+    return _stream(images, model, o, task="classify", top_k=top_k, batch_size=batch_size, workers=workers,
                    errors=errors, progress=progress)  # fmt: skip
 
 
@@ -184,8 +184,8 @@ def embed_iter(
     before its head), float32 (D,), in input order, as each batch finishes; ``normalize=True``
     scales each to unit L2 norm. Other arguments as :func:`predict`."""
     o = ModelOptions.of(options, **model_options)
-    return _stream(images, model, o, {"task": "embed", "normalize": normalize}, batch_size=batch_size,
-                   workers=workers, errors=errors, progress=progress)  # fmt: skip
+    return _stream(images, model, o, task="embed", normalize=normalize, batch_size=batch_size, workers=workers,
+                   errors=errors, progress=progress)  # fmt: skip
 
 
 def embed(
