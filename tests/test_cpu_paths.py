@@ -80,9 +80,10 @@ def test_exact_is_the_reference_bit_for_bit(tmp_path, monkeypatch):
     exact = cached_model(path, ModelOptions(exact=True))
     fast = cached_model(path, ModelOptions())
     reference = tinyvit.load(path)
-    assert not any(isinstance(m, PackedLinear) for m in exact.modules()) and not hasattr(exact, "gemm")
     x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     with torch.inference_mode():
+        exact(x), fast(x)  # the runtime packs at the second forward pass
+        assert not any(isinstance(m, PackedLinear) for m in exact.modules()) and not hasattr(exact, "gemm")
         assert torch.equal(exact(x), reference(x))
         assert relative_error(fast(x), reference.double()(x.double())) <= 1e-5
     assert exact is not fast
@@ -208,9 +209,11 @@ def test_a_packed_model_exports_as_plain_linear_layers(tmp_path, monkeypatch):
 
     monkeypatch.setenv(cpu.ENV, "onednn")
     model = cached_model(small_vit_file(tmp_path))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        model(x), model(x)  # packed at the second
     out = export_onnx(model, tmp_path / "small.onnx")
     assert any(isinstance(m, PackedLinear) for m in model.modules())  # the model itself is not changed
-    x = torch.randn(2, 3, 32, 32)
     session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
     with torch.inference_mode():
@@ -227,7 +230,26 @@ def test_packing_a_mapped_checkpoint_does_not_double_its_memory(tmp_path, monkey
         want = tinyvit.load(path)(x)
     monkeypatch.setenv(cpu.ENV, "onednn")
     model = cached_model(path)
+    with torch.inference_mode():
+        model(x)
+        assert str(path) in Path("/proc/self/maps").read_text()  # one pass: still mapped, not packed
+        assert relative_error(model(x), want.double()) <= 1e-5
     gc.collect()
     assert str(path) not in Path("/proc/self/maps").read_text()
+
+
+@pytest.mark.skipif("onednn" not in PATHS, reason="this torch has no oneDNN")
+def test_the_runtime_packs_from_the_second_forward_pass(tmp_path, monkeypatch):
+    """Packing costs about one copy of the weights: a process that predicts one image does not pay
+    it; the second pass (``forward``, ``extract_feat`` alike) runs packed."""
+    monkeypatch.setenv(cpu.ENV, "onednn")
+    model = cached_model(small_vit_file(tmp_path))
+    assert model.gemm.path == "onednn"
+    x = torch.randn(2, 3, 32, 32)
+    packed = []
     with torch.inference_mode():
-        assert relative_error(model(x), want.double()) <= 1e-5
+        for run in (model.extract_feat, model.extract_feat, model):
+            run(x)
+            packed.append(sum(isinstance(m, PackedLinear) for m in model.modules()))
+    assert packed == [0, 8, 8]
+    assert not any(t.is_inference() for t in model.state_dict().values())  # packed in inference mode, usable outside

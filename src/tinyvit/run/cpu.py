@@ -192,10 +192,12 @@ def _write_cache(entries: dict[str, dict]) -> None:
         log.warning("could not write %s (%s)", file, e)
 
 
-def apply_cpu_path(model: torch.nn.Module, exact: bool = False) -> GemmChoice | None:
+def apply_cpu_path(model: torch.nn.Module, exact: bool = False, after: int = 0) -> GemmChoice | None:
     """Put ``model`` on this CPU's fastest GEMM path (its linear layers prepacked in place) unless
     ``exact`` or it is not on the CPU; the choice made, or None when nothing was chosen. The
-    choice is kept on the model as ``model.gemm``.
+    choice is kept on the model as ``model.gemm``. With ``after``, the layers are packed when the
+    model has run ``after`` forward passes (the runtime passes 1: packing costs about one copy of
+    the weights, which a single image would not repay; a second batch does).
 
     Memory is not doubled: weights memory-mapped from a checkpoint (tinyvit loads safetensors so)
     are read once to be packed, then their pages are given back to the kernel one layer at a time,
@@ -205,12 +207,37 @@ def apply_cpu_path(model: torch.nn.Module, exact: bool = False) -> GemmChoice | 
     if exact or param is None or param.device.type != "cpu" or param.dtype not in (torch.float32, torch.bfloat16):
         return None
     choice = gemm_choice(param.dtype)
+    model.gemm = choice
     if choice.path == "onednn":
-        maps = _file_mappings()
+        _pack_later(model, after) if after else _pack(model)
+    return choice
+
+
+def _pack(model: torch.nn.Module) -> None:
+    maps = _file_mappings()
+    with torch.inference_mode(False):  # called from a forward pass in inference mode: normal tensors still
         pack_linears(model, release=lambda w: _drop_pages(w, maps))
         _copy_out_of_files(model, maps)
-    model.gemm = choice
-    return choice
+
+
+def _pack_later(model: torch.nn.Module, after: int) -> None:
+    """Pack ``model`` as its forward pass number ``after + 1`` starts: a pre-hook on the module
+    that holds its first linear layer, which every forward path (``forward``, ``extract_feat``,
+    ``forward_trace``) calls before that layer, and which packing does not replace."""
+    holder = next((m for m in model.modules() if m is not model and any(type(c) is torch.nn.Linear
+                                                                        for c in m.children())), None)  # fmt: skip
+    if holder is None:  # no linear layer below the top (where the head is): nothing worth packing
+        return
+    lock, calls = threading.Lock(), [0]
+
+    def hook(module: torch.nn.Module, args: tuple) -> None:
+        with lock:
+            calls[0] += 1
+            if calls[0] == after + 1:
+                handle.remove()
+                _pack(model)
+
+    handle = holder.register_forward_pre_hook(hook)
 
 
 # ---------------------------------------------------------------------------------------------

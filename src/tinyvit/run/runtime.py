@@ -108,7 +108,7 @@ def cached_model(spec: str | os.PathLike | ModelSpec, options: ModelOptions | No
         if model is None:
             model = load_model(parsed, device=device, dtype=dtype, labels=o.labels, preprocess=preprocess,
                                arch=o.arch_arg)  # fmt: skip
-            apply_cpu_path(model, exact=o.exact)
+            apply_cpu_path(model, exact=o.exact, after=1)  # packed from the second forward pass on
             _MODELS[key] = model
             while len(_MODELS) > MODEL_CACHE_SIZE:
                 _MODELS.popitem(last=False)
