@@ -41,7 +41,7 @@ __all__ = [
 log = logging.getLogger("tinyvit")
 
 PATHS = ("default", "onednn")  # the first is the reference (timm's kernels)
-LABELS = {"default": "torch F.linear (MKL)", "onednn": "oneDNN prepacked"}
+LABELS = {"default": "torch F.linear", "onednn": "oneDNN prepacked"}
 MARGIN = 1.05  # another path is chosen only when it is at least this much faster than the default
 # M × K → N: ViT-B's first MLP layer on one image at 224 px and on a batch of 8 at 384 px (B/32);
 # BLAS libraries pick other kernels (and threading) for few rows and for many
@@ -65,9 +65,14 @@ class GemmChoice:
 
     def describe(self) -> str:
         """E.g. ``"float32 GEMM: oneDNN prepacked, 478 GFLOP/s measured; torch F.linear (MKL) 203"``."""
-        others = "; ".join(f"{LABELS[p]} {g:.0f}" for p, g in self.gflops.items() if p != self.path)
+        others = "; ".join(f"{self.label(p)} {g:.0f}" for p, g in self.gflops.items() if p != self.path)
         mine = f", {self.gflops[self.path]:.0f} GFLOP/s" if self.path in self.gflops else ""
-        return f"{self.dtype} GEMM: {LABELS[self.path]}{mine} ({self.how})" + (f"; {others}" if others else "")
+        return f"{self.dtype} GEMM: {self.label(self.path)}{mine} ({self.how})" + (f"; {others}" if others else "")
+
+    def label(self, path: str) -> str:
+        """A path's name as people know it: torch's fp32 ``F.linear`` is MKL's GEMM where torch has MKL."""
+        mkl = path == "default" and self.dtype == "float32" and torch.backends.mkl.is_available()
+        return LABELS[path] + (" (MKL)" if mkl else "")
 
 
 def available_paths() -> tuple[str, ...]:
@@ -159,8 +164,10 @@ def gemm_choice(dtype: torch.dtype | str = torch.float32) -> GemmChoice:
 
 def _cached_or_measured(key: str, dtype: torch.dtype, paths: tuple[str, ...]) -> GemmChoice:
     entries = _read_cache()
-    if key in entries and set(entries[key].get("gflops", {})) == set(paths):
-        return GemmChoice(**{**entries[key], "how": "cached"})
+    entry = entries.get(key)
+    if isinstance(entry, dict) and set(entry) == {"dtype", "path", "gflops", "how"} and entry["path"] in paths \
+            and isinstance(entry["gflops"], dict) and set(entry["gflops"]) == set(paths):  # fmt: skip
+        return GemmChoice(**{**entry, "how": "cached"})
     gflops = measure_paths(dtype, paths)
     best = max(gflops, key=gflops.get)
     path = best if gflops[best] >= MARGIN * gflops["default"] else "default"
