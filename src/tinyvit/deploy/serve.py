@@ -134,8 +134,8 @@ def _parse_json(body: bytes) -> dict:
     """A JSON body in the Hugging Face formats: ``{"inputs": "<base64 image>", "parameters":
     {...}}`` — image classification (``top_k``), zero-shot (``candidate_labels``,
     ``hypothesis_template``: what ``InferenceClient.zero_shot_image_classification`` sends) — or
-    ``{"inputs": ["text", ...]}`` / ``{"inputs": "text"}`` with no image (text embeddings: what
-    ``InferenceClient.feature_extraction`` sends)."""
+    ``{"inputs": ["text", ...]}`` (text embeddings: what ``InferenceClient.feature_extraction``
+    sends for a list; a string is always an image)."""
     usage = 'expected JSON {"inputs": "<base64 image>", "parameters": {"top_k": 5}}'
     try:
         doc = json.loads(body)
@@ -152,25 +152,10 @@ def _parse_json(body: bytes) -> dict:
     top_k = params.get("top_k")
     if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
         raise HTTPException(400, f"parameters.top_k must be an integer >= 1, got {top_k!r}")
-    inputs = doc["inputs"]
-    if isinstance(inputs, str) and _image_bytes(inputs) is None and inputs.strip() and "candidate_labels" not in params:
-        inputs = [inputs]  # one text (feature_extraction's single string): no image file's bytes in it
+    inputs = doc["inputs"]  # a string is an image (base64); texts come as a list, even one
     if isinstance(inputs, list):
         return {"texts": _texts(inputs), "normalize": bool(params.get("normalize", False)), "top_k": None}
     return {"image": _base64_image(inputs), "top_k": top_k, **_zero_shot_params(params)}
-
-
-_IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM", b"II*\x00", b"MM\x00*", b"RIFF")
-
-
-def _image_bytes(text: str) -> bytes | None:
-    """The image file a string holds as base64 (or a data URL), or None: what an image's bytes
-    start with tells an image from a text, whatever the text."""
-    try:
-        data = _base64_image(text)
-    except HTTPException:
-        return None
-    return data if data.startswith(_IMAGE_MAGIC) else None
 
 
 def _texts(inputs: list) -> list[str]:

@@ -56,7 +56,9 @@ class PackedLinear(nn.Module):
         return self.packed.to_dense()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, self.attr, [], self.algorithm)
+        dtype = self.packed.dtype  # an input of another dtype (torch.autocast's) runs in the weights' dtype
+        y = torch.ops.mkldnn._linear_pointwise(x.to(dtype), self.packed, self.bias, self.attr, [], self.algorithm)
+        return y if x.dtype == dtype else y.to(x.dtype)
 
     def to_linear(self) -> nn.Linear:
         """The ``nn.Linear`` this was made from (same tensors, bit for bit)."""
