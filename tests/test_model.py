@@ -189,3 +189,13 @@ def test_build_does_not_initialise_randomly(tmp_path, monkeypatch):
     assert touched == []
     tinyvit.get_model("vit-base-p32-384")  # the spy does see a random initialisation
     assert touched
+
+
+def test_one_meaning_per_name(small_model):
+    """``embed`` means the image embedding (tinyvit.embed, tinyvit embed); the model's step that
+    makes the tokens entering the first block has its own name (issue #29, item 6)."""
+    assert not hasattr(small_model, "embed")
+    x = torch.randn(1, 3, 32, 32)
+    with torch.inference_mode():
+        tokens, grid = small_model.prepare_tokens(x)
+    assert grid == (4, 4) and tokens.shape == (1, 17, 64)

@@ -440,7 +440,7 @@ class VisionTransformer(nn.Module):
                 nn.init.trunc_normal_(m.latent, std=self.config.embed_dim**-0.5)
         return self
 
-    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+    def prepare_tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """Images (B, C, H, W) → the tokens that enter the first block (B, T, D), and the grid."""
         c, rule = self.config, self.size_rule
         square = rule.resample != "dinov2" or x.shape[-2] == x.shape[-1]  # only DINOv2's rule asks
@@ -468,7 +468,7 @@ class VisionTransformer(nn.Module):
         probabilities) to keep, by index (negative: from the end); None keeps every block's.
         """
         keep = set(range(self.config.depth)) if blocks is None else {i % self.config.depth for i in blocks}
-        x, grid = self.embed(x)
+        x, grid = self.prepare_tokens(x)
         rope = self.rope(grid, x.device) if self.rope is not None else None  # (N, 2 Dh), "mixed": (L, H, N, 2 Dh)
         per_block = rope is not None and self.config.rope_type == "mixed"
         hidden, attentions = [], []
