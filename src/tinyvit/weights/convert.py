@@ -322,9 +322,9 @@ def prepare(
         record = replace(zoo, config=record.config)
     elif fetched.origin:
         record = replace(record, source=replace(record.source, **fetched.origin))
-    if record.fit is None or not record.fit.head_only:  # a head alone is checked with its base (_builder)
-        check_state_dict(record.config, state, f"{str(fetched.path)!r} ({record.source.layout} layout)")
     if dst is not None and (record.source.layout != "timm" or fetched.temporary):
+        # checked before it is kept (read in memory, the tensors are checked where the model is built)
+        check_state_dict(record.config, state, f"{str(fetched.path)!r} ({record.source.layout} layout)")
         save(dst, state, record)  # atomic: a reader sees no file or the whole file
         record = replace(record, source=replace(record.source, path=str(dst)))
     return state, record
@@ -418,6 +418,8 @@ def convert(
     if dst.suffix != ".safetensors":
         raise WeightsError(f"{str(dst)!r}: the output is a safetensors file; name it *.safetensors")
     state, record = prepare(Fetched(Path(src)), layout=layout, arch=arch)
+    if record.fit is None or not record.fit.head_only:  # checked before it is written (a head alone: with its base)
+        check_state_dict(record.config, state, f"{str(src)!r} ({record.source.layout} layout)")
     record = with_overrides(record, labels=labels, preprocess=preprocess, what=repr(str(src)))
     source = record.source
     if source.kind == "file" and source.sha256 is None:
