@@ -10,9 +10,10 @@ the median per variant and the median of the per-round ratios:
   bf16 through both torch paths;
 * ViT-B/32-384 batch 8 and DINOv2-S/14-518 batch 4 (random weights, ``tinyvit.get_model``):
   tinyvit on the path ``run/cpu.py`` chooses, tinyvit ``exact`` (torch's reference kernels),
-  ONNX Runtime on tinyvit's exported graph; timm eager runs in a subprocess of ``.refs`` (another
-  torch), after the rounds, so it is not alternated; bf16 for B/32 (``fast`` on a CPU that
-  multiplies bf16 natively: bf16 weights on the chosen bf16 path) against the bf16 GEMM ceiling;
+  ONNX Runtime on tinyvit's exported graph, timm eager (in a process of ``.refs``, another torch,
+  that runs one forward per round when told: alternated too), bf16 for B/32 (``fast`` on a CPU
+  that multiplies bf16 natively: bf16 weights on the chosen bf16 path); the fp32 and bf16 GEMM
+  ceilings are measured again within the same rounds, and the percentages use those;
 * a fresh process loading a B/32 checkpoint and predicting one image, on the chosen path and
   exact (``TINYVIT_CPU_GEMM=default``), alternating: wall time and peak RSS.
 """
@@ -117,30 +118,58 @@ def ort_runner(model: tinyvit.VisionTransformer, folder: Path) -> Callable[[torc
 
 
 TIMM_CHILD = """
-import json, statistics, time, torch, timm
+import json, sys, time, torch, timm
 torch.set_num_threads({threads})
 model = timm.create_model({arch!r}, pretrained=False, **{kwargs!r}).eval()
 x = torch.randn({batch}, 3, {size}, {size})
-times = []
 with torch.inference_mode():
     model(x)
-    for _ in range({rounds}):
-        t = time.perf_counter(); model(x); times.append(time.perf_counter() - t)
-print(json.dumps({{"img_s": {batch} / statistics.median(times), "torch": torch.__version__, "timm": timm.__version__}}))
+    print(json.dumps({{"torch": torch.__version__, "timm": timm.__version__}}), flush=True)
+    for _ in sys.stdin:  # one forward per line read: the parent alternates it with its own
+        t = time.perf_counter(); model(x); print(time.perf_counter() - t, flush=True)
 """
 
 
-def timm_eager(arch: str, kwargs: dict, batch: int, size: int, rounds: int) -> dict | None:
-    """timm's forward in ``.refs`` (its own torch), in a subprocess; None when it is not there."""
+class TimmWorker:
+    """timm's forward in ``.refs`` (its own torch) in a process that waits for its turn: one
+    forward per :meth:`step`, so it alternates with the in-process variants."""
+
+    def __init__(self, arch: str, kwargs: dict, batch: int, size: int):
+        code = TIMM_CHILD.format(threads=torch.get_num_threads(), arch=arch, kwargs=kwargs, batch=batch, size=size)
+        self.proc = subprocess.Popen([str(REFS), "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.versions = json.loads(self.proc.stdout.readline() or "null")
+
+    def step(self) -> None:
+        self.proc.stdin.write("\n")
+        self.proc.stdin.flush()
+        float(self.proc.stdout.readline())
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
+def timm_worker(arch: str, kwargs: dict, batch: int, size: int) -> TimmWorker | None:
     if not REFS.exists():
+        print("timm skipped: no .refs environment", file=sys.stderr)
         return None
-    code = TIMM_CHILD.format(threads=torch.get_num_threads(), arch=arch, kwargs=kwargs, batch=batch, size=size,
-                             rounds=rounds)  # fmt: skip
-    out = subprocess.run([str(REFS), "-c", code], capture_output=True, text=True, timeout=1800)
-    if out.returncode != 0:
-        print(f"timm skipped: {out.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+    worker = TimmWorker(arch, kwargs, batch, size)
+    if worker.versions is None:
+        print("timm skipped: its process failed (see above)", file=sys.stderr)
         return None
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return worker
+
+
+def ceilings() -> dict[str, Callable[[], object]]:
+    """The GEMM ceilings, as variants of the same rounds (so the percentages share their conditions)."""
+    m, k, n = GEMM_SHAPE
+    x, w = torch.randn(m, k), torch.randn(n, k) * 0.02
+    calls = {"_fp32 MKL": lambda: F.linear(x, w), "_bf16 MKL": lambda: F.linear(x.bfloat16(), w.bfloat16())}
+    if cpu.onednn_available():
+        pw, pwb, xb = prepack(w), prepack(w.bfloat16()), x.bfloat16()
+        calls["_fp32 oneDNN"] = lambda: torch.ops.mkldnn._linear_pointwise(x, pw, None, "none", [], "")
+        calls["_bf16 oneDNN"] = lambda: torch.ops.mkldnn._linear_pointwise(xb, pwb, None, "none", [], "")
+    return {k: (lambda c=c: [c() for _ in range(5)]) for k, c in calls.items()}
 
 
 def random_model(name: str, dtype: str | None = None, fast: bool = False) -> tinyvit.VisionTransformer:
@@ -169,24 +198,32 @@ def bench_model(label: str, rounds: int, folder: Path) -> dict:
     if label.startswith("ViT-B/32"):
         fast16, exact16, x16 = random_model(name, "bf16", fast=True), random_model(name, "bf16"), x.bfloat16()
         calls |= {"tinyvit bf16 (fast)": lambda: fast16(x16), "tinyvit bf16 exact": lambda: exact16(x16)}
+    if (timm := timm_worker(arch, kwargs, batch, size)) is not None:
+        calls[f"timm eager (torch {timm.versions['torch']}, own process)"] = timm.step
+    calls |= ceilings()
     with torch.inference_mode():
         times = alternate(calls, rounds)
-    base = times["tinyvit exact"]
-    rows = {}
-    for k, t in times.items():
+    if timm is not None:
+        timm.close()
+    m, k, n = GEMM_SHAPE
+    gemm = {key[1:]: 5 * 2 * m * k * n / statistics.median(times.pop(key)) / 1e9 for key in list(times)
+            if key.startswith("_")}  # fmt: skip
+    base, rows = times["tinyvit exact"], {}
+    for key, t in times.items():
         ratio = statistics.median(b / a for a, b in zip(t, base, strict=True))  # > 1: faster than exact
-        rows[k] = {"img_s": batch / statistics.median(t), "vs_exact": ratio}
-    if (timm := timm_eager(arch, kwargs, batch, size, rounds)) is not None:
-        rows[f"timm eager (torch {timm['torch']}, own process)"] = {"img_s": timm["img_s"], "vs_exact": None}
-    return {"gflop_per_image": gflop, "rel_err_vs_float64": rel, "rows": rows}
+        rows[key] = {"img_s": batch / statistics.median(t), "vs_exact": ratio}
+    return {"gflop_per_image": gflop, "rel_err_vs_float64": rel, "rows": rows, "gemm": gemm}
 
 
+# VmHWM, not ru_maxrss: Linux carries the forking parent's high-water mark into ru_maxrss across exec
 COLD_CHILD = """
-import resource, sys, time
+import time
 t = time.perf_counter()
 import tinyvit
 r = tinyvit.predict({image!r}, {weights!r})
-print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+seconds = time.perf_counter() - t
+hwm = next(line for line in open("/proc/self/status") if line.startswith("VmHWM"))
+print(seconds, int(hwm.split()[1]) / 1024)
 """
 
 
@@ -213,17 +250,19 @@ def cold_start(folder: Path, rounds: int) -> dict[str, dict[str, float]]:
 
 
 def report(machine: str, gemm: dict[str, float], models: dict[str, dict], cold: dict) -> str:
-    fp32_best = max(v for k, v in gemm.items() if k.startswith("fp32"))
-    bf16_best = max((v for k, v in gemm.items() if k.startswith("bf16")), default=float("nan"))
     lines = [f"Machine: {machine}", f"Chosen: {'; '.join(cpu.cpu_summary()['describe'])}", "",
              "| GEMM 1160×768→3072 | GFLOP/s |", "|---|---|"]  # fmt: skip
     lines += [f"| {k} | {v:.0f} |" for k, v in gemm.items()]
     for label, m in models.items():
+        fp32_best = max(v for k, v in m["gemm"].items() if k.startswith("fp32"))
+        bf16_best = max(v for k, v in m["gemm"].items() if k.startswith("bf16"))
         title = f"{label} ({m['gflop_per_image']:.1f} GFLOP/img; chosen path vs float64: {m['rel_err_vs_float64']:.1e})"
-        lines += ["", f"| {title} | img/s | × exact | % of fastest GEMM |", "|---|---|---|---|"]
+        same = ", ".join(f"{k} {v:.0f}" for k, v in m["gemm"].items())
+        lines += ["", f"GEMM in the same rounds, GFLOP/s: {same}", "",
+                  f"| {title} | img/s | × exact | % of fastest GEMM |", "|---|---|---|---|"]  # fmt: skip
         for k, r in m["rows"].items():
             ceiling = bf16_best if "bf16" in k else fp32_best
-            ratio = "" if r["vs_exact"] is None else f"{r['vs_exact']:.2f}"
+            ratio = f"{r['vs_exact']:.2f}"
             share = 100 * r["img_s"] * m["gflop_per_image"] / ceiling
             lines.append(f"| {k} | {r['img_s']:.2f} | {ratio} | {share:.0f} % |")
     if cold:
