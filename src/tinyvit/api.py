@@ -26,7 +26,6 @@ from tinyvit.run.options import DEFAULT_MODEL, ModelOptions
 from tinyvit.run.runner import Embedding, Prediction, check_run_options
 from tinyvit.run.runtime import parse_device, parse_dtype
 from tinyvit.run.session import runner_for
-from tinyvit.run.zeroshot import text_encoder_for
 from tinyvit.weights._builder import bare_model, load_model, resolve_preprocess
 from tinyvit.weights._builder import download as fetch_download
 from tinyvit.weights.record import Weights
@@ -231,6 +230,8 @@ def embed_text(
     ``CLIPModel`` / ``SiglipModel``), or an image tower loaded from one; ``normalize=True``: unit L2
     norm, as for images. A model without a text tower is refused in one line. ``progress``: a bar
     on stderr (default: for more than one batch). Needs the ``tinyvit[text]`` extra."""
+    from tinyvit.run.zeroshot import text_encoder_for  # the text side: imported when text is asked for
+
     single = isinstance(texts, str)
     items = [texts] if single else list(texts)
     encoder = text_encoder_for(model, ModelOptions.of(options, **model_options))

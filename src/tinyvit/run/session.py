@@ -18,7 +18,6 @@ from tinyvit.models.vit import VisionTransformer
 from tinyvit.run.options import ModelOptions
 from tinyvit.run.runner import Runner
 from tinyvit.run.runtime import model_for
-from tinyvit.run.zeroshot import class_names, templates_of, text_encoder_for, zero_shot_head
 from tinyvit.weights.specs import ModelSpec
 
 __all__ = ["runner_for"]
@@ -40,6 +39,8 @@ def runner_for(
     net = model_for(model, replace(o, preprocess=None, classes=None, templates=None))
     head = None
     if o.classes is not None:
+        from tinyvit.run.zeroshot import class_names, templates_of, text_encoder_for, zero_shot_head  # text: on use
+
         if task != "classify":
             raise TinyViTError("classes= name what to classify into; embeddings need none")
         encoder = text_encoder_for(net if isinstance(model, torch.nn.Module) else model, o)

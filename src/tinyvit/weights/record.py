@@ -194,7 +194,7 @@ class Weights:
         if self.categories is not None:
             cats = tuple(self.categories)
             object.__setattr__(self, "categories", cats)
-            if not all(isinstance(c, str) for c in cats):
+            if cats is not imagenet_classes().names and not all(isinstance(c, str) for c in cats):  # checked once
                 raise ValueError("Weights.categories must be strings")
             if len(cats) != self.config.num_classes:
                 raise ValueError(f"{len(cats)} class names for a model with {self.config.num_classes} classes")
