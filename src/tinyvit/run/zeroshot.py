@@ -28,6 +28,7 @@ from tinyvit.core.errors import TinyViTError
 from tinyvit.core.fsutil import atomic_path
 from tinyvit.models.text import TextTransformer
 from tinyvit.models.vit import VisionTransformer
+from tinyvit.run.cpu import apply_cpu_path
 from tinyvit.run.options import ModelOptions
 from tinyvit.run.runner import ZeroShotHead
 from tinyvit.run.runtime import MODEL_CACHE_SIZE, parse_device, parse_dtype
@@ -121,11 +122,12 @@ def text_encoder_for(model: str | os.PathLike | ModelSpec | VisionTransformer, o
     else:
         spec = model
     parsed, device, dtype = parse_spec(spec), parse_device(o.device), parse_dtype(o.dtype)
-    key = (parsed, str(device), str(dtype), o.arch)
+    key = (parsed, str(device), str(dtype), o.arch, o.exact)
     with _ENCODERS_LOCK:
         encoder = _ENCODERS.get(key)
         if encoder is None:
             text_model, tokenizer, tower = load_text(parsed, device=device, dtype=dtype, arch=o.arch_arg)
+            apply_cpu_path(text_model, exact=o.exact, after=1)  # the image models' GEMM path (run/cpu.py)
             encoder = _ENCODERS[key] = TextEncoder(text_model, tokenizer, tower, str(parsed))
             while len(_ENCODERS) > MODEL_CACHE_SIZE:
                 _ENCODERS.popitem(last=False)

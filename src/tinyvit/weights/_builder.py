@@ -14,15 +14,14 @@ from __future__ import annotations
 import os
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from tinyvit.core.errors import OfflineError, TinyViTError, WeightsError
 from tinyvit.core.fsutil import sha256_file
 from tinyvit.images.spec import PreprocessSpec
-from tinyvit.models.text import TextTransformer
 from tinyvit.models.vit import VisionTransformer
-from tinyvit.text.tokenize import Tokenizer, open_clip_tokenizer, tokenizer_for_folder
 from tinyvit.weights._hub import Fetched, fetch
 from tinyvit.weights.architecture import ArchArg
 from tinyvit.weights.convert import cached, open_clip_config_named, prepare, prepare_text, with_overrides
@@ -30,6 +29,10 @@ from tinyvit.weights.files import weights_file_of
 from tinyvit.weights.manifest import resolve
 from tinyvit.weights.record import LabelsArg, Source, TextTower, Weights
 from tinyvit.weights.specs import HubSpec, ModelSpec, PathSpec, UrlSpec, ZooSpec, parse_spec
+
+if TYPE_CHECKING:
+    from tinyvit.models.text import TextTransformer
+    from tinyvit.text.tokenize import Tokenizer
 
 __all__ = [
     "bare_model", "build_model", "download", "load_model", "load_text", "resolve_preprocess", "weights_record",
@@ -98,6 +101,8 @@ def load_text(
     """The text tower of the CLIP / SigLIP checkpoint ``spec`` names, in eval mode, with the
     tokenizer its library uses for it and its record — fetched and prepared as :func:`load_model`
     does the image tower (the same files: a Hub snapshot brings the tokenizer's)."""
+    from tinyvit.models.text import TextTransformer  # the text side: imported when text is asked for
+
     fetched = _fetch(spec)
     try:
         state, tower, folder = prepare_text(fetched, arch=arch)
@@ -116,6 +121,8 @@ def load_text(
 def _tokenizer(folder: Path, tower: TextTower, arch: ArchArg) -> Tokenizer:
     """The folder's tokenizer (its files, its configs), or, for open_clip's own save named by its
     model name (``arch``), the one open_clip's config of that name uses."""
+    from tinyvit.text.tokenize import open_clip_tokenizer, tokenizer_for_folder
+
     if isinstance(arch, str) and not (folder / "open_clip_config.json").is_file() and not (
             folder / "config.json").is_file():  # fmt: skip
         return open_clip_tokenizer(open_clip_config_named(arch, repr(str(folder))), folder)

@@ -42,7 +42,6 @@ from tinyvit.core.config import ViTConfig
 from tinyvit.core.errors import WeightsError
 from tinyvit.core.fsutil import sha256_file
 from tinyvit.images.spec import PreprocessSpec, size_rule
-from tinyvit.models.text import check_text_state_dict
 from tinyvit.models.vit import check_state_dict
 from tinyvit.weights._hub import Fetched, converted_path
 from tinyvit.weights.architecture import ArchArg, infer_config, refuse_unsupported
@@ -58,7 +57,6 @@ from tinyvit.weights.files import (
 from tinyvit.weights.layouts import detect_layout, to_timm
 from tinyvit.weights.manifest import entries
 from tinyvit.weights.record import LabelsArg, Source, TextTower, Weights, labels_from_mapping, parse_labels
-from tinyvit.weights.text_layouts import detect_text_layout, text_config_from_hf, text_config_from_open_clip, text_state
 
 __all__ = ["convert", "detect_layout", "prepare", "prepare_text", "read_weights", "to_timm", "with_overrides"]
 
@@ -365,6 +363,14 @@ def prepare_text(fetched: Fetched, *, arch: ArchArg = None) -> tuple[dict[str, t
     its tensors under tinyvit's names, checked against its config (``open_clip_config.json``'s
     ``text_cfg``, transformers' ``text_config``), its record, and the folder its tokenizer files
     are in. Read in place on every load (text towers are small)."""
+    from tinyvit.models.text import check_text_state_dict  # the text side: imported when text is asked for
+    from tinyvit.weights.text_layouts import (
+        detect_text_layout,
+        text_config_from_hf,
+        text_config_from_open_clip,
+        text_state,
+    )
+
     what = repr(str(fetched.path))
     if fetched.record is not None:
         raise WeightsError(f"{fetched.record.spec}: the zoo's file holds the image tower only: it has no text tower; "
