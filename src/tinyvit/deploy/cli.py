@@ -132,6 +132,15 @@ def add_ray_options(p: argparse.ArgumentParser) -> None:
                    "holds files)")  # fmt: skip
 
 
+def embeddings_output(args: argparse.Namespace) -> Path:
+    """``embed``'s -o: a .safetensors or .npy file, not replaced unless --overwrite."""
+    output = Path(args.output)
+    if output.suffix not in (".safetensors", ".npy"):
+        raise UsageError(f"-o {args.output}: the output is a .safetensors or .npy file")
+    refuse_existing(output, args.overwrite)
+    return output
+
+
 def refuse_existing(output: str | Path, overwrite: bool) -> None:
     """The one overwrite rule of every command that writes a file (fit, export, embed, convert; --ray
     for its folder): an existing output is replaced only with --overwrite."""
@@ -353,10 +362,7 @@ def run_embed(args: argparse.Namespace) -> int:
     if not args.images:
         raise UsageError("give the images (files, folders) to embed, or --text / --text-file")
     inputs = files_from_args(args.images)
-    output = Path(args.output)
-    if output.suffix not in (".safetensors", ".npy"):
-        raise UsageError(f"-o {args.output}: the output is a .safetensors or .npy file")
-    refuse_existing(output, args.overwrite)
+    output = embeddings_output(args)
     model = model_from_args(args)
     runner = Runner(model, task="patches" if args.patches else "embed", normalize=args.normalize, fast=args.fast)
     rows = runner.stream(inputs, batch_size=args.batch_size, errors="return", progress=runner.task)
@@ -397,10 +403,7 @@ def run_embed_text(args: argparse.Namespace) -> int:
     if args.images or args.ray is not None:
         raise UsageError("--text / --text-file embed texts: give no images and no --ray")
     texts = list(args.text or []) + (list(_lines(args.text_file, "--text-file")) if args.text_file else [])
-    output = Path(args.output)
-    if output.suffix not in (".safetensors", ".npy"):
-        raise UsageError(f"-o {args.output}: the output is a .safetensors or .npy file")
-    refuse_existing(output, args.overwrite)
+    output = embeddings_output(args)
     options = options_from_args(args)
     vectors = embed_text(texts, args.model, normalize=args.normalize, options=options)
     summary = write_embeddings((Embedding(t, v) for t, v in zip(texts, vectors, strict=True)), output, inputs=texts,

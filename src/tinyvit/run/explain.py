@@ -122,17 +122,24 @@ def render(
     return image
 
 
-def explain(
-    image: ImageInput, model: VisionTransformer, output: str | os.PathLike, *, caption: str | None = None
-) -> Path:
-    """Draw the class token's attention rollout over ``image`` and save it to ``output``, in the
-    format its extension names (.png, .jpg, .webp, .bmp, .tif); returns the path."""
+def picture_path(output: str | os.PathLike) -> tuple[Path, str]:
+    """Where a picture goes and Pillow's format for it (from the extension), or the one-line error
+    saying why not: an unknown extension, a folder that does not exist."""
     out = Path(output)
     fmt = FORMATS.get(out.suffix.lower())
     if fmt is None:
         raise TinyViTError(f"{str(out)!r}: the output must end in one of {', '.join(sorted(FORMATS))}")
     if not out.parent.is_dir():
         raise TinyViTError(f"{str(out)!r}: the folder {str(out.parent)!r} does not exist")
+    return out, fmt
+
+
+def explain(
+    image: ImageInput, model: VisionTransformer, output: str | os.PathLike, *, caption: str | None = None
+) -> Path:
+    """Draw the class token's attention rollout over ``image`` and save it to ``output``, in the
+    format its extension names (.png, .jpg, .webp, .bmp, .tif); returns the path."""
+    out, fmt = picture_path(output)
     classifier = model_output(model) == "classes"
     runner = Runner(model, task="classify" if classifier else "embed", top_k=1)
     spec = runner.spec

@@ -27,7 +27,7 @@ from tinyvit.core.fsutil import atomic_path
 from tinyvit.images.decode import ImageInput, load_image
 from tinyvit.images.spec import PreprocessSpec
 from tinyvit.models.vit import VisionTransformer
-from tinyvit.run.explain import FORMATS
+from tinyvit.run.explain import picture_path
 from tinyvit.run.runner import Runner
 
 __all__ = ["explain_pca", "pca_colours", "principal_axes"]
@@ -124,12 +124,7 @@ def explain_pca(
     of them) as RGB over each photo, side by side (each scaled to the first one's height; one photo:
     its own size), and save the picture to ``output`` (.png, .jpg, .webp, .bmp, .tif); returns the
     path. ``preprocess`` overrides the weights' (``crop`` sets the grid: a larger one, finer maps)."""
-    out = Path(output)
-    fmt = FORMATS.get(out.suffix.lower())
-    if fmt is None:
-        raise TinyViTError(f"{str(out)!r}: the output must end in one of {', '.join(sorted(FORMATS))}")
-    if not out.parent.is_dir():
-        raise TinyViTError(f"{str(out)!r}: the folder {str(out.parent)!r} does not exist")
+    out, fmt = picture_path(output)
     if not images:
         raise TinyViTError("explain_pca needs at least one image")
     runner = Runner(model, task="patches", preprocess=preprocess)
