@@ -208,7 +208,9 @@ class Runner:
         if task == "classify" and self.output == "embedding" and head is None:
             spec = model.weights.spec if model.weights is not None else "this model"
             raise TinyViTError(
-                f"{spec} gives image embeddings, not classes: use tinyvit.embed, `tinyvit embed` or a served /embed"
+                f"{spec} gives image embeddings, not classes: use tinyvit.embed, `tinyvit embed` or a served /embed "
+                "(a CLIP or SigLIP checkpoint with its text tower classifies into classes named in words: "
+                "classes= / --classes)"
             )
         self.model = model
         self.task = task
