@@ -620,18 +620,20 @@ def run_models(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     for output, title in (("classes", "Classifiers: ImageNet-1k classes"), ("embedding", "Image embedding models")):
-        print(f"{title}\n{'model:tag':<42} {'gives':<16} {'params':>8} {'GMACs':>7} {'top-1':>6} {'top-5':>6} "
+        print(f"{title}\n{'model:tag':<42} {'gives':<22} {'params':>8} {'GMACs':>7} {'top-1':>6} {'top-5':>6} "
               f"{'size':>8}  cached  accuracy from")  # fmt: skip
         for r in (r for r in rows if r["output"] == output):
             top1 = "—" if r["top1"] is None else f"{r['top1']}"
             top5 = "—" if r["top5"] is None else f"{r['top5']}"
             spec = r["name"] + ":" + r["tag"] + (" *" if r["default"] else "")
-            gives = "1000 classes" if output == "classes" else r["gives"]
+            gives = "1000 classes" if output == "classes" else r["gives"].split(" + ")[0]
+            gives += " +text" if r["text"] else ""
             cached = "yes" if r["cached"] else "no"
-            print(f"{spec:<42} {gives:<16} {r['params'] / 1e6:>7.2f}M {r['gmacs']:>7.2f} {top1:>6} {top5:>6} "
+            print(f"{spec:<42} {gives:<22} {r['params'] / 1e6:>7.2f}M {r['gmacs']:>7.2f} {top1:>6} {top5:>6} "
                   f"{r['size_mb']:>6}MB  {cached:<6}  {r['metrics_source'] or '—'}")  # fmt: skip
         print()
     print("* the model's default weights (what `--model NAME` without a tag loads)")
+    print("+text: a text tower too (fetched on first use): zero-shot --classes, embed --text, search by words")
     return 0
 
 

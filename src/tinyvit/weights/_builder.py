@@ -22,9 +22,9 @@ from tinyvit.core.errors import OfflineError, TinyViTError, WeightsError
 from tinyvit.core.fsutil import sha256_file
 from tinyvit.images.spec import PreprocessSpec
 from tinyvit.models.vit import VisionTransformer
-from tinyvit.weights._hub import Fetched, fetch
+from tinyvit.weights._hub import Fetched, fetch, fetch_text
 from tinyvit.weights.architecture import ArchArg
-from tinyvit.weights.convert import cached, open_clip_config_named, prepare, prepare_text, with_overrides
+from tinyvit.weights.convert import cached, prepare, prepare_text, with_overrides
 from tinyvit.weights.files import weights_file_of
 from tinyvit.weights.manifest import resolve
 from tinyvit.weights.record import LabelsArg, Source, TextTower, Weights
@@ -100,16 +100,20 @@ def load_text(
 ) -> tuple[TextTransformer, Tokenizer, TextTower]:
     """The text tower of the CLIP / SigLIP checkpoint ``spec`` names, in eval mode, with the
     tokenizer its library uses for it and its record — fetched and prepared as :func:`load_model`
-    does the image tower (the same files: a Hub snapshot brings the tokenizer's)."""
+    does the image tower (the same files: a Hub snapshot brings the tokenizer's). Zoo weights of an
+    image tower: the text tower of the whole open_clip model their record names (``record.text``)."""
     from tinyvit.models.text import TextTransformer  # the text side: imported when text is asked for
 
-    fetched = _fetch(spec)
+    if isinstance(spec, ZooSpec):
+        fetched, arch = _fetch_text(spec), spec.record.text.open_clip_model if spec.record.text else None
+    else:
+        fetched = _fetch(spec)
     try:
-        state, tower, folder = prepare_text(fetched, arch=arch)
+        state, tower, folder, open_clip_config = prepare_text(fetched, arch=arch)
     finally:
         if fetched.temporary:
             fetched.path.unlink(missing_ok=True)
-    tokenizer = _tokenizer(folder, tower, arch)
+    tokenizer = _tokenizer(folder, tower, open_clip_config)
     what = f"{str(fetched.path)!r} (text tower)"
     model = TextTransformer.from_state_dict(tower.config, state, what=what, device=device, dtype=dtype)
     weights = weights_file_of(fetched.path) or fetched.path
@@ -118,14 +122,30 @@ def load_text(
     return model, tokenizer, replace(tower, tokenizer=tokenizer.kind, identity=identity)
 
 
-def _tokenizer(folder: Path, tower: TextTower, arch: ArchArg) -> Tokenizer:
-    """The folder's tokenizer (its files, its configs), or, for open_clip's own save named by its
-    model name (``arch``), the one open_clip's config of that name uses."""
+def _fetch_text(spec: ZooSpec, advise: bool = True) -> Fetched:
+    """The zoo entry's text tower, fetched (``_hub.fetch_text``), with the advice its errors need."""
+    if spec.record.text is None:
+        raise WeightsError(
+            f"{spec}: the zoo has these weights as an image tower only: no text tower to embed text or score "
+            "classes with (give classes to a CLIP / SigLIP model that has one: `tinyvit models` marks them, or "
+            "load its open_clip or transformers repository, hf-hub:…)"
+        )
+    try:
+        return fetch_text(spec.record)
+    except OfflineError as e:
+        if not advise:
+            raise
+        raise OfflineError(f"{e}. Fetch it once where the Hub can be reached (`tinyvit download {spec}` fetches "
+                           "both towers), or load a local copy by its path") from e  # fmt: skip
+
+
+def _tokenizer(folder: Path, tower: TextTower, open_clip_config: dict | None) -> Tokenizer:
+    """The tokenizer open_clip uses with its config (an open_clip checkpoint), or the one the
+    transformers folder's files make."""
     from tinyvit.text.tokenize import open_clip_tokenizer, tokenizer_for_folder
 
-    if isinstance(arch, str) and not (folder / "open_clip_config.json").is_file() and not (
-            folder / "config.json").is_file():  # fmt: skip
-        return open_clip_tokenizer(open_clip_config_named(arch, repr(str(folder))), folder)
+    if open_clip_config is not None:
+        return open_clip_tokenizer(open_clip_config, folder)
     return tokenizer_for_folder(folder, context_length=tower.config.context_length)
 
 
@@ -193,7 +213,10 @@ def download(spec: ModelSpec) -> Path:
         fetched = _fetch(spec, advise=False)
         prepare(fetched)
         return fetched.path
-    return Path(str(_tensors(spec, None, advise=False)[1].source.path))
+    path = Path(str(_tensors(spec, None, advise=False)[1].source.path))
+    if isinstance(spec, ZooSpec) and spec.record.text is not None:  # both towers: classes work offline too
+        _fetch_text(spec, advise=False)
+    return path
 
 
 def bare_model(name: str) -> VisionTransformer:

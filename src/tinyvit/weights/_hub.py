@@ -35,11 +35,11 @@ from typing import Any
 
 from tinyvit.core.errors import OfflineError, WeightsError
 from tinyvit.core.fsutil import sha256_file, write_bytes_atomic
-from tinyvit.weights.record import Weights
+from tinyvit.weights.record import OPEN_CLIP_FILES, Weights
 from tinyvit.weights.specs import HubSpec, ModelSpec, PathSpec, UrlSpec, ZooSpec
 
 __all__ = [
-    "Fetched", "cache_dir", "converted_path", "fetch", "fetch_hf_hub", "is_cached", "offline", "verify",
+    "Fetched", "cache_dir", "converted_path", "fetch", "fetch_hf_hub", "fetch_text", "is_cached", "offline", "verify",
 ]  # fmt: skip
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -314,6 +314,38 @@ def _zoo_file(record: Weights) -> Fetched:
     raw, actual = _download_checked(str(src.url), cache_dir() / "downloads", what, src.sha256 or src.sha256_prefix)
     found = replace(record, source=replace(src, sha256=src.sha256 or actual, path=None))
     return Fetched(raw, key=ZooSpec(record).content_key, record=found, temporary=True)
+
+
+def fetch_text(record: Weights) -> Fetched:
+    """The file holding zoo weights' text tower (``record.text``: the whole open_clip model's
+    repository), verified, in its snapshot folder beside the repository's ``open_clip_config.json``
+    and tokenizer files where it has them. Its ``key`` names the content (class sets are cached by it)."""
+    text = record.text
+    if text is None:
+        raise WeightsError(f"{record.spec}: the zoo has no text tower for these weights")
+    found, offline_error = None, None
+    for name in (text.filename,) if text.filename else OPEN_CLIP_FILES:  # open_clip's own order
+        try:
+            found = fetch_hf_hub(text.repo_id, name, revision=text.revision, sha256=text.sha256, optional=True)
+        except OfflineError as e:  # offline: the first file the cache has wins
+            offline_error = offline_error or e
+            continue
+        if found is not None:
+            break
+    if found is None:
+        what = f"{record.spec} (text tower, hf://{text.repo_id})"
+        if offline_error is not None:
+            raise OfflineError(f"{what}: {offline_error}") from offline_error
+        raise WeightsError(f"{what}: the repository holds neither {' nor '.join(OPEN_CLIP_FILES)}")
+    for name in ("open_clip_config.json", *TOKENIZER_FILES):
+        try:
+            fetch_hf_hub(text.repo_id, name, revision=text.revision, optional=True)
+        except OfflineError:
+            pass  # offline: a side file the first (online) load did not find is not there
+    blob = found.resolve().name
+    sha = text.sha256 or (blob if _SHA256.fullmatch(blob) else None)
+    origin = {"kind": "hub", "repo_id": text.repo_id, "filename": found.name, "sha256": sha, "path": str(found)}
+    return Fetched(found, origin, key=f"zoo-text:{record.spec}:{sha or found.resolve()}")
 
 
 def _download_checked(url: str, folder: Path, what: str, expected: str | None) -> tuple[Path, str]:

@@ -358,11 +358,15 @@ def _read_converted(path: Path) -> tuple[dict[str, torch.Tensor], Weights] | Non
         raise WeightsError(f"{e}; the cached file was removed, load again to fetch it afresh") from e
 
 
-def prepare_text(fetched: Fetched, *, arch: ArchArg = None) -> tuple[dict[str, torch.Tensor], TextTower, Path]:
+def prepare_text(
+    fetched: Fetched, *, arch: ArchArg = None
+) -> tuple[dict[str, torch.Tensor], TextTower, Path, dict | None]:
     """The text tower beside a fetched CLIP / SigLIP image tower — the text half of :func:`prepare`:
     its tensors under tinyvit's names, checked against its config (``open_clip_config.json``'s
-    ``text_cfg``, transformers' ``text_config``), its record, and the folder its tokenizer files
-    are in. Read in place on every load (text towers are small)."""
+    ``text_cfg``, or the config of the open_clip model ``arch`` names; transformers'
+    ``text_config``), its record, the folder its tokenizer files are in, and the open_clip config
+    (None for a transformers checkpoint), which says how open_clip tokenizes. Read in place on every
+    load (text towers are small)."""
     from tinyvit.models.text import check_text_state_dict  # the text side: imported when text is asked for
     from tinyvit.weights.text_layouts import (
         detect_text_layout,
@@ -372,9 +376,8 @@ def prepare_text(fetched: Fetched, *, arch: ArchArg = None) -> tuple[dict[str, t
     )
 
     what = repr(str(fetched.path))
-    if fetched.record is not None:
-        raise WeightsError(f"{fetched.record.spec}: the zoo's file holds the image tower only: it has no text tower; "
-                           "load the model's open_clip or transformers repository (hf-hub:…) for text")  # fmt: skip
+    if fetched.record is not None:  # load_text fetches a zoo entry's text tower (record.text) instead
+        raise WeightsError(f"{fetched.record.spec}: the zoo's file holds the image tower only")
     ckpt = read_checkpoint(fetched.path)
     layout = detect_text_layout(ckpt.tensors)
     if layout is None:
@@ -384,17 +387,19 @@ def prepare_text(fetched: Fetched, *, arch: ArchArg = None) -> tuple[dict[str, t
             "CLIPModel / SiglipModel"
         )
     state, logits = text_state(ckpt.tensors, layout, what=what)
+    open_clip_config = None
     if layout == "hf":
         if ckpt.hf_config is None:
             raise WeightsError(f"{what}: a transformers text tower needs its config.json beside it")
         config = text_config_from_hf(ckpt.hf_config, what=f"{what} config.json")
     else:
-        if ckpt.open_clip_config is None:  # open_clip's own save: its model name says the config
-            ckpt.open_clip_config = open_clip_config_named(arch if isinstance(arch, str) else None, what)
-        config = text_config_from_open_clip(ckpt.open_clip_config, what=f"{what} open_clip_config.json")
+        open_clip_config = ckpt.open_clip_config  # else open_clip's own save: its model name says the config
+        if open_clip_config is None:
+            open_clip_config = open_clip_config_named(arch if isinstance(arch, str) else None, what)
+        config = text_config_from_open_clip(open_clip_config, what=f"{what} open_clip_config.json")
     check_text_state_dict(config, state, f"{what} (text tower, {layout} layout)")
     tower = TextTower(config, logits.get("logit_scale"), logits.get("logit_bias"), tokenizer="")
-    return state, tower, fetched.path if fetched.path.is_dir() else fetched.path.parent
+    return state, tower, fetched.path if fetched.path.is_dir() else fetched.path.parent, open_clip_config
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from pathlib import Path
 from tinyvit.core.config import ViTConfig
 from tinyvit.core.errors import UnknownModelError
 from tinyvit.images.spec import PreprocessSpec, size_rule
-from tinyvit.weights.record import LAYOUTS, NAMED_LABEL_SETS, Metrics, Source, Weights
+from tinyvit.weights.record import LAYOUTS, NAMED_LABEL_SETS, OPEN_CLIP_FILES, Metrics, Source, TextSource, Weights
 
 __all__ = [
     "ModelEntry",
@@ -101,13 +101,14 @@ def _check_sha(value: str | None, what: str, length: int | None = 64) -> None:
 
 def _parse_weights(model: str, m: dict, arch: ViTConfig, categories: tuple[str, ...] | None, d: dict) -> Weights:
     where = f"manifest entry {model!r}, weights {d.get('tag')!r}"
-    common = {"tag", "kind", "layout", "preprocess", "top1", "top5", "metrics_source", "license", "sha256", "note"}
+    common = {"tag", "kind", "layout", "preprocess", "top1", "top5", "metrics_source", "license", "sha256", "note",
+              "text"}  # fmt: skip
     per_kind = {"hub": {"repo_id", "filename", "revision"}, "url": {"url", "sha256_prefix"}}
     kind = d.get("kind")
     if kind not in per_kind:
         raise ValueError(f"{where}: kind must be 'hub' or 'url', got {kind!r}")
     allowed = common | per_kind[kind]
-    required = allowed - {"note", "sha256_prefix"}
+    required = allowed - {"note", "sha256_prefix", "text"}
     if missing := sorted(required - set(d)):
         raise ValueError(f"{where}: missing {', '.join(missing)}")
     if extra := sorted(set(d) - allowed):
@@ -122,6 +123,7 @@ def _parse_weights(model: str, m: dict, arch: ViTConfig, categories: tuple[str, 
         raise ValueError(f"{where}: revision must be a 40-hex commit hash or null")
     try:
         metrics = None if d["metrics_source"] is None else Metrics(d["top1"], d["top5"], d["metrics_source"])
+        text = None if d.get("text") is None else _parse_text(d["text"], where)
         source = Source(
             kind=kind, layout=d["layout"], repo_id=d.get("repo_id"), filename=d.get("filename"),
             revision=d.get("revision"), url=d.get("url"), sha256=d["sha256"], sha256_prefix=d.get("sha256_prefix"),
@@ -138,9 +140,23 @@ def _parse_weights(model: str, m: dict, arch: ViTConfig, categories: tuple[str, 
             note=d.get("note"),
             output=m.get("output", "classes"),
             size_rule=size_rule(d["layout"], registers=arch.reg_tokens > 0),  # other sizes: as its library does
+            text=text,
         )
     except (ValueError, TypeError, KeyError) as e:
         raise ValueError(f"{where}: {e}") from e
+
+
+def _parse_text(d: dict, where: str) -> TextSource:
+    """A weight's ``text``: the open_clip repository of the whole model, as open_clip names it."""
+    if missing := sorted({"repo_id", "open_clip_model", "provenance"} - set(d)):
+        raise ValueError(f"{where}: text: missing {', '.join(missing)}")
+    _check_sha(d.get("sha256"), f"{where}: text.sha256")
+    if d.get("filename") not in (None, *OPEN_CLIP_FILES):
+        raise ValueError(f"{where}: text.filename must be one of {OPEN_CLIP_FILES} or absent")
+    revision = d.get("revision")
+    if revision is not None and not (len(revision) == 40 and set(revision) <= _HEX):
+        raise ValueError(f"{where}: text.revision must be a 40-hex commit hash or null")
+    return TextSource.from_dict(d)
 
 
 def parse_manifest(data: dict) -> dict[str, ModelEntry]:
@@ -265,12 +281,13 @@ def zoo_rows() -> list[dict]:
         for i, w in enumerate(e.weights):
             m, c = w.metrics, w.config
             gives = "ImageNet-1k classes" if w.output == "classes" else f"embedding ({c.num_classes or c.embed_dim})"
+            gives += " + text tower (zero-shot classes)" if w.text is not None else ""
             rows.append({
                 "name": name, "tag": w.tag, "default": i == 0, "output": w.output, "gives": gives,
                 "params": e.params, "gmacs": e.gmacs,
                 "top1": m.top1 if m else None, "top5": m.top5 if m else None, "metrics_source": m.source if m else "",
                 "weights": w.source.location, "layout": w.source.layout, "size_mb": round(e.params * 4 / 1e6),
-                "aliases": e.aliases_of(w.tag),
+                "aliases": e.aliases_of(w.tag), "text": None if w.text is None else w.text.location,
             })  # fmt: skip
     return rows
 

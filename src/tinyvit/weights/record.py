@@ -34,6 +34,7 @@ __all__ = [
     "Source",
     "Weights",
     "LabelsArg",
+    "TextSource",
     "TextTower",
     "imagenet_classes",
     "parse_labels",
@@ -102,6 +103,41 @@ class Fit:
         sha = f" (sha256 {self.base_sha256[:12]}…)" if self.base_sha256 else ""
         return (f"on {self.base}{sha}, {sum(self.images)} images, {self.date}; held-out accuracy {accuracy} "
                 f"({self.validation})" + ("; head only: loading it loads the base" if self.head_only else ""))
+
+
+# The file names open_clip's ``download_pretrained_from_hf`` tries in a Hub repository, in its order
+OPEN_CLIP_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+
+
+@dataclass(frozen=True)
+class TextSource:
+    """Where zoo weights' text tower is: the Hub repository of the whole open_clip model (both
+    towers), as open_clip's own registry names it for the same weights (``provenance`` says where
+    that was read). ``open_clip_model``: the open_clip model name, whose config is used when the
+    repository has no ``open_clip_config.json``; ``filename``: the file, else the first of
+    :data:`OPEN_CLIP_FILES` the repository has; ``sha256``: its pinned SHA-256 (else the Hub's ETag
+    is checked, as for an unpinned image file)."""
+
+    repo_id: str
+    open_clip_model: str
+    provenance: str
+    filename: str | None = None
+    revision: str | None = None
+    sha256: str | None = None
+
+    @property
+    def location(self) -> str:
+        return f"hf://{self.repo_id}/{self.filename or OPEN_CLIP_FILES[0]}" + (
+            f"@{self.revision}" if self.revision else "")  # fmt: skip
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TextSource:
+        if unknown := sorted(set(d) - {f.name for f in fields(cls)}):
+            raise ValueError(f"unknown text source field(s): {', '.join(unknown)}")
+        return cls(**d)
 
 
 @dataclass(frozen=True)
@@ -187,6 +223,7 @@ class Weights:
     output: str = "classes"
     fit: Fit | None = None  # a head fitted by `tinyvit fit`: on what, how well
     size_rule: SizeRule = SizeRule()  # what the home library does with other input sizes (timm's by default)
+    text: TextSource | None = None  # zoo weights of a CLIP / SigLIP image tower: where their text tower is
 
     def __post_init__(self) -> None:
         if self.output not in OUTPUTS:
@@ -250,6 +287,7 @@ class Weights:
             **({"output": self.output} if self.output != "classes" else {}),  # older readers know only classes
             **({"fit": self.fit.to_dict()} if self.fit is not None else {}),
             "size_rule": self.size_rule.to_dict(),
+            **({"text": self.text.to_dict()} if self.text is not None else {}),
         }
 
     def to_json(self) -> str:
@@ -277,6 +315,7 @@ class Weights:
             output=d.get("output", "classes"),
             fit=None if d.get("fit") is None else Fit.from_dict(d["fit"]),
             size_rule=SizeRule.from_legacy_config(d["config"]) if rule is None else SizeRule.from_dict(rule),
+            text=None if d.get("text") is None else TextSource.from_dict(d["text"]),
         )
 
     @classmethod
@@ -297,6 +336,9 @@ class Weights:
             + (f", sha256 {self.source.sha256[:12]}…" if self.source.sha256 else "")
             + ")",
         ]
+        if self.text is not None:
+            lines.append(f"text tower:    {self.text.location} (open_clip {self.text.open_clip_model}; fetched when "
+                         "text or classes are asked for)")  # fmt: skip
         if self.metrics is not None and self.metrics.top1 is not None:
             top5 = "" if self.metrics.top5 is None else f", top-5 {self.metrics.top5}"
             lines.append(f"accuracy:      top-1 {self.metrics.top1}{top5} ({self.metrics.source})")
