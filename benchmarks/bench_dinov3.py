@@ -1,5 +1,7 @@
 """DINOv3-S/16 (issue #26): tinyvit's forward against timm's eager model and against ONNX Runtime
-on tinyvit's own export (rotary embeddings inside the graph), at 224 and 512 px, batch 4.
+on tinyvit's own export (rotary embeddings inside the graph), at 224 and 512 px, batch 4 — and, with
+``--timm-model``, another rotary family the same way (EVA02-B/14 at 448 px:
+``--timm-model eva02_base_patch14_448 --sizes 448 --photos 0``).
 
     PYTHONPATH=src .refs/bin/python benchmarks/bench_dinov3.py   # against timm (the reference env)
     .venv/bin/python benchmarks/bench_dinov3.py                  # against ONNX Runtime (the project env)
@@ -48,15 +50,17 @@ TIMM_NAME = "vit_small_patch16_dinov3"
 BASE = "tinyvit"
 
 
-def models(folder: Path) -> tuple[torch.nn.Module | None, tinyvit.VisionTransformer]:
+def models(folder: Path, timm_name: str = TIMM_NAME) -> tuple[torch.nn.Module | None, tinyvit.VisionTransformer]:
     """timm's model (None without timm) and tinyvit's, with the same random weights."""
     folder.mkdir(parents=True)
     if importlib.util.find_spec("timm") is not None:
         import timm
 
-        ref = timm.create_model(TIMM_NAME, pretrained=False, dynamic_img_size=True).eval()
+        ref = timm.create_model(timm_name, pretrained=False, dynamic_img_size=True).eval()
         timm.models.save_for_hf(ref, str(folder), safe_serialization=True)
         return ref, tinyvit.load(folder)
+    if timm_name != TIMM_NAME:
+        raise SystemExit(f"--timm-model {timm_name}: needs timm (run it in the reference venv)")
     config = resolve("dinov3-small").config
     with torch.random.fork_rng():
         torch.manual_seed(0)
@@ -76,8 +80,8 @@ def ort_session(model: tinyvit.VisionTransformer, path: Path):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def bench(size: int, batch: int, rounds: int, folder: Path) -> None:
-    ref, tv = models(folder / f"m{size}")
+def bench(size: int, batch: int, rounds: int, folder: Path, timm_name: str = TIMM_NAME) -> None:
+    ref, tv = models(folder / f"m{size}", timm_name)
     packed = copy.deepcopy(tv)
     choice = apply_cpu_path(packed)
     x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
@@ -94,9 +98,10 @@ def bench(size: int, batch: int, rounds: int, folder: Path) -> None:
             dev["ONNX Runtime (tinyvit's export)"] = float(np.abs(session.run(None, {"pixel_values": xn})[0]
                                                                   - want.numpy()).max())  # fmt: skip
         times = alternate(calls, rounds)
-    tokens = (size // 16) ** 2 + tv.config.num_prefix_tokens
+    tokens = (size // tv.config.patch_size) ** 2 + tv.config.num_prefix_tokens
     path = choice.path if choice is not None else "none"
-    print(f"\nDINOv3-S/16 at {size} px ({tokens} tokens), batch {batch}, {rounds} alternating rounds "
+    title = "DINOv3-S/16" if timm_name == TIMM_NAME else f"timm's {timm_name}"
+    print(f"\n{title} at {size} px ({tokens} tokens), batch {batch}, {rounds} alternating rounds "
           f"(CPU GEMM path: {path})\n")  # fmt: skip
     print(f"| contender | images/s | vs {BASE} | max abs deviation from {BASE} |\n|---|---:|---:|---:|")
     for name, ts in times.items():
@@ -154,11 +159,12 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--sizes", type=int, nargs="+", default=[224, 512])
     p.add_argument("--photos", type=int, default=64, help="photos for the patch-features run (0: none; needs timm)")
+    p.add_argument("--timm-model", default=TIMM_NAME, help="another rotary family by timm's name (needs timm)")
     args = p.parse_args()
     print(f"{machine_line()}; Python {platform.python_version()}")
     with tempfile.TemporaryDirectory() as tmp:
         for size in args.sizes:
-            bench(size, args.batch, args.rounds, Path(tmp))
+            bench(size, args.batch, args.rounds, Path(tmp), args.timm_model)
         if args.photos and importlib.util.find_spec("timm") is not None:
             patches_bench(args.rounds, args.photos, Path(tmp))
 

@@ -135,12 +135,20 @@ def test_the_probe_is_scikit_learns_logistic_regression(data, base):
 # The fitted model is head(features): parity for every kind of base
 
 
-@pytest.mark.parametrize("kind", ["classifier", "embedding", "distilled"])
+@pytest.mark.parametrize("kind", ["classifier", "embedding", "distilled", "rotary"])
 def test_the_fitted_forward_is_the_probe_on_the_embeddings(data, base, kind):
     """A classifier's embedding is its pre-logits feature; an embedding model's is its projection
     head's output (CLIP's, bias-free), composed with the probe into one head; a distilled model's
-    is the mean of its two tokens (both heads get the probe). The file's logits are the probe's."""
-    model = base if kind == "classifier" else write_base(data["root"] / "bases", kind, **OTHER_BASES[kind])
+    is the mean of its two tokens (both heads get the probe); a rotary family's (a timm DINOv3
+    folder: rotary embeddings, registers) is its pooled feature. The file's logits are the probe's."""
+    if kind == "rotary":
+        from test_rope import write_case
+
+        model = write_case("timm_dinov3", data["root"] / "bases" / "rotary")
+    elif kind == "classifier":
+        model = base
+    else:
+        model = write_base(data["root"] / "bases", kind, **OTHER_BASES[kind])
     result = fit_and_report(data["train"], model, options=FitOptions(progress=False))
     files, _ = files_of(data["val"])
     feats = tinyvit.embed(files, model)

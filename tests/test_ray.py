@@ -3,6 +3,7 @@ on a local two-CPU Ray that listens on loopback only and is shut down at the end
 
 from __future__ import annotations
 
+import importlib
 import os
 import signal
 import subprocess
@@ -395,12 +396,12 @@ def test_run_job_reads_uris_through_ray(cluster, small_model, folder, tmp_path):
         assert_same_as_predict(rows[w.input], w, top_k=5)
 
 
-def test_embedder_on_an_image_embedding_model_gives_its_embedding(tmp_path):
-    """For DINOv2, CLIP and SigLIP towers, the embedding is the model's own output (here a
-    transformers SigLIP folder: its attention-pooled feature), as tinyvit.embed gives it."""
-    from test_families import write_case
-
-    folder = write_case("hf_siglip_vision", tmp_path / "siglip")
+@pytest.mark.parametrize("family, case", [("test_families", "hf_siglip_vision"), ("test_rope", "timm_eva02_clip")])
+def test_embedder_on_an_image_embedding_model_gives_its_embedding(family, case, tmp_path):
+    """For DINOv2, CLIP and SigLIP towers, the embedding is the model's own output (a transformers
+    SigLIP folder: its attention-pooled feature; a timm EVA02-CLIP tower, rotary), as tinyvit.embed
+    gives it."""
+    folder = importlib.import_module(family).write_case(case, tmp_path / case)
     photos = sorted(str(p) for p in (FIXTURES / "photos").glob("*.jpg"))[:2]
     out = tvray.Embedder(str(folder))({"path": np.array(photos)})
     got = np.stack(out["embedding"].to_numpy(zero_copy_only=False))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import http.client
+import importlib
 import io
 import json
 import os
@@ -488,12 +489,11 @@ def test_predict_options_for_a_bare_checkpoint_then_ctrl_c(bare_checkpoint, tmp_
         assert s.wait_gone() == []
 
 
-def test_an_embedding_model_is_served_at_embed(tmp_path):
-    """An image embedding model (a transformers DINOv2 folder) answers at /embed with what
-    tinyvit.embed gives; there is no /predict to ask for classes."""
-    from test_families import write_case
-
-    folder = write_case("hf_dinov2", tmp_path / "dinov2")
+@pytest.mark.parametrize("family, case", [("test_families", "hf_dinov2"), ("test_rope", "timm_dinov3")])
+def test_an_embedding_model_is_served_at_embed(family, case, tmp_path):
+    """An image embedding model (a transformers DINOv2 folder; a timm DINOv3 folder, rotary) answers
+    at /embed with what tinyvit.embed gives; there is no /predict to ask for classes."""
+    folder = importlib.import_module(family).write_case(case, tmp_path / case)
     data = image_bytes(70, 50, seed=11)
     want = tinyvit.embed(data, str(folder))
     with serving(folder, tmp_path) as s:
