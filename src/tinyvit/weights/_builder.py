@@ -126,9 +126,9 @@ def _fetch_text(spec: ZooSpec, advise: bool = True) -> Fetched:
     """The zoo entry's text tower, fetched (``_hub.fetch_text``), with the advice its errors need."""
     if spec.record.text is None:
         raise WeightsError(
-            f"{spec}: the zoo has these weights as an image tower only: no text tower to embed text or score "
-            "classes with (give classes to a CLIP / SigLIP model that has one: `tinyvit models` marks them, or "
-            "load its open_clip or transformers repository, hf-hub:…)"
+            f"{spec}: an image tower only — the zoo has no text tower for these weights, so they cannot embed text "
+            "or score classes (`tinyvit models` marks +text the entries that have one; or load a CLIP / SigLIP "
+            "open_clip or transformers repository, hf-hub:…)"
         )
     try:
         return fetch_text(spec.record)
