@@ -35,12 +35,14 @@ DINOV2_HEADS = {384: 6, 768: 12, 1024: 16, 1536: 24}
 MMPRETRAIN_HEADS = {(768, 8): 8, (768, 12): 12, (1024, 24): 16, (1280, 32): 16, (192, 12): 3, (384, 12): 6}
 HF_ACTS = {"gelu": "gelu", "quick_gelu": "quick_gelu", "gelu_pytorch_tanh": "gelu_tanh"}
 HF_EPS = {"vit": 1e-12, "dinov2": 1e-6, "dinov2_with_registers": 1e-6, "clip": 1e-5, "siglip": 1e-6}
+# facebookresearch/dinov3's released ViTs (dinov3/hub/backbones.py), in what their tensors cannot show:
+# LayerNorm "layernormbf16" (eps 1e-5, its RMSNorm's too); rotary coordinates normalised "separate"ly
+DINOV3_EPS = 1e-5
 # Parts of key names (as their libraries save them) that show a family tinyvit's ViT does not load
-_META_DINOV3 = "checkpoints in Meta's own DINOv3 layout (load its timm or transformers conversion instead)"
 _UNSUPPORTED = [
-    (lambda part: part in ("storage_tokens", "periods", "rope_embed", "local_cls_norm"), _META_DINOV3),
-    (lambda part: part in ("w12", "w3", "weights_in", "weights_out"), "SwiGLU MLPs in DINOv2's own layout (giant)"),
+    (lambda part: part in ("w12", "weights_in", "weights_out"), "SwiGLU MLPs in DINOv2's own layout (giant)"),
     (lambda part: part in ("q_norm", "k_norm"), "query / key norms (qk_norm)"),
+    (lambda part: part == "cls_norm", "class-token norms apart from the patch norm (DINOv3 untie_cls_and_patch_norms)"),
 ]  # fmt: skip
 # transformers model types of families out of reach, and why (a one-line refusal each)
 _HF_REFUSED = {
@@ -236,6 +238,34 @@ def _hf_dinov3_options(cfg: dict, what: str) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def _meta_dinov3_options(tensors: dict[str, torch.Tensor], what: str) -> dict[str, Any]:
+    """facebookresearch/dinov3's ``DinoVisionTransformer``: the heads and the rotary base read off
+    ``rope_embed.periods`` (``Dh / 4`` of them, ``base ** (4 i / Dh)``); the eps every released ViT
+    has (which tensors cannot show: ``arch="layer_norm_eps=1e-6"`` for a ``norm_layer="layernorm"`` one)."""
+    saved, proj = tensors["rope_embed.periods"], tensors.get("patch_embed.proj.weight")
+    periods, n = saved.double().flatten(), saved.numel()
+    if proj is None:
+        return {}  # the tensors' reading names what is missing
+    width = proj.shape[0]
+    if unset := [k for k, t in tensors.items() if k.endswith("qkv.bias_mask") and not torch.isfinite(t).all()]:
+        raise WeightsError(f"{what}: {unset[0]} is not finite (a model saved before init_weights): DINOv3's own "
+                           "code would give NaN too")  # fmt: skip
+    if n == 0 or width % (4 * n):
+        raise WeightsError(f"{what}: {n} rotary periods (rope_embed.periods, head_dim / 4 of them) do not divide a "
+                           f"{width}-wide embedding into heads")  # fmt: skip
+    raw = float(periods[-1] ** (n / (n - 1))) if n > 1 else 100.0  # periods[i] = base ** (i / n)
+    steps, rtol = torch.arange(n, dtype=torch.float64) / n, 8 * torch.finfo(saved.dtype).eps
+    fits = [b for b in (float(f"{raw:.3g}"), float(f"{raw:.6g}"), raw) if torch.allclose(periods, b**steps, rtol=rtol)]
+    if not fits:
+        shown = ", ".join(f"{p:.4g}" for p in periods[:4].tolist())
+        raise WeightsError(f"{what}: rope_embed.periods ({shown}, …) are not base ** (4 i / head_dim): rotary "
+                           "embeddings from min_period / max_period are not supported")  # fmt: skip
+    return {
+        "num_heads": width // (4 * n), "layer_norm_eps": DINOV3_EPS, "use_rot_pos_emb": True, "rope_type": "dinov3",
+        "rope_temperature": fits[0], "rope_rotate_half": True, "global_pool": "token",
+    }  # fmt: skip
+
+
 def _open_clip_options(cfg: dict, what: str) -> dict[str, Any]:
     """open_clip's model_cfg: heads from ``width / head_width`` (open_clip's default head width:
     64), QuickGELU, its LayerNorm (eps 1e-5); a timm model as the tower: what timm's registry
@@ -290,6 +320,8 @@ def _options(ckpt: Checkpoint, layout: str, npz_heads: int | None, what: str) ->
         out |= _open_clip_options(ckpt.open_clip_config, what)
     elif layout == "npz":
         out["num_heads"] = npz_heads
+    elif layout == "dinov2" and "rope_embed.periods" in ckpt.tensors:  # DINOv3's own
+        out |= _meta_dinov3_options(ckpt.tensors, what)
     return out
 
 

@@ -128,6 +128,10 @@ def preprocess_from_hf(cfg: dict, what: str, backend: str = "torch") -> Preproce
 
 # facebookresearch/dinov2's make_classification_eval_transform(): short edge 256, crop 224, bicubic, ImageNet
 DINOV2_EVAL = PreprocessSpec(256, 224, "bicubic", (123.675, 116.28, 103.53), (58.395, 57.12, 57.375))
+# DINOv3's (dinov3.data.transforms.make_classification_eval_transform): the same, on torchvision's uint8 tensors;
+# its SAT-493M weights (Meta's files *_pretrain_sat493m-*.pth) normalise with their own statistics (its README)
+DINOV3_EVAL = replace(DINOV2_EVAL, backend="torch")
+DINOV3_SAT_EVAL = replace(DINOV3_EVAL, mean=(109.65, 104.805, 75.48), std=(54.315, 39.78, 36.465))
 _OPEN_CLIP_MODES = {"shortest": "short-edge", "squash": "squash", "longest": "longest"}
 
 
@@ -195,6 +199,8 @@ def _preprocess(ckpt: Checkpoint, layout: str, zoo: Weights | None) -> Preproces
         return preprocess_from_timm(ckpt.timm_config, what)
     if layout == "open_clip" and ckpt.open_clip_config is not None:
         return preprocess_from_open_clip(ckpt.open_clip_config, what)
+    if layout == "dinov2" and "rope_embed.periods" in ckpt.tensors:  # DINOv3's own file
+        return DINOV3_SAT_EVAL if "sat493m" in ckpt.path.name.lower() else DINOV3_EVAL
     if layout == "dinov2":  # its files say nothing; its evaluation transform (make_classification_eval_transform)
         return DINOV2_EVAL
     return zoo.preprocess if zoo is not None and zoo.source.layout == layout else None
@@ -228,13 +234,14 @@ def read_weights(
         raise WeightsError(f"{what}: {len(categories)} class names for a head of {config.num_classes} classes")
     if ckpt.record is not None:
         return state, replace(ckpt.record, config=config)
+    meta_rotary = layout == "dinov2" and not config.use_abs_pos_emb  # DINOv3: no position embedding to resample
     record = Weights(
         config=config,
         preprocess=_preprocess(ckpt, layout, zoo),
         categories=categories if config.num_classes else None,
         source=Source(kind="file", layout=layout, filename=ckpt.path.name, path=str(ckpt.path)),
         output=_output(layout, config, categories),
-        size_rule=size_rule(layout, registers=config.reg_tokens > 0),
+        size_rule=size_rule(layout, registers=config.reg_tokens > 0 or meta_rotary),
     )
     return state, record
 

@@ -18,7 +18,10 @@ npz            Google's JAX ``.npz`` (``Transformer/encoderblock_0/...``)
 open_clip      open_clip's CLIP: the image tower ``visual.*`` (``visual.transformer.resblocks.0…``), or a timm
                model as the tower (``visual.trunk.*``: PE-Core, EVA02-CLIP; timm's names, its head the
                projection, or ``visual.head.proj``); the text tower is left out
-dinov2         facebookresearch/dinov2's own checkpoints (``mask_token``, ``register_tokens``, ``ls1.gamma``)
+dinov2         Meta's own code: facebookresearch/dinov2's checkpoints (``mask_token``, ``register_tokens``,
+               ``ls1.gamma``), and facebookresearch/dinov3's ``DinoVisionTransformer`` (``dinov3_vits16_pretrain_
+               lvd1689m-*.pth``: ``storage_tokens``, ``rope_embed.periods``, SwiGLU ``mlp.w1`` / ``w2`` / ``w3``, the
+               key bias masked by ``qkv.bias_mask``, the training-only ``local_cls_norm``)
 =============  ==========================================================================================
 """
 
@@ -99,6 +102,13 @@ _RENAMES: dict[str, list[tuple[str, str]]] = {
     "dinov2": [
         (r"register_tokens", "reg_token"),
         (r"mask_token", ""),  # for masked training only: dropped
+        # DINOv3's DinoVisionTransformer (its key bias masks are applied and dropped first: _mask_key_bias)
+        (r"storage_tokens", "reg_token"),  # after the class token, as timm's registers
+        (r"rope_embed\.periods", ""),  # the rotary periods: read by architecture.py, tinyvit computes them
+        (r"local_cls_norm\.(weight|bias)", ""),  # untie_global_and_local_cls_norm: local crops in training only
+        (r"blocks\.(\d+)\.mlp\.w1\.(weight|bias)", r"blocks.\1.mlp.fc1_g.\2"),  # SwiGLUFFN: w3(silu(w1 x) * w2 x)
+        (r"blocks\.(\d+)\.mlp\.w2\.(weight|bias)", r"blocks.\1.mlp.fc1_x.\2"),
+        (r"blocks\.(\d+)\.mlp\.w3\.(weight|bias)", r"blocks.\1.mlp.fc2.\2"),
     ],
 }
 _QKV_PART = {"query": "q", "key": "k", "value": "v", "q": "q", "k": "k", "v": "v"}
@@ -113,8 +123,8 @@ def detect_layout(keys) -> str:
         return "mmpretrain"
     if "visual.conv1.weight" in keys or any(k.startswith("visual.trunk.") for k in keys):
         return "open_clip"
-    if "mask_token" in keys and "pos_embed" in keys:
-        return "dinov2"
+    if ("mask_token" in keys and "pos_embed" in keys) or "rope_embed.periods" in keys:
+        return "dinov2"  # DINOv2's own checkpoints; DINOv3's (its RopePositionEmbedding's persistent periods)
     hf_markers = (
         "embeddings.cls_token", "embeddings.patch_embedding.weight", "embeddings.patch_embeddings.projection.weight",
         "embeddings.patch_embeddings.weight",
@@ -204,6 +214,18 @@ def _from_eva(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return state
 
 
+def _mask_key_bias(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """DINOv3's ``LinearKMaskedBias``: its qkv layer adds ``bias * bias_mask`` (the mask zeroes the
+    key third), so that product is the bias; the mask goes (architecture.py refuses one that is not
+    finite, as a model saved before ``init_weights`` has)."""
+    out = dict(tensors)
+    for key in [k for k in tensors if k.endswith(".attn.qkv.bias_mask")]:
+        mask, bias = out.pop(key), key.removesuffix("_mask")
+        if bias in out:
+            out[bias] = out[bias] * mask.to(out[bias].dtype)
+    return out
+
+
 def fold_register_positions(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """DINOv2's register models (its own code, and transformers') add the position embedding to the
     class token and the patches, then insert the registers, which get none. In timm's terms
@@ -288,6 +310,8 @@ def to_timm(tensors: dict[str, torch.Tensor], layout: str) -> tuple[dict[str, to
         raise WeightsError(f"unknown layout {layout!r}; choose one of auto, {', '.join(LAYOUTS)}")
     if layout == "open_clip" and any(k.startswith("visual.trunk.") for k in tensors):
         return _from_open_clip_trunk(tensors), None
+    if layout == "dinov2":
+        tensors = _mask_key_bias(tensors)
     state = _reshape(_rename(tensors, _RENAMES[layout]), layout)
     if "reg_token" in state and state["reg_token"].shape[1] == 0:  # transformers' DINOv3 keeps a (1, 0, D) one
         del state["reg_token"]
