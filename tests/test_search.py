@@ -3,6 +3,7 @@ brute-force cosine search over tinyvit.embed, incremental, crash-safe, one-line 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -22,9 +23,9 @@ from PIL import Image
 import tinyvit
 import tinyvit.run.runtime as runtime
 import tinyvit.run.search.index as search_index
-from tinyvit.run.runner import Runner
 from tinyvit.run.search import Index
 from tinyvit.run.search.query import Term, parse_query
+from tinyvit.run.search.vectors import Photo, PhotoRunner
 
 TIE = 1e-6
 
@@ -154,15 +155,46 @@ def test_float16_vectors_score_within_1e_3_of_float32(tmp_path, photos, model_fi
 # Incremental updates
 
 
+def test_photos_read_once_give_the_pixels_and_vectors_of_embed(tmp_path, model_file):
+    """The index reads each file once, hashes those bytes and decodes the same bytes: the pixels are
+    those of the model's own pipeline (decoded from the file: full size, bicubic resize, center crop),
+    bit for bit, on real photos (scikit-image's, as JPEG; one 12 MP, one stored rotated by EXIF)."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for p in sorted((Path(__file__).parent / "fixtures" / "photos").glob("*.jpg")):
+        shutil.copy(p, folder / p.name)
+    with Image.open(folder / "astronaut.jpg") as im:
+        big = im.resize((4000, 3000), Image.Resampling.BICUBIC)
+    big.save(folder / "big.jpg", quality=90)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored rotated: shown after a 90° turn
+    big.resize((800, 600)).save(folder / "turned.jpg", quality=90, exif=exif)
+    files = sorted(str(p) for p in folder.glob("*.jpg"))
+    index = Index.open(tmp_path / "p.tvi", model_file, create=True)
+    assert index.update([folder]).added == len(files)
+    runner = index.runner()
+    assert isinstance(runner, PhotoRunner)
+    for f in files:
+        photo = Photo(f)
+        assert torch.equal(runner.decode(photo, f), tinyvit.preprocess(f, runner.spec))  # the same pixels
+        assert photo.sha256 == hashlib.sha256(Path(f).read_bytes()).hexdigest()
+    paths, rows, vectors = index._live()
+    expected = tinyvit.embed(paths, str(model_file), normalize=True, batch_size=8)
+    assert torch.allclose(torch.from_numpy(np.asarray(vectors)[rows]), expected, atol=TIE, rtol=0)
+    assert {p: r.sha256 for p, r in index._store.files().items()} == {
+        f: hashlib.sha256(Path(f).read_bytes()).hexdigest() for f in files
+    }
+
+
 def _record_embedded(monkeypatch) -> list[str]:
     seen: list[str] = []
-    real = Runner.decode
+    real = PhotoRunner.decode
 
     def decode(self, image, name=None):
-        seen.append(os.fspath(image))
+        seen.append(image.name if isinstance(image, Photo) else os.fspath(image))
         return real(self, image, name)
 
-    monkeypatch.setattr(Runner, "decode", decode)
+    monkeypatch.setattr(PhotoRunner, "decode", decode)
     return seen
 
 
@@ -183,7 +215,11 @@ def test_updates_count_added_changed_removed_and_leave_unchanged_files_unread(tm
     summary = Index.open(out).update([photos])
     assert summary.to_dict() == {"added": 1, "updated": 1, "removed": 1, "unchanged": 8, "failed": 0}
     assert sorted(embedded) == sorted([files[0], str(new)])  # only what changed went through the model
-    assert sorted(set(hashed)) == sorted([files[0], files[1], str(new)])  # unchanged size and time: never read
+    assert sorted(set(hashed)) == sorted([files[0], files[1]])  # unchanged size and time: never read
+    # what was embedded was read once: hashed from the bytes it was decoded from, not read again to hash
+    stored = Index.open(out)._store.files()
+    assert stored[str(new)].sha256 == hashlib.sha256(new.read_bytes()).hexdigest()
+    assert stored[files[0]].sha256 == hashlib.sha256(Path(files[0]).read_bytes()).hexdigest()
     index = Index.open(out)
     now = _files(photos)
     assert sorted(index.paths) == now

@@ -21,7 +21,7 @@ import numpy as np
 
 from tinyvit.core.errors import TinyViTError
 from tinyvit.core.fsutil import sha256_file
-from tinyvit.images.inputs import files_from_args, image_files
+from tinyvit.images.inputs import describe_input, files_from_args, image_files
 from tinyvit.run.options import ModelOptions
 from tinyvit.run.search.query import Term, parse_query
 from tinyvit.run.search.store import VECTOR_DTYPES, FileRow, Store
@@ -69,7 +69,7 @@ class Hit:
 class _Plan:
     """What an update has to do, found from the file system and the index alone (no model)."""
 
-    todo: list[tuple[str, os.stat_result, str | None]] = field(default_factory=list)  # path, stat, known hash
+    todo: list[tuple[str, os.stat_result]] = field(default_factory=list)  # new or changed: path, stat
     touched: list[tuple[str, int, int]] = field(default_factory=list)  # same content, new size / time
     removed: list[str] = field(default_factory=list)
     unchanged: int = 0
@@ -162,12 +162,11 @@ class Index:
                     name = self.identity.get("name") if self.identity else None
                     raise TinyViTError(f"{str(self.path)!r} was built with a model given as an object ({name}); "
                                        "pass it as model=")  # fmt: skip
-            from tinyvit.run.runner import Runner
             from tinyvit.run.runtime import model_for
-            from tinyvit.run.search.vectors import model_identity
+            from tinyvit.run.search.vectors import PhotoRunner, model_identity
 
             model = model_for(arg, replace(self.options, preprocess=None))
-            runner = Runner(model, task="embed", normalize=True, preprocess=self.options.preprocess,
+            runner = PhotoRunner(model, task="embed", normalize=True, preprocess=self.options.preprocess,
                             fast=self.options.fast)  # fmt: skip
             if self.identity is not None:
                 self._check_identity(model_identity(model, runner, _load_arg(arg), self.options.fast))
@@ -247,22 +246,27 @@ class Index:
                 ann.refresh(self._store)
 
     def _embed(self, todo, summary: UpdateSummary, batch_size: int, workers, progress, on_error) -> None:
+        from tinyvit.run.search.vectors import Photo
+
         runner = self.runner()
         store = self._ensure_store(runner)
         known = set(store.files())
-        results = runner.stream([p for p, _, _ in todo], batch_size=batch_size, workers=workers, errors="return",
+        photos = [Photo(p) for p, _ in todo]  # each file read once: hashed and decoded from the same bytes
+        results = runner.stream(photos, names=[describe_input(p) for p, _ in todo], batch_size=batch_size,
+                                workers=workers, errors="return",
                                 progress="index" if progress is True else progress)  # fmt: skip
         rows: list[tuple[str, int, int, str]] = []
         vectors: list[torch.Tensor] = []
         with store.writing():
             try:
-                for (path, st, sha), r in zip(todo, results, strict=True):
+                for (path, st), photo, r in zip(todo, photos, results, strict=True):
                     if not r.ok:
                         summary.failed += 1
                         summary.errors.append(r.error_line())
                         on_error(r.error_line())
                         continue
-                    rows.append((path, st.st_size, st.st_mtime_ns, sha or sha256_file(path)))
+                    assert photo.sha256 is not None  # read by the decoding thread before its result came
+                    rows.append((path, st.st_size, st.st_mtime_ns, photo.sha256))
                     vectors.append(r.vector)
                     if len(rows) >= COMMIT_EVERY:
                         _commit(store, rows, vectors, known, summary)
@@ -447,7 +451,7 @@ def _plan(listed: dict[str, Path], known: dict[str, FileRow], roots: list[str]) 
         st = os.stat(path)
         row = known.get(path)
         if row is None:
-            plan.todo.append((path, st, None))
+            plan.todo.append((path, st))
         elif (st.st_size, st.st_mtime_ns) == (row.size, row.mtime_ns):
             plan.unchanged += 1
         else:
@@ -455,7 +459,7 @@ def _plan(listed: dict[str, Path], known: dict[str, FileRow], roots: list[str]) 
             if sha == row.sha256:
                 plan.touched.append((path, st.st_size, st.st_mtime_ns))
             else:
-                plan.todo.append((path, st, sha))
+                plan.todo.append((path, st))
     inside = tuple(r.rstrip(os.sep) + os.sep for r in roots)
     plan.removed = [p for p in known if p not in listed and (p.startswith(inside) or not os.path.exists(p))]
     return plan
@@ -488,5 +492,3 @@ def parquet_rows(folder: str | os.PathLike) -> Iterator[tuple[str, Any, str | No
     for batch in data.to_batches(columns=["path", "embedding", "error"]):
         cols = batch.to_pydict()
         yield from zip(cols["path"], cols["embedding"], cols["error"], strict=True)
-
-
