@@ -69,14 +69,17 @@ def _version(module: str) -> str:
 
 
 def alternate(calls: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:
-    """Seconds per call, per variant, in alternating rounds (after one warm-up call each)."""
+    """Seconds per call, per variant, in alternating rounds (after one warm-up call each). Each round
+    starts one variant later, so that no variant always runs right after the same other (ONNX
+    Runtime's threads keep spinning for a while after a run, which slows whatever comes next)."""
     for call in calls.values():
         call()
     times: dict[str, list[float]] = {k: [] for k in calls}
-    for _ in range(rounds):
-        for k, call in calls.items():
+    keys = list(calls)
+    for r in range(rounds):
+        for k in keys[r % len(keys) :] + keys[: r % len(keys)]:
             start = time.perf_counter()
-            call()
+            calls[k]()
             times[k].append(time.perf_counter() - start)
     return times
 

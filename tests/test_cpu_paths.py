@@ -12,12 +12,13 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import small_vit_file
 from huggingface_hub import constants
 from torch import nn
 
 import tinyvit
-from tinyvit.models._linear import PackedLinear, pack_linears, unpack_linears
+from tinyvit.models._linear import FoldedScale, PackedLinear, pack_linears, residual_add_available, unpack_linears
 from tinyvit.run import cpu
 from tinyvit.run.options import ModelOptions
 from tinyvit.run.runtime import cached_model, clear_model_cache
@@ -253,3 +254,97 @@ def test_the_runtime_packs_from_the_second_forward_pass(tmp_path, monkeypatch):
             packed.append(sum(isinstance(m, PackedLinear) for m in model.modules()))
     assert packed == [0, 8, 8]
     assert not any(t.is_inference() for t in model.state_dict().values())  # packed in inference mode, usable outside
+
+
+@pytest.mark.skipif(not residual_add_available(), reason="this torch's oneDNN linear has no binary post-op")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_packed_layer_adds_the_residual_inside_its_gemm(dtype):
+    """The hook ``torch.ops.mkldnn._linear_pointwise.binary(x, other, W, b, "add")``: 3-D and 2-D
+    inputs, batch sizes other than any packed for, no bias; a residual it cannot take (another
+    dtype, as under autocast, or one that broadcasts) is added after it."""
+    gen = torch.Generator().manual_seed(3)
+    linear = nn.Linear(48, 32).to(dtype)
+    packed, plain = PackedLinear(linear), PackedLinear(nn.Linear(48, 32, bias=False).to(dtype))
+    assert packed.adds_residual and not PackedLinear(nn.Linear(48, 32), nn.GELU()).adds_residual
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    with torch.inference_mode():
+        for shape in ((5, 7, 48), (1, 1, 48), (9, 48), (2, 145, 48)):
+            x = torch.randn(shape, generator=gen).to(dtype)
+            r = torch.randn(*shape[:-1], 32, generator=gen).to(dtype)
+            want = F.linear(x.double(), linear.weight.double(), linear.bias.double()) + r.double()
+            got = packed(x, r)
+            assert got.dtype == dtype and got.shape == r.shape
+            torch.testing.assert_close(got.double(), want, atol=tol, rtol=tol)
+            torch.testing.assert_close(plain(x, r).double(), F.linear(x.double(), plain.weight.double()) + r.double(),
+                                       atol=tol, rtol=tol)  # fmt: skip
+        x = torch.randn(4, 6, 48, generator=gen).to(dtype)
+        for r in (torch.randn(4, 6, 32, generator=gen), torch.randn(1, 6, 32, generator=gen).to(dtype)):
+            got = packed(x, r)
+            assert got.dtype == torch.promote_types(r.dtype, dtype) and got.shape == (4, 6, 32)
+            assert torch.equal(got, r + packed(x))
+
+
+@pytest.mark.skipif(not residual_add_available(), reason="this torch's oneDNN linear has no binary post-op")
+def test_a_block_hands_its_residual_to_the_packed_projections(monkeypatch):
+    """After packing, each block's attn.proj and mlp.fc2 add the residual (LayerScale folded in);
+    nothing else adds one."""
+    model = small_model("dinov2_reg")
+    pack_linears(model)
+    handed = []
+    forward = PackedLinear.forward
+    monkeypatch.setattr(PackedLinear, "forward", lambda self, x, residual=None: handed.append(
+        residual is not None) or forward(self, x, residual))  # fmt: skip
+    with torch.inference_mode():
+        model(torch.randn(2, 3, 32, 32))
+    assert handed == [False, True, False, True] * 2  # qkv, proj + residual, fc1, fc2 + residual; per block
+    assert all(type(b.ls1) is FoldedScale and type(b.ls2) is FoldedScale for b in model.blocks)
+
+
+@pytest.mark.skipif("onednn" not in PATHS, reason="this torch has no oneDNN")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_folded_layerscale_keeps_the_weights_bit_for_bit(dtype):
+    """gamma ⊙ (x Wᵀ + b) packed as x (gamma ⊙ W)ᵀ + gamma ⊙ b: within the path's tolerance, and the
+    state_dict, copies, a reload with another gamma and unpacking give the originals back exactly."""
+    model = small_model("dinov2_reg")
+    with torch.no_grad():  # trained-looking gammas: not the constant init value
+        for block in model.blocks:
+            block.ls1.gamma.copy_(torch.rand(64, generator=torch.Generator().manual_seed(4)) * 0.5 + 1e-6)
+    model = model.to(dtype)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(2, 3, 32, 32).to(dtype)
+    with torch.inference_mode():
+        want = copy.deepcopy(model).double()(x.double())
+        reference = model(x)
+        pack_linears(model)
+        layer = model.blocks[0].attn.proj
+        assert layer.gamma is not None and "LayerScale" in repr(layer) and torch.equal(layer.weight, before[
+            "blocks.0.attn.proj.weight"])  # fmt: skip
+        y = model(x)
+        if dtype == torch.float32:
+            assert relative_error(y, want) <= 1e-5
+        else:
+            torch.testing.assert_close(y.float(), reference.float(), atol=0.05, rtol=0.05)
+        after = model.state_dict()
+        assert list(after) == list(before) and all(torch.equal(after[k], before[k]) for k in before)
+        assert torch.equal(copy.deepcopy(model)(x), y)
+        other = {**before, "blocks.1.ls2.gamma": before["blocks.1.ls2.gamma"] * 3}
+        model.load_state_dict(other)  # the new gamma folded in again, the weights still the originals
+        assert torch.equal(model.state_dict()["blocks.1.mlp.fc2.weight"], before["blocks.1.mlp.fc2.weight"])
+        model.load_state_dict(before)
+        assert torch.equal(model(x), y)
+        unpack_linears(model)
+        assert type(model.blocks[0].ls1).__name__ == "LayerScale" and torch.equal(model(x), reference)
+
+
+@pytest.mark.skipif("onednn" not in PATHS, reason="this torch has no oneDNN")
+def test_a_layerscale_that_cannot_be_folded_stays_as_it_is():
+    model = small_model("dinov2_reg")
+    with torch.no_grad():
+        model.blocks[0].ls2.gamma[3] = 0.0  # the weights could not be recovered from the scaled ones
+    x = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        want = copy.deepcopy(model).double()(x.double())
+        pack_linears(model)
+        assert type(model.blocks[0].ls2).__name__ == "LayerScale" and model.blocks[0].mlp.fc2.gamma is None
+        assert type(model.blocks[0].ls1) is FoldedScale
+        assert relative_error(model(x), want) <= 1e-5

@@ -208,6 +208,19 @@ def apply_rope(x: torch.Tensor, table: torch.Tensor, num_prefix: int, half: bool
 # Blocks
 
 
+def add_branch(
+    layer: nn.Module, x: torch.Tensor, residual: torch.Tensor | None, scale: nn.Module | None
+) -> torch.Tensor:
+    """``residual + scale(layer(x))``: a block's branch ends in a linear layer, scaled (LayerScale)
+    and added to the residual stream, as timm computes it. A layer that adds the residual itself
+    (``adds_residual``: models/_linear.py's prepacked layer, inside its GEMM) is handed it where
+    nothing scales its output first (no LayerScale, or one folded into its weights)."""
+    if residual is not None and isinstance(scale, nn.Identity) and getattr(layer, "adds_residual", False):
+        return layer(x, residual)
+    y = layer(x) if scale is None else scale(layer(x))
+    return y if residual is None else residual + y
+
+
 class Attention(nn.Module):
     def __init__(self, config: ViTConfig):
         super().__init__()
@@ -226,10 +239,13 @@ class Attention(nn.Module):
         need_weights: bool = False,
         attn_mask: torch.Tensor | None = None,
         rope: torch.Tensor | None = None,
+        residual: torch.Tensor | None = None,
+        scale: nn.Module | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``attn_mask``: as SDPA takes it, (T, T) or broadcastable to (B, H, T, T), bool (True: may
         attend) or float (added to the scores); the text towers' causal and padding masks.
-        ``rope``: the rotary table of the patch grid (:class:`Rope`), applied to q and k."""
+        ``rope``: the rotary table of the patch grid (:class:`Rope`), applied to q and k.
+        ``residual``, ``scale``: the block's, for ``residual + scale(output)`` (:func:`add_branch`)."""
         B, T, D = x.shape
         qkv = self.qkv(x).reshape(B, T, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (B, H, T, Dh)
@@ -248,7 +264,7 @@ class Attention(nn.Module):
         else:
             x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, H, T, Dh)
         x = x.transpose(1, 2).reshape(B, T, D)
-        return self.proj(self.norm(x)), attn
+        return add_branch(self.proj, self.norm(x), residual, scale), attn
 
 
 class QuickGELU(nn.Module):
@@ -274,8 +290,9 @@ class Mlp(nn.Module):
         self.norm = make_norm(config, config.mlp_dim) if inner_norm else nn.Identity()
         self.fc2 = nn.Linear(config.mlp_dim, config.embed_dim, bias=bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.norm(self.act(self.fc1(x))))
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None, scale: nn.Module | None = None
+                ) -> torch.Tensor:  # fmt: skip
+        return add_branch(self.fc2, self.norm(self.act(self.fc1(x))), residual, scale)
 
 
 class SwiGLU(nn.Module):
@@ -290,8 +307,9 @@ class SwiGLU(nn.Module):
         self.norm = make_norm(config, M) if config.scale_mlp else nn.Identity()
         self.fc2 = nn.Linear(M, D, bias=bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.norm(self.act(self.fc1_g(x)) * self.fc1_x(x)))
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None, scale: nn.Module | None = None
+                ) -> torch.Tensor:  # fmt: skip
+        return add_branch(self.fc2, self.norm(self.act(self.fc1_g(x)) * self.fc1_x(x)), residual, scale)
 
 
 def make_mlp(config: ViTConfig) -> nn.Module:
@@ -327,9 +345,8 @@ class Block(nn.Module):
         attn_mask: torch.Tensor | None = None,
         rope: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        y, attn = self.attn(self.norm1(x), need_weights, attn_mask, rope)
-        x = x + self.ls1(y)
-        x = x + self.ls2(self.mlp(self.norm2(x)))
+        x, attn = self.attn(self.norm1(x), need_weights, attn_mask, rope, residual=x, scale=self.ls1)  # x + ls1(attn)
+        x = self.mlp(self.norm2(x), residual=x, scale=self.ls2)  # x + ls2(mlp(norm2(x)))
         return x, attn
 
 
