@@ -103,6 +103,18 @@ def test_predict_embed_and_fit_run_on_the_chosen_path(tmp_path, monkeypatch):
     assert tinyvit.embed(photo, str(path)).shape == (64,)
 
 
+def test_a_model_first_run_inside_inference_mode_packs_and_runs_outside_it(tmp_path, monkeypatch):
+    """A user's ``with torch.inference_mode():`` around the first calls builds the model's tensors as
+    inference tensors; packing (at its second forward pass) leaves it usable after that block too."""
+    monkeypatch.setenv(cpu.ENV, PATHS[-1])
+    path, photo = str(small_vit_file(tmp_path)), torch.rand(3, 40, 48)
+    with torch.inference_mode():
+        first = [tinyvit.predict(photo, path) for _ in range(3)]
+    after = tinyvit.predict(photo, path)
+    assert cached_model(path).gemm.path == PATHS[-1]
+    torch.testing.assert_close(after.scores, first[-1].scores, atol=1e-6, rtol=0)
+
+
 @pytest.mark.skipif("onednn" not in PATHS, reason="this torch has no oneDNN")
 def test_a_packed_model_keeps_its_tensors_keys_and_copies():
     model = small_model("dinov2_reg")

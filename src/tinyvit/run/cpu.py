@@ -293,9 +293,9 @@ def _copy_out_of_files(model: torch.nn.Module, maps: list[tuple[int, int]]) -> N
     """Copy the model's tensors that still live in a file mapping into memory of their own."""
     with torch.no_grad():
         for module in model.modules():
-            for p in module.parameters(recurse=False):
-                if _in_files(p, maps):
-                    p.data = p.data.clone()
+            for name, p in list(module.named_parameters(recurse=False)):
+                if _in_files(p, maps) or p.is_inference():  # a model built in inference mode: normal tensors now
+                    setattr(module, name, torch.nn.Parameter(p.detach().clone(), requires_grad=p.requires_grad))
             for name, b in list(module.named_buffers(recurse=False)):
                 if b is not None and _in_files(b, maps):
                     setattr(module, name, b.clone())
