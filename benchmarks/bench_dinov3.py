@@ -51,8 +51,11 @@ BASE = "tinyvit"
 
 
 def models(folder: Path, timm_name: str = TIMM_NAME) -> tuple[torch.nn.Module | None, tinyvit.VisionTransformer]:
-    """timm's model (None without timm) and tinyvit's, with the same random weights."""
-    folder.mkdir(parents=True)
+    """timm's model (None without timm) and tinyvit's, with the same random weights (without timm:
+    those a run with timm saved in ``--work``, else the zoo's ``dinov3-small`` architecture)."""
+    if importlib.util.find_spec("timm") is None and (folder / "config.json").is_file():
+        return None, tinyvit.load(folder)
+    folder.mkdir(parents=True, exist_ok=True)
     if importlib.util.find_spec("timm") is not None:
         import timm
 
@@ -60,7 +63,7 @@ def models(folder: Path, timm_name: str = TIMM_NAME) -> tuple[torch.nn.Module | 
         timm.models.save_for_hf(ref, str(folder), safe_serialization=True)
         return ref, tinyvit.load(folder)
     if timm_name != TIMM_NAME:
-        raise SystemExit(f"--timm-model {timm_name}: needs timm (run it in the reference venv)")
+        raise SystemExit(f"--timm-model {timm_name}: needs timm, or the --work folder a run with timm wrote")
     config = resolve("dinov3-small").config
     with torch.random.fork_rng():
         torch.manual_seed(0)
@@ -160,13 +163,16 @@ def main() -> None:
     p.add_argument("--sizes", type=int, nargs="+", default=[224, 512])
     p.add_argument("--photos", type=int, default=64, help="photos for the patch-features run (0: none; needs timm)")
     p.add_argument("--timm-model", default=TIMM_NAME, help="another rotary family by timm's name (needs timm)")
+    p.add_argument("--work", help="keep the models here (a run without timm then loads the weights a run "
+                   "with timm saved: tinyvit vs ONNX Runtime on the same weights)")  # fmt: skip
     args = p.parse_args()
     print(f"{machine_line()}; Python {platform.python_version()}")
     with tempfile.TemporaryDirectory() as tmp:
+        work = Path(args.work) if args.work else Path(tmp)
         for size in args.sizes:
-            bench(size, args.batch, args.rounds, Path(tmp), args.timm_model)
+            bench(size, args.batch, args.rounds, work, args.timm_model)
         if args.photos and importlib.util.find_spec("timm") is not None:
-            patches_bench(args.rounds, args.photos, Path(tmp))
+            patches_bench(args.rounds, args.photos, work)
 
 
 if __name__ == "__main__":
