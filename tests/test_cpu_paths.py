@@ -103,6 +103,24 @@ def test_predict_embed_and_fit_run_on_the_chosen_path(tmp_path, monkeypatch):
     assert tinyvit.embed(photo, str(path)).shape == (64,)
 
 
+def test_the_forward_pass_that_packs_gives_the_models_output(tmp_path, monkeypatch):
+    """Packing happens as the second forward pass starts, inside it: that pass, too, equals the model
+    as built (a DINOv3 folder: LayerScale, folded into the layers as they are packed — a block that
+    had read its LayerScale before its attention was packed would scale twice)."""
+    from test_rope import write_case
+
+    monkeypatch.setenv(cpu.ENV, "onednn")
+    folder = str(write_case("timm_dinov3", tmp_path / "dinov3"))
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        want = tinyvit.load(folder).forward_features(x)
+        model = cached_model(folder)
+        passes = [model.forward_features(x) for _ in range(3)]
+    assert any(type(m).__name__ == "PackedLinear" for m in model.modules())
+    for got in passes:
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-5 * want.abs().max().item())
+
+
 def test_a_model_first_run_inside_inference_mode_packs_and_runs_outside_it(tmp_path, monkeypatch):
     """A user's ``with torch.inference_mode():`` around the first calls builds the model's tensors as
     inference tensors; packing (at its second forward pass) leaves it usable after that block too."""

@@ -49,7 +49,8 @@ def test_embed_patches_writes_patch_features_with_the_grid(dinov3, tmp_path, cro
     want = tinyvit.patch_features(PHOTOS[:3], model, preprocess=spec)
     side = spec.crop // 8
     assert got.shape == want.shape == (3, side, side, 64)
-    assert torch.equal(got, want)
+    # the CLI runs the CPU GEMM path from its second batch on (run/cpu.py): within 1e-5 of the model as built
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5 * want.abs().max().item())
     assert valid.tolist() == [1, 1, 1]
     assert meta["tinyvit.grid"] == [side, side] and meta["tinyvit.patch_size"] == 8
     assert meta["tinyvit.inputs"] == [str(p) for p in PHOTOS[:3]]

@@ -228,13 +228,19 @@ def _pack(model: torch.nn.Module) -> None:
 
 
 def _pack_later(model: torch.nn.Module, after: int) -> None:
-    """Pack ``model`` as its forward pass number ``after + 1`` starts: a pre-hook on the module
-    that holds its first linear layer, which every forward path (``forward``, ``extract_feat``,
-    ``forward_trace``) calls before that layer, and which packing does not replace."""
-    holder = next((m for m in model.modules() if m is not model and any(type(c) is torch.nn.Linear
-                                                                        for c in m.children())), None)  # fmt: skip
-    if holder is None:  # no linear layer below the top (where the head is): nothing worth packing
+    """Pack ``model`` as its forward pass number ``after + 1`` starts: a pre-hook on the block that
+    holds its first linear layer (the parent of the module holding it), which every forward path
+    (``forward``, ``extract_feat``, ``forward_trace``) calls before that layer, and which packing does
+    not replace. The block, not the attention inside it: a block reads its parts (its LayerScale,
+    which packing folds into the layer before it) before calling its attention."""
+    names = dict(model.named_modules())
+    linear = torch.nn.Linear
+    holder_name = next((n for n, m in names.items() if m is not model and any(type(c) is linear for c in m.children())),
+                       None)  # fmt: skip
+    if holder_name is None:  # no linear layer below the top (where the head is): nothing worth packing
         return
+    parent_name = holder_name.rpartition(".")[0]
+    holder = names[parent_name] if parent_name else names[holder_name]
     lock, calls = threading.Lock(), [0]
 
     def hook(module: torch.nn.Module, args: tuple) -> None:
