@@ -23,9 +23,10 @@ from PIL import Image
 import tinyvit
 import tinyvit.run.runtime as runtime
 import tinyvit.run.search.index as search_index
+from tinyvit.run.runner import Runner
 from tinyvit.run.search import Index
 from tinyvit.run.search.query import Term, parse_query
-from tinyvit.run.search.vectors import Photo, PhotoRunner
+from tinyvit.run.search.vectors import Photo
 
 TIE = 1e-6
 
@@ -173,11 +174,12 @@ def test_photos_read_once_give_the_pixels_and_vectors_of_embed(tmp_path, model_f
     index = Index.open(tmp_path / "p.tvi", model_file, create=True)
     assert index.update([folder]).added == len(files)
     runner = index.runner()
-    assert isinstance(runner, PhotoRunner)
     for f in files:
         photo = Photo(f)
         assert torch.equal(runner.decode(photo, f), tinyvit.preprocess(f, runner.spec))  # the same pixels
         assert photo.sha256 == hashlib.sha256(Path(f).read_bytes()).hexdigest()
+    gone = str(folder / "gone.jpg")  # a file removed between listing and reading: the error a path gives
+    assert runner.decode(Photo(gone), gone) == runner.decode(gone, gone)
     paths, rows, vectors = index._live()
     expected = tinyvit.embed(paths, str(model_file), normalize=True, batch_size=8)
     assert torch.allclose(torch.from_numpy(np.asarray(vectors)[rows]), expected, atol=TIE, rtol=0)
@@ -188,13 +190,13 @@ def test_photos_read_once_give_the_pixels_and_vectors_of_embed(tmp_path, model_f
 
 def _record_embedded(monkeypatch) -> list[str]:
     seen: list[str] = []
-    real = PhotoRunner.decode
+    real = Runner.decode
 
     def decode(self, image, name=None):
         seen.append(image.name if isinstance(image, Photo) else os.fspath(image))
         return real(self, image, name)
 
-    monkeypatch.setattr(PhotoRunner, "decode", decode)
+    monkeypatch.setattr(Runner, "decode", decode)
     return seen
 
 

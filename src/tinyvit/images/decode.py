@@ -76,6 +76,8 @@ def _read(image: Any, name: str) -> bytes:
     else:
         try:
             data = image.read()
+        except ImageError:  # a reader that already says what went wrong (run/search's photo files)
+            raise
         except (OSError, ValueError) as e:
             raise ImageError(name, f"cannot read from the file object ({e})") from e
         if not isinstance(data, bytes):

@@ -162,11 +162,12 @@ class Index:
                     name = self.identity.get("name") if self.identity else None
                     raise TinyViTError(f"{str(self.path)!r} was built with a model given as an object ({name}); "
                                        "pass it as model=")  # fmt: skip
+            from tinyvit.run.runner import Runner
             from tinyvit.run.runtime import model_for
-            from tinyvit.run.search.vectors import PhotoRunner, model_identity
+            from tinyvit.run.search.vectors import model_identity
 
             model = model_for(arg, replace(self.options, preprocess=None))
-            runner = PhotoRunner(model, task="embed", normalize=True, preprocess=self.options.preprocess,
+            runner = Runner(model, task="embed", normalize=True, preprocess=self.options.preprocess,
                             fast=self.options.fast)  # fmt: skip
             if self.identity is not None:
                 self._check_identity(model_identity(model, runner, _load_arg(arg), self.options.fast))

@@ -1,4 +1,4 @@
-"""The torch side of photo search: the runner that reads each photo once, the model's identity, the
+"""The torch side of photo search: the photo file read once, the model's identity, the
 exact scores, near-duplicate groups, words through the text tower. Imported by ``run/search/index.py``
 only when vectors are computed, so that an update with nothing to do never imports torch."""
 
@@ -15,19 +15,19 @@ from tinyvit.core.errors import ImageError, TinyViTError
 from tinyvit.images.inputs import check_path
 from tinyvit.models.vit import VisionTransformer
 from tinyvit.run.options import ModelOptions
-from tinyvit.run.runner import ItemError, Runner
+from tinyvit.run.runner import Runner
 from tinyvit.weights._builder import weights_sha256
 
-__all__ = [
-    "WIDEN_ROWS", "Photo", "PhotoRunner", "exact_scores", "model_identity", "near_duplicate_groups", "text_vectors",
-]  # fmt: skip
+__all__ = ["WIDEN_ROWS", "Photo", "exact_scores", "model_identity", "near_duplicate_groups", "text_vectors"]
 
 WIDEN_ROWS = 16384  # float16 vectors widened to float32 at a time by the exact search
 
 
 class Photo:
-    """A photo file to embed and hash, read once: :class:`PhotoRunner` reads it on a decoding thread,
-    hashes those bytes (``sha256``) and decodes the same bytes."""
+    """A photo file to embed and hash, read once: a binary file object as the runner decodes any
+    (``read()``, ``name``), whose ``read`` keeps the SHA-256 of the bytes it returns. The decoding
+    thread reads it; the hash is of exactly the bytes that were decoded, and the file is not read a
+    second time to hash it."""
 
     __slots__ = ("name", "sha256")
 
@@ -44,21 +44,6 @@ class Photo:
             raise ImageError(repr(self.name), f"cannot read the file ({e.strerror or e})") from e
         self.sha256 = hashlib.sha256(data).hexdigest()
         return data
-
-
-class PhotoRunner(Runner):
-    """The runner an index embeds with: a :class:`Photo` is read once, hashed and decoded from the
-    same bytes in memory (decoding bytes and decoding the file give the same pixels: both go through
-    ``images/decode.py``'s ``Image.open`` on the bytes), instead of being read a second time to hash it
-    after it was embedded. Anything else is decoded as :class:`Runner` decodes it."""
-
-    def decode(self, image: Any, name: str | None = None) -> torch.Tensor | ItemError:
-        if isinstance(image, Photo):
-            try:
-                image = image.read()
-            except ImageError as e:
-                return ItemError(name or e.input, e.reason, cause=e)
-        return super().decode(image, name)
 
 
 def model_identity(model: VisionTransformer, runner: Runner, load: str | None, fast: bool) -> dict[str, Any]:
