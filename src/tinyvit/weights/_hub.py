@@ -323,25 +323,14 @@ def fetch_text(record: Weights) -> Fetched:
     text = record.text
     if text is None:
         raise WeightsError(f"{record.spec}: the zoo has no text tower for these weights")
-    found, offline_error = None, None
-    for name in (text.filename,) if text.filename else OPEN_CLIP_FILES:  # open_clip's own order
-        try:
-            found = fetch_hf_hub(text.repo_id, name, revision=text.revision, sha256=text.sha256, optional=True)
-        except OfflineError as e:  # offline: the first file the cache has wins
-            offline_error = offline_error or e
-            continue
-        if found is not None:
-            break
+    names = (text.filename,) if text.filename else OPEN_CLIP_FILES  # open_clip's own order
+    found, offline_error = _first_file(text.repo_id, names, text.revision, text.sha256)
     if found is None:
         what = f"{record.spec} (text tower, hf://{text.repo_id})"
         if offline_error is not None:
             raise OfflineError(f"{what}: {offline_error}") from offline_error
-        raise WeightsError(f"{what}: the repository holds neither {' nor '.join(OPEN_CLIP_FILES)}")
-    for name in ("open_clip_config.json", *TOKENIZER_FILES):
-        try:
-            fetch_hf_hub(text.repo_id, name, revision=text.revision, optional=True)
-        except OfflineError:
-            pass  # offline: a side file the first (online) load did not find is not there
+        raise WeightsError(f"{what}: the repository holds neither {' nor '.join(names)}")
+    _side_files(text.repo_id, ("open_clip_config.json", *TOKENIZER_FILES), text.revision)
     blob = found.resolve().name
     sha = text.sha256 or (blob if _SHA256.fullmatch(blob) else None)
     origin = {"kind": "hub", "repo_id": text.repo_id, "filename": found.name, "sha256": sha, "path": str(found)}
@@ -373,27 +362,41 @@ def _hub_snapshot(spec: HubSpec) -> Path:
     snapshot folder beside whichever of :data:`SIDE_FILES` the repository has."""
     from tinyvit.weights.files import WEIGHTS_FILES
 
-    weights, offline_error = None, None
-    for name in WEIGHTS_FILES:
-        try:
-            weights = fetch_hf_hub(spec.repo_id, name, revision=spec.revision, optional=True)
-        except OfflineError as e:  # offline: the first file the cache has wins
-            offline_error = offline_error or e
-            continue
-        if weights is not None:
-            break
+    weights, offline_error = _first_file(spec.repo_id, WEIGHTS_FILES, spec.revision)
     if weights is None:
         weights = _hub_shards(spec)
     if weights is None:
         raise offline_error or WeightsError(
             f"{spec}: the repository holds none of {', '.join(WEIGHTS_FILES)}, {SHARD_INDEX}"
         )
-    for name in SIDE_FILES + TOKENIZER_FILES:
+    _side_files(spec.repo_id, SIDE_FILES + TOKENIZER_FILES, spec.revision)
+    return weights
+
+
+def _first_file(
+    repo_id: str, names: tuple[str, ...], revision: str | None, sha256: str | None = None
+) -> tuple[Path | None, OfflineError | None]:
+    """The first of ``names`` the repository has, verified (None if it has none), and the first
+    offline error met on the way: offline, the first file the cache has wins."""
+    offline_error = None
+    for name in names:
         try:
-            fetch_hf_hub(spec.repo_id, name, revision=spec.revision, optional=True)
+            found = fetch_hf_hub(repo_id, name, revision=revision, sha256=sha256, optional=True)
+        except OfflineError as e:
+            offline_error = offline_error or e
+            continue
+        if found is not None:
+            return found, offline_error
+    return None, offline_error
+
+
+def _side_files(repo_id: str, names: tuple[str, ...], revision: str | None) -> None:
+    """Whichever of ``names`` the repository has, into its snapshot folder beside the weights."""
+    for name in names:
+        try:
+            fetch_hf_hub(repo_id, name, revision=revision, optional=True)
         except OfflineError:
             pass  # offline: a side file the first (online) load did not find is not there
-    return weights
 
 
 SHARD_INDEX = "model.safetensors.index.json"  # a checkpoint saved in shards: which shard holds each tensor
