@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import FIXTURES
+from conftest import FIXTURES, cli
 from hubserver import HubServer
 from refdata import fill
 from safetensors.torch import load_file
@@ -54,10 +54,15 @@ def test_each_text_source_is_what_open_clips_registry_names():
     assert resolve("siglip-gap-base-p16-224").text is None
 
 
-def test_an_image_only_zoo_weight_asked_for_text_is_one_line():
+def test_an_image_only_zoo_weight_asked_for_text_is_one_line(tmp_path):
     with pytest.raises(tinyvit.WeightsError, match="image tower only") as err:
         tinyvit.embed_text("a cat", "siglip-gap-base-p16-224")
     assert "\n" not in str(err.value) and "siglip-gap-base-p16-224" in str(err.value)
+    # classes for it: refused before its image tower is fetched (offline, with an empty cache, the
+    # refusal is about the text tower, not the missing image file)
+    ran = cli("predict", PHOTOS[0], "--model", "siglip-gap-base-p16-224", "--classes", "cat,dog",
+              env={"HF_HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"})  # fmt: skip
+    assert ran.returncode == 1 and ran.stderr.count("\n") == 1 and "image tower only" in ran.stderr, ran.stderr
 
 
 # ---------------------------------------------------------------------------------------------

@@ -36,13 +36,18 @@ def runner_for(
     ``options.classes``, classification by the text tower's embeddings of the class names
     (zero-shot; ``progress``: a bar while a new class set is embedded)."""
     o = options or ModelOptions()
-    net = model_for(model, replace(o, preprocess=None, classes=None, templates=None))
-    head = None
+    encoder = head = None
     if o.classes is not None:
-        from tinyvit.run.zeroshot import class_names, templates_of, text_encoder_for, zero_shot_head  # text: on use
+        from tinyvit.run.zeroshot import text_encoder_for  # the text side: imported when classes are asked for
 
         if task != "classify":
             raise TinyViTError("classes= name what to classify into; embeddings need none")
-        encoder = text_encoder_for(net if isinstance(model, torch.nn.Module) else model, o)
+        if not isinstance(model, torch.nn.Module):  # first: a model without a text tower is refused before
+            encoder = text_encoder_for(model, o)  # its image tower is fetched
+    net = model_for(model, replace(o, preprocess=None, classes=None, templates=None))
+    if o.classes is not None:
+        from tinyvit.run.zeroshot import class_names, templates_of, text_encoder_for, zero_shot_head
+
+        encoder = encoder or text_encoder_for(net, o)
         head = zero_shot_head(encoder, class_names(o.classes), templates_of(o.templates), progress=progress)
     return Runner(net, task=task, top_k=top_k, normalize=normalize, preprocess=o.preprocess, fast=o.fast, head=head)
