@@ -207,10 +207,12 @@ SIZE_RULES = {
 }  # fmt: skip
 
 
-def size_rule(layout: str, *, registers: bool = False) -> SizeRule:
+def size_rule(layout: str, *, registers: bool = False, pos_embed: bool = True) -> SizeRule:
     """The size rule of weights in ``layout``: its library's. DINOv2 with registers (its own code,
-    transformers' ``Dinov2WithRegisters``) resamples antialiased, with no offset."""
-    if registers and layout in ("hf", "dinov2"):
+    transformers' ``Dinov2WithRegisters``) resamples antialiased, with no offset. Meta's own code
+    without an absolute position embedding (DINOv3: rotary) has nothing to resample: not DINOv2's
+    rule, which branches on the input size."""
+    if (registers and layout in ("hf", "dinov2")) or (not pos_embed and layout == "dinov2"):
         return SizeRule(False, "bicubic_aa")
     return SIZE_RULES[layout]
 

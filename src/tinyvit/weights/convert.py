@@ -234,14 +234,13 @@ def read_weights(
         raise WeightsError(f"{what}: {len(categories)} class names for a head of {config.num_classes} classes")
     if ckpt.record is not None:
         return state, replace(ckpt.record, config=config)
-    meta_rotary = layout == "dinov2" and not config.use_abs_pos_emb  # DINOv3: no position embedding to resample
     record = Weights(
         config=config,
         preprocess=_preprocess(ckpt, layout, zoo),
         categories=categories if config.num_classes else None,
         source=Source(kind="file", layout=layout, filename=ckpt.path.name, path=str(ckpt.path)),
         output=_output(layout, config, categories),
-        size_rule=size_rule(layout, registers=config.reg_tokens > 0 or meta_rotary),
+        size_rule=size_rule(layout, registers=config.reg_tokens > 0, pos_embed=config.use_abs_pos_emb),
     )
     return state, record
 

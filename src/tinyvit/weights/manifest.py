@@ -139,7 +139,7 @@ def _parse_weights(model: str, m: dict, arch: ViTConfig, categories: tuple[str, 
             license=d["license"],
             note=d.get("note"),
             output=m.get("output", "classes"),
-            size_rule=size_rule(d["layout"], registers=arch.reg_tokens > 0),  # other sizes: as its library does
+            size_rule=size_rule(d["layout"], registers=arch.reg_tokens > 0, pos_embed=arch.use_abs_pos_emb),
             text=text,
         )
     except (ValueError, TypeError, KeyError) as e:
