@@ -8,6 +8,10 @@ from __future__ import annotations
 import copy
 import gc
 import json
+import os
+import platform
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -195,7 +199,7 @@ def test_a_broken_cache_file_is_measured_again(monkeypatch, caplog):
 
 
 def test_the_default_wins_unless_another_path_is_faster_by_the_margin(monkeypatch):
-    monkeypatch.setattr(cpu, "available_paths", lambda: cpu.PATHS)
+    monkeypatch.setattr(cpu, "available_paths", lambda dtype=None: cpu.PATHS)
     monkeypatch.setattr(cpu, "measure_paths", lambda *a, **k: {"default": 100.0, "onednn": 103.0})
     assert cpu.gemm_choice(torch.float32).path == "default"
     cpu._CHOICES.clear()
@@ -205,7 +209,7 @@ def test_the_default_wins_unless_another_path_is_faster_by_the_margin(monkeypatc
 
 
 def test_a_torch_without_onednn_runs_the_default(monkeypatch):
-    monkeypatch.setattr(cpu, "onednn_available", lambda: False)
+    monkeypatch.setattr(cpu, "onednn_available", lambda dtype=None: False)
     assert cpu.available_paths() == ("default",)
     choice = cpu.gemm_choice(torch.float32)
     assert (choice.path, choice.how) == ("default", "only path") and not cpu.cache_file().exists()
@@ -213,6 +217,36 @@ def test_a_torch_without_onednn_runs_the_default(monkeypatch):
     model = small_model("vit")
     assert cpu.apply_cpu_path(model).path == "default"
     assert not any(isinstance(m, PackedLinear) for m in model.modules())
+
+
+ISA_CAPPED = """
+import json, torch, tinyvit
+from tinyvit.run import cpu
+model = tinyvit.VisionTransformer(tinyvit.ViTConfig(**{small})).init_weights().eval()
+x = torch.randn(2, 3, 32, 32)
+with torch.inference_mode():
+    want = model(x)
+    model = model.to(torch.bfloat16)
+    choice = cpu.apply_cpu_path(model)
+    error = (model(x.bfloat16()).float() - want).abs().max().item()
+print(json.dumps({{"bf16": [choice.path, choice.how], "fp32": cpu.available_paths(torch.float32),
+                   "key": cpu.machine_key(torch.bfloat16), "error": error}}))
+"""
+
+
+@pytest.mark.skipif("onednn" not in PATHS or platform.machine().lower() not in ("x86_64", "amd64"),
+                    reason="oneDNN's instruction-set cap is an x86 matter")  # fmt: skip
+def test_bf16_weights_where_onednn_has_no_bf16_kernels_run_the_default(tmp_path):
+    """An AVX2-only CPU (oneDNN capped at AVX2 stands for one): torch refuses to pack bf16 weights
+    there, so bf16 has the default path only (fp32 keeps both), measured apart from the uncapped."""
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "HF_HOME": str(tmp_path / "hf")}
+    env.pop(cpu.ENV, None)
+    run = subprocess.run([sys.executable, "-c", ISA_CAPPED.format(small=SMALL)], env=env, capture_output=True,
+                         text=True, timeout=300)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    out = json.loads(run.stdout.splitlines()[-1])
+    assert out["bf16"] == ["default", "only path"] and out["fp32"] == list(PATHS)
+    assert out["key"].endswith("| ONEDNN_MAX_CPU_ISA=AVX2") and out["error"] < 0.1
 
 
 def test_an_unknown_forced_path_is_one_line(monkeypatch):

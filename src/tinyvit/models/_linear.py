@@ -31,14 +31,21 @@ __all__ = [
 ]  # fmt: skip
 
 
-def onednn_available() -> bool:
-    """Whether this torch reaches oneDNN's prepacked linear (CPU builds with mkldnn)."""
+def onednn_available(dtype: torch.dtype = torch.float32) -> bool:
+    """Whether this torch reaches oneDNN's prepacked linear (CPU builds with mkldnn) for ``dtype``
+    weights: bfloat16 only where oneDNN has bf16 kernels for this CPU (AVX-512 BW/VL/DQ, or
+    AVX-NE-CONVERT; an AVX2-only CPU has none: torch refuses to pack bf16 weights there)."""
     ops = getattr(torch.ops, "mkldnn", None)
-    return (
+    linear = (
         torch.backends.mkldnn.is_available()
         and hasattr(ops, "_reorder_linear_weight")
         and hasattr(ops, "_linear_pointwise")
     )
+    if not linear or dtype == torch.float32:
+        return linear
+    if dtype == torch.bfloat16:
+        return hasattr(ops, "_is_mkldnn_bf16_supported") and bool(ops._is_mkldnn_bf16_supported())
+    return False
 
 
 @functools.cache

@@ -35,7 +35,8 @@ from tinyvit.core.fsutil import atomic_path
 from tinyvit.models._linear import onednn_available, pack_linears, prepack
 
 __all__ = [
-    "GemmChoice", "apply_cpu_path", "available_paths", "cache_file", "cpu_summary", "gemm_choice", "measure_paths",
+    "GemmChoice", "apply_cpu_path", "available_paths", "cache_file", "cpu_summary", "gemm_choice", "isa_caps",
+    "measure_paths",
 ]  # fmt: skip
 
 log = logging.getLogger("tinyvit")
@@ -75,14 +76,26 @@ class GemmChoice:
         return LABELS[path] + (" (MKL)" if mkl else "")
 
 
-def available_paths() -> tuple[str, ...]:
-    """The GEMM paths this torch has on the CPU; ``default`` always."""
-    return PATHS if onednn_available() else PATHS[:1]
+def available_paths(dtype: torch.dtype = torch.float32) -> tuple[str, ...]:
+    """The GEMM paths this torch has on the CPU for ``dtype``; ``default`` always."""
+    return PATHS if onednn_available(dtype) else PATHS[:1]
 
 
 def machine_key(dtype: torch.dtype) -> str:
-    """What the measurement depends on: CPU model, torch version, threads, dtype."""
-    return f"{cpu_model()} | torch {torch.__version__} | {torch.get_num_threads()} threads | {_name(dtype)}"
+    """What the measurement depends on: CPU model, torch version, threads, dtype, and the instruction
+    sets the libraries were told to stop at (:func:`isa_caps`), if any."""
+    caps = "".join(f" | {c}" for c in isa_caps())
+    return f"{cpu_model()} | torch {torch.__version__} | {torch.get_num_threads()} threads | {_name(dtype)}{caps}"
+
+
+# The variables with which MKL, oneDNN and torch's own kernels are told to use no instruction set
+# above one (e.g. ``MKL_ENABLE_INSTRUCTIONS=AVX2``: MKL's kernels as it runs them on AMD processors)
+ISA_VARIABLES = ("MKL_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY")
+
+
+def isa_caps() -> list[str]:
+    """``NAME=value`` for each of :data:`ISA_VARIABLES` set in the environment."""
+    return [f"{v}={os.environ[v]}" for v in ISA_VARIABLES if os.environ.get(v)]
 
 
 def cpu_model() -> str:
@@ -108,7 +121,7 @@ def measure_paths(
 ) -> dict[str, float]:  # fmt: skip
     """GFLOP/s of each path over ``shapes`` (default :data:`SHAPES`): every GEMM in alternating
     rounds, the best time of each, the flops of all over the sum of those times."""
-    paths, shapes, rounds = paths or available_paths(), shapes or SHAPES, rounds or ROUNDS
+    paths, shapes, rounds = paths or available_paths(dtype), shapes or SHAPES, rounds or ROUNDS
     seconds, flops = dict.fromkeys(paths, 0.0), 0
     for m, k, n in shapes:
         for p, t in _best_times(dtype, paths, (m, k, n), rounds).items():
@@ -148,7 +161,7 @@ def gemm_choice(dtype: torch.dtype | str = torch.float32) -> GemmChoice:
     """The path for ``dtype`` GEMMs on this CPU: forced by ``$TINYVIT_CPU_GEMM``, else measured
     once per machine (kept in :func:`cache_file`) and the fastest by :data:`MARGIN`."""
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
-    paths = available_paths()
+    paths = available_paths(dtype)
     if forced := os.environ.get(ENV):
         if forced not in PATHS:
             raise TinyViTError(f"{ENV}={forced!r}: use one of {', '.join(PATHS)}")
@@ -311,7 +324,8 @@ def cpu_summary(dtypes: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16
     """What ``tinyvit models --cpu`` prints: the CPU, torch, the paths, and the choice per dtype."""
     choices = [gemm_choice(d) for d in dtypes]
     return {
-        "cpu": f"{cpu_model()}; torch {torch.__version__}, {torch.get_num_threads()} threads",
+        "cpu": f"{cpu_model()}; torch {torch.__version__}, {torch.get_num_threads()} threads"
+        + "".join(f"; {c}" for c in isa_caps()),
         "paths": list(available_paths()),
         "choices": [asdict(c) for c in choices],
         "describe": [c.describe() for c in choices],
