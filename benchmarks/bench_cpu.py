@@ -2,6 +2,17 @@
 
     .venv/bin/python benchmarks/bench_cpu.py --rounds 5
 
+Other classes of CPU, stood in for on this one by the variables MKL, oneDNN and torch read (the
+machine line says which were set; the path is measured apart for each, see ``run/cpu.isa_caps``):
+
+    MKL_ENABLE_INSTRUCTIONS=AVX2 .venv/bin/python benchmarks/bench_cpu.py     # MKL as it runs on AMD
+    MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 \
+        .venv/bin/python benchmarks/bench_cpu.py --no-cold-start                 # an AVX2-only CPU
+
+The first is the fp32 condition of an AMD processor with AVX-512 (MKL's AVX2 kernels, oneDNN's
+AVX-512 ones; its bf16 is not reproduced: this CPU's AVX512-BF16 path is not Zen 4's). In the
+second ONNX Runtime is not capped (it has no such variable): it keeps AVX-512, an upper bound.
+
 One process, alternating rounds (A B C A B C …, so drift and neighbours hit every variant alike),
 the median per variant and the median of the per-round ratios:
 
@@ -57,8 +68,9 @@ def machine_line() -> str:
                  for f in line.split(":", 1)[1].split()}  # fmt: skip
     has = " ".join(f if f in flags else f"no-{f}" for f in FLAGS)
     ort = _version("onnxruntime")
+    caps = "".join(f"; capped: {c}" for c in cpu.isa_caps())  # e.g. MKL's kernels as it runs them on AMD
     return (f"{cpu.cpu_model()}, {os.cpu_count()} cores ({has}); torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads; onnxruntime {ort}; {platform.system()}")  # fmt: skip
+            f"{torch.get_num_threads()} threads; onnxruntime {ort}; {platform.system()}{caps}")  # fmt: skip
 
 
 def _version(module: str) -> str:
@@ -89,7 +101,8 @@ def gemm_figures(rounds: int) -> dict[str, float]:
     m, k, n = GEMM_SHAPE
     x, w, b = torch.randn(m, k), torch.randn(n, k) * 0.02, torch.randn(n)
     xb, wb, bb = x.bfloat16(), w.bfloat16(), b.bfloat16()
-    pw, pwb, xn, wn = prepack(w), prepack(wb), x.numpy(), w.T.numpy().copy()
+    pw, xn, wn = prepack(w), x.numpy(), w.T.numpy().copy()
+    pwb = prepack(wb) if cpu.onednn_available(torch.bfloat16) else None
     calls = {
         "fp32 torch F.linear (MKL)": lambda: F.linear(x, w, b),
         "fp32 oneDNN prepacked": lambda: torch.ops.mkldnn._linear_pointwise(x, pw, b, "none", [], ""),
@@ -99,6 +112,8 @@ def gemm_figures(rounds: int) -> dict[str, float]:
     }
     if not cpu.onednn_available():
         calls = {name: c for name, c in calls.items() if "oneDNN" not in name}
+    elif not cpu.onednn_available(torch.bfloat16):
+        calls.pop("bf16 oneDNN prepacked")
     with torch.inference_mode():
         times = alternate(calls, rounds * 3)
     return {name: 2 * m * k * n / statistics.median(t) / 1e9 for name, t in times.items()}
@@ -169,8 +184,10 @@ def ceilings() -> dict[str, Callable[[], object]]:
     x, w = torch.randn(m, k), torch.randn(n, k) * 0.02
     calls = {"_fp32 MKL": lambda: F.linear(x, w), "_bf16 MKL": lambda: F.linear(x.bfloat16(), w.bfloat16())}
     if cpu.onednn_available():
-        pw, pwb, xb = prepack(w), prepack(w.bfloat16()), x.bfloat16()
+        pw = prepack(w)
         calls["_fp32 oneDNN"] = lambda: torch.ops.mkldnn._linear_pointwise(x, pw, None, "none", [], "")
+    if cpu.onednn_available(torch.bfloat16):
+        pwb, xb = prepack(w.bfloat16()), x.bfloat16()
         calls["_bf16 oneDNN"] = lambda: torch.ops.mkldnn._linear_pointwise(xb, pwb, None, "none", [], "")
     return {k: (lambda c=c: [c() for _ in range(5)]) for k, c in calls.items()}
 
@@ -198,7 +215,7 @@ def bench_model(label: str, rounds: int, folder: Path) -> dict:
     calls = {"tinyvit (chosen path)": lambda: fast(x), "tinyvit exact": lambda: exact(x)}
     if (run_ort := ort_runner(exact, folder)) is not None:
         calls["ONNX Runtime (tinyvit's graph)"] = lambda: run_ort(x)
-    if label.startswith("ViT-B/32"):
+    if label.startswith("ViT-B/32") and cpu.onednn_available(torch.bfloat16):  # else bf16 is emulated: slow
         fast16, exact16, x16 = random_model(name, "bf16", fast=True), random_model(name, "bf16"), x.bfloat16()
         calls |= {"tinyvit bf16 (fast)": lambda: fast16(x16), "tinyvit bf16 exact": lambda: exact16(x16)}
     if (timm := timm_worker(arch, kwargs, batch, size)) is not None:
