@@ -38,6 +38,8 @@ FAMILIES = {
                             class_token=False, global_pool="avg", fc_norm=True),  # fmt: skip
 }
 PATHS = cpu.available_paths()
+# the weight dtypes oneDNN packs here (bf16 not below AVX-512: tested apart, under an instruction-set cap)
+PACKED_DTYPES = [d for d in (torch.float32, torch.bfloat16) if cpu.onednn_available(d)]
 
 
 @pytest.fixture(autouse=True)
@@ -246,7 +248,7 @@ def test_bf16_weights_where_onednn_has_no_bf16_kernels_run_the_default(tmp_path)
     assert run.returncode == 0, run.stderr[-2000:]
     out = json.loads(run.stdout.splitlines()[-1])
     assert out["bf16"] == ["default", "only path"] and out["fp32"] == list(PATHS)
-    assert out["key"].endswith("| ONEDNN_MAX_CPU_ISA=AVX2") and out["error"] < 0.1
+    assert "| ONEDNN_MAX_CPU_ISA=AVX2" in out["key"] and out["error"] < 0.1
 
 
 def test_an_unknown_forced_path_is_one_line(monkeypatch):
@@ -321,7 +323,7 @@ def test_the_runtime_packs_from_the_second_forward_pass(tmp_path, monkeypatch):
 
 
 @pytest.mark.skipif(not residual_add_available(), reason="this torch's oneDNN linear has no binary post-op")
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", PACKED_DTYPES)
 def test_a_packed_layer_adds_the_residual_inside_its_gemm(dtype):
     """The hook ``torch.ops.mkldnn._linear_pointwise.binary(x, other, W, b, "add")``: 3-D and 2-D
     inputs, batch sizes other than any packed for, no bias; a residual it cannot take (another
@@ -365,7 +367,7 @@ def test_a_block_hands_its_residual_to_the_packed_projections(monkeypatch):
 
 
 @pytest.mark.skipif("onednn" not in PATHS, reason="this torch has no oneDNN")
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", PACKED_DTYPES)
 def test_a_folded_layerscale_keeps_the_weights_bit_for_bit(dtype):
     """gamma ⊙ (x Wᵀ + b) packed as x (gamma ⊙ W)ᵀ + gamma ⊙ b: within the path's tolerance, and the
     state_dict, copies, a reload with another gamma and unpacking give the originals back exactly."""
