@@ -42,6 +42,7 @@ import tempfile
 import textwrap
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -101,19 +102,13 @@ def gemm_figures(rounds: int) -> dict[str, float]:
     m, k, n = GEMM_SHAPE
     x, w, b = torch.randn(m, k), torch.randn(n, k) * 0.02, torch.randn(n)
     xb, wb, bb = x.bfloat16(), w.bfloat16(), b.bfloat16()
-    pw, xn, wn = prepack(w), x.numpy(), w.T.numpy().copy()
-    pwb = prepack(wb) if cpu.onednn_available(torch.bfloat16) else None
-    calls = {
-        "fp32 torch F.linear (MKL)": lambda: F.linear(x, w, b),
-        "fp32 oneDNN prepacked": lambda: torch.ops.mkldnn._linear_pointwise(x, pw, b, "none", [], ""),
-        "fp32 numpy": lambda: xn @ wn,
-        "bf16 torch F.linear": lambda: F.linear(xb, wb, bb),
-        "bf16 oneDNN prepacked": lambda: torch.ops.mkldnn._linear_pointwise(xb, pwb, bb, "none", [], ""),
-    }
-    if not cpu.onednn_available():
-        calls = {name: c for name, c in calls.items() if "oneDNN" not in name}
-    elif not cpu.onednn_available(torch.bfloat16):
-        calls.pop("bf16 oneDNN prepacked")
+    xn, wn = x.numpy(), w.T.numpy().copy()
+    calls = {"fp32 torch F.linear (MKL)": lambda: F.linear(x, w, b), "fp32 numpy": lambda: xn @ wn,
+             "bf16 torch F.linear": lambda: F.linear(xb, wb, bb)}  # fmt: skip
+    for label, (xx, ww, bias) in {"fp32": (x, w, b), "bf16": (xb, wb, bb)}.items():
+        if cpu.onednn_available(ww.dtype):  # bf16: not below AVX-512
+            calls[f"{label} oneDNN prepacked"] = partial(torch.ops.mkldnn._linear_pointwise, xx, prepack(ww), bias,
+                                                         "none", [], "")  # fmt: skip
     with torch.inference_mode():
         times = alternate(calls, rounds * 3)
     return {name: 2 * m * k * n / statistics.median(t) / 1e9 for name, t in times.items()}
